@@ -1,0 +1,63 @@
+"""Up-front validation of a run's config: every bad field is named with its value and what is accepted."""
+
+from psops_jax import data as data_lib
+from psops_jax import models
+from psops_jax import sync as sync_lib
+
+OPTIMIZERS = ("sgd", "adam")
+LOOPS = ("auto", "unroll", "scan")
+
+
+class ConfigError(ValueError):
+  """A config field with a value the run cannot use."""
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(f"config field {dotted!r} is missing (see configs/digits_pso.py for all fields)")
+    node = node[part]
+  return node
+
+
+def _choice(config, field, accepted):
+  value = _get(config, field)
+  if value not in accepted:
+    raise ConfigError(f"{field}={value!r}: accepted values are {tuple(accepted)}")
+
+
+def _number(config, field, minimum, integer=False, strict=False):
+  value = _get(config, field)
+  kind = "an integer" if integer else "a number"
+  ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+  if isinstance(value, bool) or not ok_type:
+    raise ConfigError(f"{field}={value!r}: must be {kind}")
+  if value < minimum or (strict and value == minimum):
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    raise ConfigError(f"{field}={value!r}: must be {kind} {bound}")
+
+
+def validate(config) -> None:
+  """Raise ConfigError naming the first field whose value cannot be used."""
+  _number(config, "seed", 0, integer=True)
+  _number(config, "num_particles", 1, integer=True)
+  _choice(config, "data.name", data_lib.NAMES)
+  _choice(config, "data.source", data_lib.SOURCES)
+  _choice(config, "model.name", models.MODELS)
+  _choice(config, "optimizer.name", OPTIMIZERS)
+  _number(config, "optimizer.learning_rate", 0.0, strict=True)
+  _number(config, "optimizer.momentum", 0.0)
+  _number(config, "train.batch_size", 1, integer=True)
+  _number(config, "train.rounds", 1, integer=True)
+  _number(config, "train.log_every", 1, integer=True)
+  _number(config, "train.eval_every", 0, integer=True)
+  _choice(config, "train.loop", LOOPS)
+  _choice(config, "sync.strategy", sync_lib.STRATEGIES)
+  _number(config, "sync.period", 1, integer=True)
+  for coefficient in ("inertia", "cognitive", "social", "mean_pull"):
+    _number(config, f"sync.pso.{coefficient}", 0.0)
+  _choice(config, "sync.pso.fitness", sync_lib.FITNESS_CHOICES)
+  _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
+  _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)
+  _number(config, "sync.pso.probe_size", 1, integer=True)
