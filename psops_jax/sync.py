@@ -28,7 +28,7 @@ PyTree = Any
 
 FITNESS_CHOICES = ("round_loss", "probe")
 MEMORY_CHOICES = ("forever", "round")
-RANDOM_CHOICES = ("particle", "coordinate")
+RANDOM_CHOICES = ("particle", "coordinate", "none")
 
 
 class SyncStrategy(NamedTuple):
@@ -137,12 +137,16 @@ def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_n
 
 
 def draw_r(key: jax.Array, params: PyTree, random: str) -> tuple[PyTree, PyTree]:
-  """r1, r2 ~ U(0,1): one scalar each per particle ("particle") or one per coordinate ("coordinate").
+  """r1, r2 ~ U(0,1): one scalar each per particle ("particle") or one per coordinate ("coordinate");
+  "none" gives r1 = r2 = 1 (deterministic PSO).
 
-  Returned as pytrees shaped like `params` (broadcastable scalars in the "particle" case).
+  Returned as pytrees shaped like `params` (broadcastable scalars unless "coordinate").
   `key` must already be specific to the particle.
   """
   k1, k2 = jax.random.split(key)
+  if random == "none":
+    one = jnp.ones((), jnp.float32)
+    return jax.tree.map(lambda _: one, params), jax.tree.map(lambda _: one, params)
   if random == "particle":
     r1, r2 = jax.random.uniform(k1), jax.random.uniform(k2)
     return jax.tree.map(lambda _: r1, params), jax.tree.map(lambda _: r2, params)
@@ -177,7 +181,7 @@ def pso(inertia: float = 0.0,
       x_i := x_i' + v_i
 
   w = inertia, c1 = cognitive, c2 = social, c3 = mean_pull (c3 > 0 is `pso_average`, one more
-  all-reduce); r1, r2 ~ U(0,1) per particle or per coordinate (`random`). Non-finite fitness never
+  all-reduce); r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never
   becomes a personal or global best.
   """
   if memory not in MEMORY_CHOICES:

@@ -1,0 +1,213 @@
+"""Sync strategies against a NumPy re-implementation of their math, under vmap, shard_map and pmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from psops_jax import sync as sync_lib
+
+AXIS = "particles"
+
+
+def random_params(rng, n):
+  """A stacked pytree of N particles' weights: a dict with a matrix and a vector."""
+  return {"w": rng.normal(size=(n, 3, 4)).astype(np.float32),
+          "b": rng.normal(size=(n, 5)).astype(np.float32)}
+
+
+def run_vmap(fn, *args, in_axes):
+  return jax.vmap(fn, in_axes=in_axes, axis_name=AXIS)(*args)
+
+
+def run_shard_map(fn, *args, in_axes):
+  """fn on one particle per device: blocks of size 1 squeezed in, expanded out."""
+  n = jax.tree.leaves(args[0])[0].shape[0]
+  mesh = jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
+  specs = tuple(P(AXIS) if a == 0 else P() for a in in_axes)
+
+  def per_device(*blocks):
+    squeezed = [jax.tree.map(lambda x: x[0], b) if a == 0 else b for b, a in zip(blocks, in_axes)]
+    return jax.tree.map(lambda x: x[None], fn(*squeezed))
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS)))(*args)
+
+
+def run_pmap(fn, *args, in_axes):
+  return jax.pmap(fn, axis_name=AXIS, in_axes=in_axes)(*args)
+
+
+RUNNERS = {"vmap": run_vmap, "shard_map": run_shard_map}
+
+
+def numpy_pso(x, state, fitness, r1, r2, w, c1, c2, c3, memory):
+  """Reference PSO-PS step on stacked NumPy arrays (dict of leaves with a leading particle axis)."""
+  n = len(fitness)
+  f = np.where(np.isfinite(fitness), fitness, np.inf).astype(np.float32)
+  old_pf = state["pf"] if memory == "forever" else np.full(n, np.inf, np.float32)
+  improved = f < old_pf
+  pf = np.where(improved, f, old_pf)
+  pbest = {k: np.where(improved.reshape((n,) + (1,) * (x[k].ndim - 1)), x[k], state["pbest"][k])
+           for k in x}
+  j = int(np.argmin(pf))  # first minimum: ties go to the lowest index
+  gbest = {k: pbest[k][j] for k in x}
+  velocity, new_x = {}, {}
+  for k in x:
+    v = (w * state["v"][k] + c1 * r1[k] * (pbest[k] - x[k]) + c2 * r2[k] * (gbest[k][None] - x[k])
+         + c3 * (x[k].mean(axis=0, keepdims=True) - x[k]))
+    velocity[k], new_x[k] = v, x[k] + v
+  return new_x, {"v": velocity, "pbest": pbest, "pf": pf, "gbest": gbest, "winner": j}
+
+
+def draws(key, params, n, random):
+  """r1, r2 of each particle, as the strategy draws them, stacked and broadcast to the leaves."""
+  r1s, r2s = [], []
+  for i in range(n):
+    one = jax.tree.map(lambda a: a[i], params)
+    r1, r2 = sync_lib.draw_r(jax.random.fold_in(key, i), one, random)
+    r1s.append(jax.tree.map(lambda r, a: np.broadcast_to(np.asarray(r), a.shape), r1, one))
+    r2s.append(jax.tree.map(lambda r, a: np.broadcast_to(np.asarray(r), a.shape), r2, one))
+  stack = lambda rs: {k: np.stack([r[k] for r in rs]) for k in params}
+  return stack(r1s), stack(r2s)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("n", [2, 3, 8])
+@pytest.mark.parametrize("memory,random,coefs", [
+    ("forever", "particle", (0.5, 0.5, 0.5, 0.0)),
+    ("round", "coordinate", (0.7, 1.5, 1.5, 0.0)),
+    ("forever", "coordinate", (0.3, 0.8, 0.6, 0.4)),
+])
+def test_pso_matches_numpy_over_several_rounds(runner, n, memory, random, coefs):
+  w, c1, c2, c3 = coefs
+  strategy = sync_lib.pso(inertia=w, cognitive=c1, social=c2, mean_pull=c3, memory=memory,
+                          random=random, axis_name=AXIS)
+  rng = np.random.RandomState(n)
+  x = random_params(rng, n)
+  state = run_vmap(strategy.init, x, in_axes=(0,))
+  ref_state = {"v": {k: np.zeros_like(a) for k, a in x.items()}, "pbest": x, "pf": np.full(n, np.inf)}
+  ref_x = x
+  for r in range(4):
+    fitness = rng.uniform(0.5, 2.0, n).astype(np.float32)
+    if r == 1:
+      fitness[rng.randint(n)] = np.nan
+    key = jax.random.key(100 + r)
+    x, state = RUNNERS[runner](strategy.sync, x, state, jnp.asarray(fitness), key,
+                               in_axes=(0, 0, 0, None))
+    r1, r2 = draws(key, ref_x, n, random)
+    ref_x, ref_state = numpy_pso(ref_x, ref_state, fitness, r1, r2, w, c1, c2, c3, memory)
+    for k in ref_x:
+      np.testing.assert_allclose(np.asarray(x[k]), ref_x[k], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(state.velocity[k]), ref_state["v"][k], rtol=1e-5,
+                                 atol=1e-5)
+      # the global best fetched by the masked all-reduce is the winner's personal best, bit for bit
+      winner_best = np.asarray(state.personal_best[k][ref_state["winner"]])
+      for i in range(n):
+        np.testing.assert_array_equal(np.asarray(state.global_best[k][i]), winner_best)
+    np.testing.assert_array_equal(np.asarray(state.global_index), ref_state["winner"])
+    np.testing.assert_allclose(np.asarray(state.personal_fitness), ref_state["pf"])
+
+
+def test_pso_same_result_under_vmap_shard_map_and_pmap():
+  n = 4
+  strategy = sync_lib.pso(inertia=0.5, cognitive=0.5, social=0.5, memory="forever",
+                          random="coordinate", axis_name=AXIS)
+  x = random_params(np.random.RandomState(0), n)
+  state = run_vmap(strategy.init, x, in_axes=(0,))
+  fitness = jnp.asarray([1.0, 0.3, 0.7, 0.9])
+  key = jax.random.key(7)
+  results = [run(strategy.sync, x, state, fitness, key, in_axes=(0, 0, 0, None))
+             for run in (run_vmap, run_shard_map, run_pmap)]
+  for other in results[1:]:
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_zero_coefficients_is_independent_training(runner):
+  strategy = sync_lib.pso(inertia=0.0, cognitive=0.0, social=0.0, axis_name=AXIS)
+  x = random_params(np.random.RandomState(1), 8)
+  state = run_vmap(strategy.init, x, in_axes=(0,))
+  for r in range(3):
+    fitness = jnp.asarray(np.random.RandomState(r).uniform(size=8), jnp.float32)
+    new_x, state = RUNNERS[runner](strategy.sync, x, state, fitness, jax.random.key(r),
+                                   in_axes=(0, 0, 0, None))
+    for k in x:
+      np.testing.assert_array_equal(np.asarray(new_x[k]), x[k])
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_social_one_without_randomness_jumps_to_the_best(runner):
+  strategy = sync_lib.pso(inertia=0.0, cognitive=0.0, social=1.0, random="none", axis_name=AXIS)
+  x = random_params(np.random.RandomState(2), 8)
+  state = run_vmap(strategy.init, x, in_axes=(0,))
+  fitness = jnp.asarray([0.9, 0.8, 0.95, 0.2, 0.5, 0.6, 0.7, 0.3])
+  new_x, _ = RUNNERS[runner](strategy.sync, x, state, fitness, jax.random.key(0),
+                             in_axes=(0, 0, 0, None))
+  for k in x:
+    for i in range(8):
+      np.testing.assert_allclose(np.asarray(new_x[k][i]), x[k][3], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_nan_particle_never_becomes_best(runner):
+  strategy = sync_lib.pso(inertia=0.0, cognitive=0.0, social=1.0, random="none", axis_name=AXIS)
+  x = random_params(np.random.RandomState(3), 8)
+  x = {k: a.copy() for k, a in x.items()}
+  for k in x:
+    x[k][2] = np.nan  # a diverged particle: NaN weights, and its loss NaN (or -inf)
+  state = run_vmap(strategy.init, x, in_axes=(0,))
+  fitness = jnp.asarray([0.9, 0.8, np.nan, 0.5, 0.4, 0.6, 0.7, 0.3])
+  fitness_neg_inf = fitness.at[2].set(-np.inf)
+  for f in (fitness, fitness_neg_inf):
+    new_x, new_state = RUNNERS[runner](strategy.sync, x, state, f, jax.random.key(0),
+                                       in_axes=(0, 0, 0, None))
+    assert int(new_state.global_index[0]) == 7
+    for k in x:
+      assert np.isfinite(np.asarray(new_state.global_best[k])).all()
+      healthy = np.delete(np.asarray(new_x[k]), 2, axis=0)
+      np.testing.assert_allclose(healthy, np.broadcast_to(x[k][7], healthy.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_average_is_the_mean(runner, n):
+  strategy = sync_lib.average(axis_name=AXIS)
+  x = random_params(np.random.RandomState(n), n)
+  state = run_vmap(strategy.init, x, in_axes=(0,))
+  new_x, _ = RUNNERS[runner](strategy.sync, x, state, jnp.zeros(n), jax.random.key(0),
+                             in_axes=(0, 0, 0, None))
+  for k in x:
+    expected = np.broadcast_to(x[k].mean(axis=0, dtype=np.float64), x[k].shape)
+    np.testing.assert_allclose(np.asarray(new_x[k]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_ssgd_reduces_gradients_to_their_mean_and_none_does_nothing(runner):
+  grads = random_params(np.random.RandomState(4), 3)
+  reduced = RUNNERS[runner](sync_lib.ssgd(axis_name=AXIS).reduce_grads, grads, in_axes=(0,))
+  untouched = RUNNERS[runner](sync_lib.none(axis_name=AXIS).reduce_grads, grads, in_axes=(0,))
+  for k in grads:
+    np.testing.assert_allclose(np.asarray(reduced[k]),
+                               np.broadcast_to(grads[k].mean(axis=0), grads[k].shape), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(untouched[k]), grads[k])
+
+
+def test_bytes_per_round_counts_the_collectives():
+  params = {"w": np.zeros((3, 4), np.float32), "b": np.zeros((5,), np.float32)}
+  size = 17 * 4
+  assert sync_lib.average().bytes_per_round(params, 16) == size
+  assert sync_lib.ssgd().bytes_per_round(params, 16) == 16 * size
+  assert sync_lib.none().bytes_per_round(params, 16) == 0
+  assert sync_lib.pso().bytes_per_round(params, 16) == size + 4
+  assert sync_lib.pso_average().bytes_per_round(params, 16) == 2 * size + 4
+
+
+def test_bad_options_name_the_field():
+  with pytest.raises(ValueError, match=r"sync.pso.memory='sometimes'.*forever"):
+    sync_lib.pso(memory="sometimes")
+  with pytest.raises(ValueError, match=r"sync.pso.random='gauss'.*particle"):
+    sync_lib.pso(random="gauss")
