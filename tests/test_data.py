@@ -1,0 +1,150 @@
+"""Data loaders on files the tests write, TFDS through its mock, sharding and augmentation."""
+
+import gzip
+import os
+import pickle
+
+import jax
+import numpy as np
+import pytest
+
+from psops_jax import data as data_lib
+from psops_jax import swarm as swarm_lib
+
+
+def write_idx(path, array):
+  """An IDX file of uint8 data: magic 0,0,8,ndim; big-endian uint32 sizes; the bytes."""
+  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+  payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(payload)
+
+
+def write_mnist_dir(directory, n_train=40, n_test=10, gz=True, seed=0):
+  rng = np.random.RandomState(seed)
+  arrays = {"train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28)),
+            "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
+            "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)),
+            "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test)}
+  for stem, array in arrays.items():
+    write_idx(os.path.join(directory, stem + (".gz" if gz else "")), array.astype(np.uint8))
+  return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_round_trips(tmp_path, gz):
+  arrays = write_mnist_dir(str(tmp_path), gz=gz)
+  ds = data_lib.load("mnist", "files", str(tmp_path))
+  np.testing.assert_array_equal(ds.train_images[..., 0], arrays["train-images-idx3-ubyte"])
+  np.testing.assert_array_equal(ds.train_labels, arrays["train-labels-idx1-ubyte"])
+  np.testing.assert_array_equal(ds.test_images[..., 0], arrays["t10k-images-idx3-ubyte"])
+  np.testing.assert_array_equal(ds.test_labels, arrays["t10k-labels-idx1-ubyte"])
+  assert ds.train_images.shape == (40, 28, 28, 1) and ds.train_images.dtype == np.uint8
+  assert ds.mean == data_lib.NORMALIZATION["mnist"][0]
+
+
+def test_truncated_idx_file_is_named(tmp_path):
+  write_mnist_dir(str(tmp_path), gz=False)
+  path = os.path.join(str(tmp_path), "train-images-idx3-ubyte")
+  with open(path, "rb") as f:
+    raw = f.read()
+  with open(path, "wb") as f:
+    f.write(raw[:-100])
+  with pytest.raises(data_lib.DataError, match="train-images-idx3-ubyte is truncated or corrupt"):
+    data_lib.load("mnist", "files", str(tmp_path))
+
+
+def test_not_an_idx_file(tmp_path):
+  write_mnist_dir(str(tmp_path), gz=False)
+  with open(os.path.join(str(tmp_path), "t10k-labels-idx1-ubyte"), "wb") as f:
+    f.write(b"<html>not found</html>")
+  with pytest.raises(data_lib.DataError, match="t10k-labels-idx1-ubyte is not an IDX file"):
+    data_lib.load("mnist", "files", str(tmp_path))
+
+
+def test_missing_files_say_where_and_how(tmp_path):
+  with pytest.raises(data_lib.DataError) as err:
+    data_lib.load("fashion_mnist", "files", str(tmp_path / "nowhere"))
+  message = str(err.value)
+  assert "nowhere" in message and "apt-get install dataset-fashion-mnist" in message
+
+
+def test_unknown_names_list_the_accepted_values():
+  with pytest.raises(data_lib.DataError, match=r"data.name='svhn'.*'digits', 'mnist'"):
+    data_lib.load("svhn", "files")
+  with pytest.raises(data_lib.DataError, match=r"data.source='http'.*'sklearn', 'files', 'tfds'"):
+    data_lib.load("mnist", "http")
+
+
+def test_cifar10_python_batches(tmp_path):
+  rng = np.random.RandomState(0)
+  expected = []
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    chw = rng.randint(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    labels = rng.randint(0, 10, 4).tolist()
+    with open(tmp_path / name, "wb") as f:
+      pickle.dump({b"data": chw.reshape(4, -1), b"labels": labels}, f)
+    expected.append((chw.transpose(0, 2, 3, 1), labels))
+  ds = data_lib.load("cifar10", "files", str(tmp_path))
+  assert ds.train_images.shape == (20, 32, 32, 3)
+  np.testing.assert_array_equal(ds.train_images[4:8], expected[1][0])
+  np.testing.assert_array_equal(ds.test_labels, expected[5][1])
+  # pixel (row 5, col 7) of image 0 channel 2 is chw[0, 2, 5, 7]
+  assert ds.test_images[0, 5, 7, 2] == expected[5][0][0, 5, 7, 2]
+
+
+def test_digits_split_is_disjoint_and_complete():
+  train_x, train_y, test_x, test_y = data_lib.load_digits()
+  assert len(train_y) + len(test_y) == 1797
+  assert train_x.dtype == np.uint8 and train_x.max() == 255
+  train_rows = {row.tobytes() + bytes([y]) for row, y in zip(train_x, train_y)}
+  overlap = sum(row.tobytes() + bytes([y]) in train_rows for row, y in zip(test_x, test_y))
+  assert overlap < 10  # digits has a handful of exact duplicate images, no more
+
+
+def test_tfds_source_through_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=24):
+    ds = data_lib.load("cifar10", "tfds")
+  assert ds.train_images.shape == (24, 32, 32, 3) and ds.train_images.dtype == np.uint8
+  assert ds.train_labels.shape == (24,) and set(ds.train_labels) <= set(range(10))
+  assert ds.mean == data_lib.NORMALIZATION["cifar10"][0]
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_each_particle_sees_a_disjoint_shard(n):
+  ids = np.arange(101)
+  images = ids.astype(np.uint8).reshape(-1, 1, 1, 1)
+  shards_x, shards_y = data_lib.shard(images, ids, n, seed=0)
+  assert shards_x.shape == (n, 101 // n, 1, 1, 1)
+  np.testing.assert_array_equal(shards_x[..., 0, 0, 0], shards_y)  # images and labels stay paired
+  seen = shards_y.reshape(-1)
+  assert len(set(seen.tolist())) == len(seen)  # no example in two shards
+
+
+def test_batch_indices_cover_each_shard_once_per_epoch():
+  key = jax.random.key(0)
+  shard_size, batch = 50, 8  # 6 steps per epoch, 2 examples left out per epoch
+  epoch0 = np.concatenate([np.asarray(swarm_lib.batch_indices(key, s, shard_size, batch))
+                           for s in range(6)])
+  epoch1 = np.concatenate([np.asarray(swarm_lib.batch_indices(key, s, shard_size, batch))
+                           for s in range(6, 12)])
+  assert len(set(epoch0.tolist())) == 48 and len(set(epoch1.tolist())) == 48
+  assert not np.array_equal(epoch0, epoch1)
+
+
+def test_augmentation_is_a_shifted_window_or_its_mirror():
+  rng = np.random.RandomState(0)
+  images = rng.randint(1, 256, (16, 6, 6, 3)).astype(np.uint8)
+  out = np.asarray(swarm_lib.augment_batch(jax.random.key(3), images, pad=2))
+  assert out.shape == images.shape
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  flips = 0
+  for img, pad_img, got in zip(images, padded, out):
+    matches = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
+               if np.array_equal((pad_img[dy:dy + 6, dx:dx + 6][:, ::-1] if flip
+                                  else pad_img[dy:dy + 6, dx:dx + 6]), got)]
+    assert matches, "output is not a crop of the padded image"
+    flips += all(m[2] for m in matches)
+  assert 0 < flips < 16  # some images flipped, some not

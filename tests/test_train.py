@@ -1,0 +1,136 @@
+"""The real round and the real training loop on digits, on 8 virtual CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import digits_pso
+from psops_jax import config_check
+from psops_jax import data as data_lib
+from psops_jax import models
+from psops_jax import swarm as swarm_lib
+from psops_jax import sync as sync_lib
+from psops_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**overrides):
+  config = digits_pso.get_config()
+  config.num_particles = 4
+  config.model.name = "mlp"
+  config.train.rounds = 3
+  config.train.eval_every = 0
+  config.sync.period = 2
+  config.sync.pso.probe_size = 64
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def run_rounds(strategy, rounds, period, n=4, loop="unroll"):
+  """The project's round, `rounds` times, plain SGD on digits; returns the stacked params."""
+  ds = data_lib.load("digits", "sklearn")
+  mesh = swarm_lib.make_mesh(n)
+  model, tx = models.create("mlp"), optax.sgd(0.1)
+  cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", loop=loop,
+                              augment=False, mean=ds.mean, std=ds.std)
+  swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
+  data = swarm_lib.put_data(data_lib.shard(ds.train_images, ds.train_labels, n, 0),
+                            data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0), mesh)
+  round_fn = swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed=0)
+  for r in range(rounds):
+    swarm, metrics = round_fn(swarm, data, jnp.int32(r))
+  return swarm, metrics, round_fn
+
+
+def test_average_period_one_with_sgd_equals_ssgd():
+  averaged, _, _ = run_rounds(sync_lib.average(swarm_lib.AXIS), rounds=6, period=1)
+  synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXIS), rounds=6, period=1)
+  for a, b in zip(jax.tree.leaves(averaged.params), jax.tree.leaves(synchronous.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_ssgd_keeps_particles_identical_and_none_lets_them_drift():
+  synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXIS), rounds=2, period=3)
+  independent, _, _ = run_rounds(sync_lib.none(swarm_lib.AXIS), rounds=2, period=3)
+  for leaf in jax.tree.leaves(synchronous.params):
+    np.testing.assert_allclose(np.asarray(leaf), np.broadcast_to(np.asarray(leaf)[0], leaf.shape),
+                               atol=1e-6)
+  drift = [np.abs(np.asarray(leaf)[0] - np.asarray(leaf)[1]).max()
+           for leaf in jax.tree.leaves(independent.params)]
+  assert max(drift) > 1e-3
+
+
+def test_scan_and_unroll_give_the_same_round():
+  unrolled, m1, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXIS), rounds=2, period=3)
+  scanned, m2, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXIS), rounds=2, period=3,
+                              loop="scan")
+  for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(scanned.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(m1["loss"]), np.asarray(m2["loss"]), rtol=1e-4)
+
+
+def test_round_compiles_once():
+  _, _, round_fn = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXIS), rounds=3, period=2)
+  assert round_fn._cache_size() == 1
+
+
+def test_short_digits_run_learns_and_writes_summary(tmp_path):
+  config = small_config(**{"num_particles": 8, "model.name": "small_cnn", "train.rounds": 12,
+                           "sync.period": 8, "train.eval_every": 6, "sync.pso.probe_size": 256})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  for key in train.SUMMARY_KEYS:
+    assert key in summary, key
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  assert on_disk["final_test_accuracy"] == summary["final_test_accuracy"]
+  assert summary["final_test_accuracy"] > 0.9
+  assert summary["test_accuracy_best_particle"] > 0.9
+  assert summary["steps"] == 96 and summary["rounds"] == 12 and summary["num_particles"] == 8
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [l["round"] for l in lines] == list(range(1, 13))
+  assert "test_accuracy_best_particle" in lines[5]  # evaluated at round 6
+  assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+  params = sum(np.prod(np.shape(a)) for a in jax.tree.leaves(
+      models.create("small_cnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]))
+  assert summary["communicated_bytes_per_particle"] == 12 * (4 * params + 4)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sync.strategy", "gossip", r"sync.strategy='gossip': accepted values are \('pso'"),
+    ("sync.period", 0, r"sync.period=0: must be an integer >= 1"),
+    ("sync.pso.social", -1.0, r"sync.pso.social=-1.0: must be a number >= 0"),
+    ("num_particles", 9, r"num_particles=9 needs 9 devices.*Accepted: 1..8"),
+    ("model.name", "resnet", r"model.name='resnet': accepted values are"),
+    ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
+])
+def test_bad_config_names_the_field(tmp_path, field, value, message):
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(small_config(**{field: value}), str(tmp_path))
+
+
+def test_command_line_override_and_clean_error(tmp_path):
+  base = [sys.executable, "train.py", "--config", "configs/digits_pso.py",
+          "--config.num_particles=2", "--config.model.name=mlp", "--config.train.rounds=2",
+          "--config.sync.pso.probe_size=32"]
+  ok = subprocess.run(base + ["--workdir", str(tmp_path / "ok")], cwd=REPO, capture_output=True,
+                      text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr
+  summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+  assert summary["num_particles"] == 2 and summary["rounds"] == 2
+  assert "final test accuracy" in ok.stdout
+  bad = subprocess.run(base + ["--config.sync.strategy=gossip", "--workdir", str(tmp_path / "bad")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2
+  assert "sync.strategy='gossip'" in bad.stderr and "Traceback" not in bad.stderr
