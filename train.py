@@ -33,7 +33,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  ensure_host_devices(int(config.num_particles) if isinstance(config.num_particles, int) else 1)
+  wanted = config.get("num_devices") or config.get("num_particles")
+  ensure_host_devices(wanted if isinstance(wanted, int) and wanted > 0 else 1)
   from psops_jax import config_check, data, train  # JAX starts here, after XLA_FLAGS is set
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)

@@ -51,9 +51,10 @@ def time_cell(model_name, shape, loop, period, args):
   probe = (images[0, :256], labels[0, :256])
   model = models.create(model_name)
   tx = optax.sgd(0.01, momentum=0.9)
-  strategy = sync_lib.pso(axis_name=swarm_lib.AXIS)
+  strategy = sync_lib.pso(axis_name=swarm_lib.AXES)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=args.batch_size, fitness="round_loss",
-                              loop=loop, augment=False, mean=(0.5,), std=(0.25,))
+                              loop=loop, local_layout="unroll", augment=False, mean=(0.5,),
+                              std=(0.25,))
   swarm = swarm_lib.init_swarm(model, tx, strategy, images[0], n, 0, mesh, cfg.mean, cfg.std)
   data = swarm_lib.put_data((images, labels), probe, mesh)
   t0 = time.perf_counter()

@@ -11,6 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_particles = 8
+  config.num_devices = 0             # devices the particles are spread over; 0: one per particle
+                                     # (or the largest divisor of num_particles that exists)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"        # digits | mnist | fashion_mnist | cifar10
@@ -31,9 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 1         # rounds between lines of metrics.jsonl
   config.train.eval_every = 5        # rounds between test evaluations (0: only at the end)
   config.train.loop = "auto"         # auto | unroll | scan: how a round's local steps are compiled
+  config.train.local_layout = "unroll"  # unroll | vmap: passes of several particles on one device
+  config.train.init = "shared"       # shared | independent: initial weights of the particles
 
   config.sync = ml_collections.ConfigDict()
-  config.sync.strategy = "pso"       # pso | pso_average | average | ssgd | none
+  config.sync.strategy = "pso"       # pso | pso_average | average | ssgd | easgd | diloco | none
   config.sync.period = 8             # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (DESIGN.md): bests forgotten each round and particles compared on one
@@ -45,5 +49,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.pso.fitness = "probe"  # probe (common batch of training data) | round_loss
   config.sync.pso.probe_size = 1024  # examples in the probe batch
   config.sync.pso.memory = "round"   # round (bests forgotten every sync) | forever (textbook PSO)
-  config.sync.pso.random = "particle"  # r1, r2 drawn per particle | per coordinate
+  config.sync.pso.random = "particle"  # r1, r2 drawn per particle | per coordinate | none (= 1)
+  config.sync.pso.max_velocity_norm = 0.0  # clip ||v_i|| (global L2 norm) to this; 0: no clipping
+  config.sync.pso.schedule = "constant"  # constant | linear: w, c1, c2 go linearly from the values
+  config.sync.pso.inertia_final = 0.0    # above to these *_final values over train.rounds syncs
+  config.sync.pso.cognitive_final = 0.0
+  config.sync.pso.social_final = 1.0
+  config.sync.average_opt_state = False  # average: also average the optimizer state (momentum)
+  config.sync.easgd = ml_collections.ConfigDict()
+  config.sync.easgd.alpha = 0.1      # elastic strength; N * alpha <= 1
+  config.sync.diloco = ml_collections.ConfigDict()
+  config.sync.diloco.learning_rate = 0.7  # outer learning rate (1 with momentum 0 = average)
+  config.sync.diloco.momentum = 0.9
+  config.sync.diloco.nesterov = True
   return config

@@ -6,6 +6,8 @@ from psops_jax import sync as sync_lib
 
 OPTIMIZERS = ("sgd", "adam")
 LOOPS = ("auto", "unroll", "scan")
+LAYOUTS = ("unroll", "vmap")
+INITS = ("shared", "independent")
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,7 @@ def validate(config) -> None:
   """Raise ConfigError naming the first field whose value cannot be used."""
   _number(config, "seed", 0, integer=True)
   _number(config, "num_particles", 1, integer=True)
+  _number(config, "num_devices", 0, integer=True)
   _choice(config, "data.name", data_lib.NAMES)
   _choice(config, "data.source", data_lib.SOURCES)
   _choice(config, "model.name", models.MODELS)
@@ -53,10 +56,19 @@ def validate(config) -> None:
   _number(config, "train.log_every", 1, integer=True)
   _number(config, "train.eval_every", 0, integer=True)
   _choice(config, "train.loop", LOOPS)
+  _choice(config, "train.local_layout", LAYOUTS)
+  _choice(config, "train.init", INITS)
   _choice(config, "sync.strategy", sync_lib.STRATEGIES)
   _number(config, "sync.period", 1, integer=True)
-  for coefficient in ("inertia", "cognitive", "social", "mean_pull"):
+  for coefficient in ("inertia", "cognitive", "social", "mean_pull", "max_velocity_norm",
+                      "inertia_final", "cognitive_final", "social_final"):
     _number(config, f"sync.pso.{coefficient}", 0.0)
+  _choice(config, "sync.pso.schedule", sync_lib.SCHEDULE_CHOICES)
+  _choice(config, "sync.average_opt_state", (True, False))
+  _number(config, "sync.easgd.alpha", 0.0)
+  _number(config, "sync.diloco.learning_rate", 0.0, strict=True)
+  _number(config, "sync.diloco.momentum", 0.0)
+  _choice(config, "sync.diloco.nesterov", (True, False))
   _choice(config, "sync.pso.fitness", sync_lib.FITNESS_CHOICES)
   _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
   _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)

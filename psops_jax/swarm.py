@@ -1,15 +1,22 @@
 """The swarm on a device mesh: state, one jitted round (local steps + sync), evaluation.
 
-Particles lie along the mesh axis `AXIS` ("particles"), one particle per device. Every array of the swarm
-carries a leading particle axis of size N, sharded over that mesh axis; `jax.shard_map` hands each device
-its own particle (a block of size 1), which the round squeezes away, so the sync strategies see one
-particle's pytree and reach the others only through collectives over `AXIS`.
+Particles lie along the mesh axis `AXIS` ("particles"): N particles on D devices, L = N / D per device.
+Every array of the swarm carries a leading particle axis of size N, sharded over `AXIS`; `jax.shard_map`
+hands each device its block of L particles. Inside the block, the cheap per-particle work (batch drawing,
+optimizer update, gradient reduction, the sync) runs under `jax.vmap(..., axis_name=LOCAL)`, and the
+strategies' collectives span all N particles through the axis pair `AXES = (AXIS, LOCAL)`; particle
+d * L + l is local particle l of device d.
+
+The expensive part, each particle's forward and backward pass, is laid out by `local_layout`:
+"unroll" writes the L passes one after another in the program; "vmap" vmaps them, which XLA:CPU compiles
+into grouped convolutions (DESIGN.md measured them 10x slower). `benchmarks/particles_per_device.py`
+compares the layouts.
 
 Loop structure of the local steps (`loop`): "unroll" writes the `period` steps out in the jitted
 program, "scan" runs them in `lax.scan`. Measured on a 2-core CPU (`benchmarks/loop_structure.py`,
-numbers in `benchmarks/results/loop_structure.json`): XLA:CPU runs convolutions inside a while loop
-several times slower, so "auto" unrolls on CPU and scans on GPU/TPU, where loop bodies run at full speed
-and compile time stays flat in `period`.
+numbers in `benchmarks/results/loop_structure.json`): XLA:CPU ran the steps of the small CNN 10-20x and
+of LeNet-5 2-3x slower inside `lax.scan`, so "auto" unrolls on CPU and scans on GPU/TPU, where loop
+bodies run at full speed and compile time stays flat in `period`.
 """
 
 import functools
@@ -25,6 +32,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from psops_jax import sync as sync_lib
 
 AXIS = "particles"
+LOCAL = "local"
+AXES = (AXIS, LOCAL)
 EVAL_CHUNK = 1000
 PyTree = Any
 
@@ -50,22 +59,28 @@ class RoundConfig(NamedTuple):
   batch_size: int
   fitness: str        # "round_loss" or "probe"
   loop: str           # "unroll" or "scan"
+  local_layout: str   # "unroll" or "vmap": the forward/backward passes of a device's particles
   augment: bool       # random crop (4-pixel pad) and horizontal flip, for CIFAR-10
   mean: tuple
   std: tuple
 
 
-def make_mesh(num_particles: int) -> jax.sharding.Mesh:
-  """A 1-D mesh over the first `num_particles` devices, axis name `AXIS`."""
-  devices = jax.devices()
-  if num_particles > len(devices):
+def make_mesh(num_particles: int, num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh, axis `AXIS`, over `num_devices` devices (0: the largest divisor of `num_particles`
+  that is at most the number of devices there are)."""
+  available = len(jax.devices())
+  if num_devices == 0:
+    num_devices = max(d for d in range(1, min(num_particles, available) + 1) if num_particles % d == 0)
+  if num_devices > available:
     raise ValueError(
-        f"num_particles={num_particles} needs {num_particles} devices, this process sees "
-        f"{len(devices)} ({devices[0].platform}). Accepted: 1..{len(devices)}. On CPU, set "
-        f"XLA_FLAGS=--xla_force_host_platform_device_count={num_particles} before JAX starts "
-        "(train.py does this itself).")
-  return jax.make_mesh((num_particles,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices[:num_particles])
+        f"num_devices={num_devices}: this process sees {available} {jax.devices()[0].platform} "
+        f"devices. Accepted: 0 (auto) or 1..{available}. On CPU, set "
+        f"XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts (train.py does this).")
+  if num_particles % num_devices:
+    raise ValueError(f"num_particles={num_particles} is not a multiple of num_devices={num_devices}: "
+                     "every device holds the same number of particles")
+  return jax.make_mesh((num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:num_devices])
 
 
 def resolve_loop(loop: str) -> str:
@@ -115,62 +130,92 @@ def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: 
   return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
+def draw_batch(key, step, images, labels, batch_size: int, augment: bool):
+  """Mini-batch `step` of one particle's shard (see `batch_indices`), augmented if asked."""
+  idx = batch_indices(key, step, labels.shape[0], batch_size)
+  x, y = images[idx], labels[idx]
+  if augment:
+    x = augment_batch(jax.random.fold_in(jax.random.fold_in(key, -1), step), x)
+  return x, y
+
+
+def per_particle(fn, layout: str):
+  """fn mapped over the leading (local particle) axis of its arguments: a vmap ("vmap"), or the calls
+  written one after another ("unroll"), outputs stacked."""
+  if layout == "vmap":
+    return jax.vmap(fn)
+
+  def unrolled(*args):
+    count = jax.tree.leaves(args)[0].shape[0]
+    outs = [fn(*jax.tree.map(lambda a: a[j], args)) for j in range(count)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return unrolled
+
+
 def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncStrategy,
                cfg: RoundConfig, mesh: jax.sharding.Mesh, seed: int):
   """The jitted round: `swarm, metrics = round_fn(swarm, data, round_index)`.
 
   Each particle runs `cfg.period` optax steps on mini-batches of its own shard, computes its fitness,
-  then all particles run `strategy.sync` together. metrics: per-particle "loss" (mean mini-batch loss of
-  the round) and "fitness" (what the sync compared), each of shape (N,).
-  The swarm's buffers are donated.
+  then all particles run `strategy.sync` (and `strategy.reduce_opt_state`) together. `strategy` must be
+  built with `axis_name=AXES`. metrics: per-particle "loss" (mean mini-batch loss of the round) and
+  "fitness" (what the sync compared), each of shape (N,). The swarm's buffers are donated.
   """
 
   def loss_fn(params, images, labels):
     return cross_entropy(model.apply({"params": params}, normalize(images, cfg.mean, cfg.std)), labels)
 
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = per_particle(jax.value_and_grad(loss_fn), cfg.local_layout)
+  over_local = lambda fn, in_axes=0: jax.vmap(fn, in_axes=in_axes, axis_name=LOCAL)
+  batch_fn = over_local(functools.partial(draw_batch, batch_size=cfg.batch_size, augment=cfg.augment),
+                        in_axes=(0, None, 0, 0))
 
-  def local_step(carry, step, images, labels, data_key):
+  def local_step(carry, step, images, labels, data_keys):
     params, opt_state = carry
-    idx = batch_indices(data_key, step, labels.shape[0], cfg.batch_size)
-    x, y = images[idx], labels[idx]
-    if cfg.augment:
-      x = augment_batch(jax.random.fold_in(jax.random.fold_in(data_key, -1), step), x)
+    x, y = batch_fn(data_keys, step, images, labels)
     loss, grads = grad_fn(params, x, y)
-    grads = strategy.reduce_grads(grads)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    grads = over_local(strategy.reduce_grads)(grads)
+    updates, opt_state = over_local(tx.update)(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
-  def particle_round(swarm: Swarm, data: DeviceData, round_index):
-    squeeze = lambda tree: jax.tree.map(lambda a: a[0], tree)
-    params, opt_state, sync_state = squeeze(swarm)
-    images, labels = data.train_images[0], data.train_labels[0]
-    base_key = jax.random.fold_in(jax.random.key(seed), lax.axis_index(AXIS))
-    first_step = round_index * cfg.period
-    steps = first_step + jnp.arange(cfg.period)
-    step_fn = functools.partial(local_step, images=images, labels=labels, data_key=base_key)
+  def sync_one(params, opt_state, sync_state, fitness, key):
+    params, sync_state = strategy.sync(params, sync_state, fitness, key)
+    return params, strategy.reduce_opt_state(opt_state), sync_state
+
+  def device_round(swarm: Swarm, data: DeviceData, round_index):
+    local_count = data.train_labels.shape[0]
+    index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
+    data_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index)
+    steps = round_index * cfg.period + jnp.arange(cfg.period)
+    step_fn = functools.partial(local_step, images=data.train_images, labels=data.train_labels,
+                                data_keys=data_keys)
+    carry = (swarm.params, swarm.opt_state)
     if cfg.loop == "scan":
-      (params, opt_state), losses = lax.scan(step_fn, (params, opt_state), steps)
+      (params, opt_state), losses = lax.scan(step_fn, carry, steps)
     else:
-      carry, losses = (params, opt_state), []
+      losses = []
       for t in range(cfg.period):
         carry, loss = step_fn(carry, steps[t])
         losses.append(loss)
       (params, opt_state), losses = carry, jnp.stack(losses)
+    # losses: (period, L)
     if cfg.fitness == "probe":
-      fitness = loss_fn(params, data.probe_images, data.probe_labels)
+      probe_loss = lambda p: loss_fn(p, data.probe_images, data.probe_labels)
+      fitness = per_particle(probe_loss, cfg.local_layout)(params)
     else:  # mean mini-batch loss over the last half of the round
-      fitness = losses[cfg.period // 2:].mean()
+      fitness = losses[cfg.period // 2:].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
-    params, sync_state = strategy.sync(params, sync_state, fitness, sync_key)
-    expand = lambda tree: jax.tree.map(lambda a: a[None], tree)
-    metrics = {"loss": losses.mean(), "fitness": fitness}
-    return expand(Swarm(params, opt_state, sync_state)), expand(metrics)
+    params, opt_state, sync_state = over_local(sync_one, in_axes=(0, 0, 0, 0, None))(
+        params, opt_state, swarm.sync_state, fitness, sync_key)
+    metrics = {"loss": losses.mean(axis=0), "fitness": fitness}
+    return Swarm(params, opt_state, sync_state), metrics
 
   sharded = jax.shard_map(
-      particle_round, mesh=mesh,
+      device_round, mesh=mesh,
       in_specs=(P(AXIS), DeviceData(P(AXIS), P(AXIS), P(), P()), P()),
-      out_specs=(P(AXIS), P(AXIS)))
+      out_specs=(P(AXIS), P(AXIS)),
+      check_vma=False)  # collectives over (mesh axis, vmap axis) need it with jax 0.10 (DESIGN.md)
   return jax.jit(sharded, donate_argnums=0)
 
 
@@ -179,13 +224,19 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
 
 
 def init_swarm(model, tx, strategy, sample_images: np.ndarray, num_particles: int, seed: int,
-               mesh, mean, std) -> Swarm:
-  """N copies of one initialisation (all particles start from the same weights), on the mesh."""
+               mesh, mean, std, init: str = "shared") -> Swarm:
+  """The swarm on the mesh: every particle from the same initial weights ("shared"), or each from its
+  own key fold_in(seed, particle index) ("independent")."""
   x = normalize(jnp.asarray(sample_images[:1]), mean, std)
-  params = model.init(jax.random.key(seed), x)["params"]
-  one = Swarm(params, tx.init(params), strategy.init(params))
-  stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_particles,) + jnp.shape(a)), one)
-  return jax.device_put(stacked, NamedSharding(mesh, P(AXIS)))
+  init_one = lambda key: model.init(key, x)["params"]
+  if init == "shared":
+    one = init_one(jax.random.key(seed))
+    params = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one)
+  else:
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(num_particles))
+    params = jax.vmap(init_one)(keys)
+  swarm = Swarm(params, jax.vmap(tx.init)(params), jax.vmap(strategy.init)(params))
+  return jax.device_put(swarm, NamedSharding(mesh, P(AXIS)))
 
 
 def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
@@ -212,15 +263,15 @@ def accuracy_and_loss(model, params, images, labels, mean, std):
 
 
 def make_evaluators(model, mesh, mean, std):
-  """(evaluate_particles, evaluate_one): accuracy and loss of every particle (in parallel, one per
-  device) and of a single model (on one device)."""
+  """(evaluate_particles, evaluate_one): accuracy and loss of every particle (each device evaluates
+  its own particles) and of a single model (on one device)."""
   fn = functools.partial(accuracy_and_loss, model, mean=mean, std=std)
 
-  def per_particle(params, images, labels):
-    acc, loss = fn(jax.tree.map(lambda a: a[0], params), images, labels)
-    return acc[None], loss[None]
+  def device_particles(params, images, labels):
+    return per_particle(lambda p: fn(p, images, labels), "unroll")(params)
 
-  evaluate_particles = jax.jit(jax.shard_map(per_particle, mesh=mesh, in_specs=(P(AXIS), P(), P()),
+  evaluate_particles = jax.jit(jax.shard_map(device_particles, mesh=mesh,
+                                             in_specs=(P(AXIS), P(), P()),
                                              out_specs=(P(AXIS), P(AXIS))))
   evaluate_one = jax.jit(fn)
   return evaluate_particles, evaluate_one

@@ -9,8 +9,11 @@ Every strategy is a `SyncStrategy`, a NamedTuple of pure functions in the manner
 
 `init`, `sync` and `reduce_grads` see ONE particle's pytree; the particle axis is the named axis
 `axis_name`, bound by `jax.shard_map`, `jax.pmap` or `jax.vmap(..., axis_name=...)`: the same functions
-run under all three. `key` may be the same for every particle; strategies that need per-particle
-randomness fold in `lax.axis_index(axis_name)`.
+run under all three. `axis_name` may also be a tuple of names, e.g. ("particles", "local") for several
+particles per device (a mesh axis times a vmap axis): the particles are then numbered d * L + l.
+`key` may be the same for every particle; strategies that need per-particle randomness fold in
+`particle_index(axis_name)`. `reduce_opt_state` is applied to the optimizer state at every sync (identity
+except for `average(average_opt_state=True)`).
 
 `bytes_per_round(params, period)` is the communication model: the bytes ONE particle puts into
 collectives during one round of `period` local steps (the payload of each all-reduce or all-gather that
@@ -22,11 +25,15 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 PyTree = Any
 
+AxisName = str | tuple[str, ...]
+
 FITNESS_CHOICES = ("round_loss", "probe")
+SCHEDULE_CHOICES = ("constant", "linear")
 MEMORY_CHOICES = ("forever", "round")
 RANDOM_CHOICES = ("particle", "coordinate", "none")
 
@@ -38,7 +45,8 @@ class SyncStrategy(NamedTuple):
   sync: Callable[[PyTree, PyTree, jax.Array, jax.Array], tuple[PyTree, PyTree]]
   reduce_grads: Callable[[PyTree], PyTree]
   bytes_per_round: Callable[[PyTree, int], int]
-  export: str  # which model the run exports: "global_best", "mean" or "best_particle"
+  export: str  # the model a run exports: "global_best", "center", "mean" or "best_particle"
+  reduce_opt_state: Callable[[PyTree], PyTree] = lambda opt_state: opt_state
 
 
 def tree_bytes(tree: PyTree) -> int:
@@ -51,34 +59,66 @@ def _identity(tree: PyTree) -> PyTree:
   return tree
 
 
+def _float_leaves(tree: PyTree) -> list:
+  return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+
+
+def particle_index(axis_name: AxisName) -> jax.Array:
+  """This particle's number along `axis_name` (row-major over a tuple of axes)."""
+  return lax.axis_index(axis_name)
+
+
+def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The scalar `x` of every particle, shape (N,), ordered by `particle_index`.
+
+  Over a tuple of axes the gathers are nested, innermost axis first (jax 0.10 rejects one all_gather
+  over a mesh axis and a vmap axis together).
+  """
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  for name in reversed(names):
+    x = lax.all_gather(x, name)
+  return x.reshape(-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Baselines.
 
 
-def none(axis_name: str = "particles") -> SyncStrategy:
+def none(axis_name: AxisName = "particles") -> SyncStrategy:
   """Independent particles: no communication at all (a lower bound for every sync method)."""
   del axis_name
   return SyncStrategy(
       init=lambda params: (),
       sync=lambda params, state, fitness, key: (params, state),
       reduce_grads=_identity,
-      bytes_per_round=lambda params, period: 0,
+      bytes_per_round=lambda params, period, opt_state=None: 0,
       export="best_particle",
   )
 
 
-def average(axis_name: str = "particles") -> SyncStrategy:
-  """Parameter averaging (local SGD): x_i := (1/N) sum_k x_k at every sync; optimizer state stays local."""
+def average(axis_name: AxisName = "particles", average_opt_state: bool = False) -> SyncStrategy:
+  """Parameter averaging (local SGD): x_i := (1/N) sum_k x_k at every sync.
+
+  The optimizer state stays local unless `average_opt_state`, which also averages its floating-point
+  leaves (e.g. momentum buffers), one more all-reduce of their size.
+  """
+
+  def reduce_opt_state(opt_state):
+    return jax.tree.map(
+        lambda a: lax.pmean(a, axis_name) if jnp.issubdtype(a.dtype, jnp.floating) else a, opt_state)
+
   return SyncStrategy(
       init=lambda params: (),
       sync=lambda params, state, fitness, key: (lax.pmean(params, axis_name), state),
       reduce_grads=_identity,
-      bytes_per_round=lambda params, period: tree_bytes(params),
+      bytes_per_round=lambda params, period, opt_state=None: tree_bytes(params) + (
+          tree_bytes(_float_leaves(opt_state)) if average_opt_state and opt_state is not None else 0),
       export="mean",
+      reduce_opt_state=reduce_opt_state if average_opt_state else _identity,
   )
 
 
-def ssgd(axis_name: str = "particles") -> SyncStrategy:
+def ssgd(axis_name: AxisName = "particles") -> SyncStrategy:
   """Synchronous SGD: gradients all-reduced every step, g := (1/N) sum_k g_k; no sync between rounds.
 
   Particles that start identical stay identical (same gradient, same optimizer update).
@@ -87,7 +127,7 @@ def ssgd(axis_name: str = "particles") -> SyncStrategy:
       init=lambda params: (),
       sync=lambda params, state, fitness, key: (params, state),
       reduce_grads=lambda grads: lax.pmean(grads, axis_name),
-      bytes_per_round=lambda params, period: period * tree_bytes(params),
+      bytes_per_round=lambda params, period, opt_state=None: period * tree_bytes(params),
       export="mean",
   )
 
@@ -105,6 +145,7 @@ class PSOState(NamedTuple):
   global_best:       g after the last sync (the same on every particle), starts at the initial params.
   global_fitness:    f(g), starts at +inf.
   global_index:      index of the particle whose personal best was g (-1 before the first sync).
+  count:             syncs done so far (the step of the coefficients' schedules).
   """
 
   velocity: PyTree
@@ -113,6 +154,7 @@ class PSOState(NamedTuple):
   global_best: PyTree
   global_fitness: jax.Array
   global_index: jax.Array
+  count: jax.Array
 
 
 def sanitize_fitness(fitness: jax.Array) -> jax.Array:
@@ -121,7 +163,7 @@ def sanitize_fitness(fitness: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(fitness), fitness, jnp.inf)
 
 
-def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_name: str):
+def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_name: AxisName):
   """g := p_j with j = argmin_k f(p_k) (ties: lowest index), fetched with ONE masked all-reduce.
 
   The N scalar fitnesses are all-gathered; the weights are psum(where(i == j, p_i, 0)), so no device ever
@@ -129,9 +171,9 @@ def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_n
   particle's weights out of the sum.
   Returns (g, f(g), j).
   """
-  all_fitness = lax.all_gather(personal_fitness, axis_name)
+  all_fitness = all_gather_scalar(personal_fitness, axis_name)
   winner = jnp.argmin(all_fitness)
-  is_winner = lax.axis_index(axis_name) == winner
+  is_winner = particle_index(axis_name) == winner
   masked = jax.tree.map(lambda p: jnp.where(is_winner, p, jnp.zeros_like(p)), personal_best)
   return lax.psum(masked, axis_name), all_fitness[winner], winner
 
@@ -157,18 +199,31 @@ def draw_r(key: jax.Array, params: PyTree, random: str) -> tuple[PyTree, PyTree]
   return jax.tree.unflatten(treedef, r1), jax.tree.unflatten(treedef, r2)
 
 
-def particle_key(key: jax.Array, axis_name: str) -> jax.Array:
-  """The round key made specific to this particle: fold_in(key, axis_index)."""
-  return jax.random.fold_in(key, lax.axis_index(axis_name))
+def particle_key(key: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The round key made specific to this particle: fold_in(key, particle_index)."""
+  return jax.random.fold_in(key, particle_index(axis_name))
 
 
-def pso(inertia: float = 0.0,
-        cognitive: float = 0.0,
-        social: float = 1.0,
+Coefficient = float | Callable[[jax.Array], jax.Array]
+
+
+def clip_by_global_norm(tree: PyTree, max_norm: float) -> PyTree:
+  """tree * min(1, max_norm / ||tree||), ||.|| the global L2 norm over all leaves; max_norm 0: no-op."""
+  if not max_norm:
+    return tree
+  norm = optax.global_norm(tree)
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+  return jax.tree.map(lambda a: a * scale, tree)
+
+
+def pso(inertia: Coefficient = 0.0,
+        cognitive: Coefficient = 0.0,
+        social: Coefficient = 1.0,
         mean_pull: float = 0.0,
         memory: str = "round",
         random: str = "particle",
-        axis_name: str = "particles") -> SyncStrategy:
+        max_velocity_norm: float = 0.0,
+        axis_name: AxisName = "particles") -> SyncStrategy:
   """PSO-PS (Ye et al. 2020): the sync is one Particle Swarm Optimization step.
 
   With x_i' the weights after the round's local steps and f_i their fitness (lower is better):
@@ -178,16 +233,19 @@ def pso(inertia: float = 0.0,
       g   := p_j,  j = argmin_k f(p_k)              global best (one all-gather of N scalars, one
                                                                  masked all-reduce of the weights)
       v_i := w v_i + c1 r1 (p_i - x_i') + c2 r2 (g - x_i') + c3 (mean_k x_k' - x_i')
+      v_i := v_i min(1, V / ||v_i||)                if max_velocity_norm V > 0
       x_i := x_i' + v_i
 
-  w = inertia, c1 = cognitive, c2 = social, c3 = mean_pull (c3 > 0 is `pso_average`, one more
-  all-reduce); r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never
-  becomes a personal or global best.
+  w = inertia, c1 = cognitive, c2 = social: numbers, or schedules (callables of the sync count, e.g.
+  `optax.linear_schedule`). c3 = mean_pull (c3 > 0 is `pso_average`, one more all-reduce);
+  r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never becomes a
+  personal or global best.
   """
   if memory not in MEMORY_CHOICES:
     raise ValueError(f"sync.pso.memory={memory!r}: accepted values are {MEMORY_CHOICES}")
   if random not in RANDOM_CHOICES:
     raise ValueError(f"sync.pso.random={random!r}: accepted values are {RANDOM_CHOICES}")
+  value = lambda c, count: c(count) if callable(c) else c
 
   def init(params: PyTree) -> PSOState:
     inf = jnp.array(jnp.inf, jnp.float32)
@@ -198,6 +256,7 @@ def pso(inertia: float = 0.0,
         global_best=params,
         global_fitness=inf,
         global_index=jnp.array(-1, jnp.int32),
+        count=jnp.array(0, jnp.int32),
     )
 
   def sync(params, state: PSOState, fitness, key):
@@ -209,47 +268,127 @@ def pso(inertia: float = 0.0,
     global_best, global_fitness, winner = fetch_global_best(personal_best, personal_fitness,
                                                             axis_name)
     r1, r2 = draw_r(particle_key(key, axis_name), params, random)
+    w, c1, c2 = (value(c, state.count) for c in (inertia, cognitive, social))
     velocity = jax.tree.map(
-        lambda v, x, p, g, a, b: inertia * v + cognitive * a * (p - x) + social * b * (g - x),
+        lambda v, x, p, g, a, b: w * v + c1 * a * (p - x) + c2 * b * (g - x),
         state.velocity, params, personal_best, global_best, r1, r2)
     if mean_pull:
       mean = lax.pmean(params, axis_name)
       velocity = jax.tree.map(lambda v, x, m: v + mean_pull * (m - x), velocity, params, mean)
+    velocity = clip_by_global_norm(velocity, max_velocity_norm)
     new_params = jax.tree.map(jnp.add, params, velocity)
     new_state = PSOState(velocity, personal_best, personal_fitness, global_best, global_fitness,
-                         winner.astype(jnp.int32))
+                         winner.astype(jnp.int32), state.count + 1)
     return new_params, new_state
 
-  def bytes_per_round(params, period):
-    del period
+  def bytes_per_round(params, period, opt_state=None):
     num_allreduce = 2 if mean_pull else 1
     return num_allreduce * tree_bytes(params) + 4  # + the particle's fitness in the all-gather
 
   return SyncStrategy(init, sync, _identity, bytes_per_round, export="global_best")
 
 
-def pso_average(mean_pull: float = 0.5, social: float = 0.5, **kwargs) -> SyncStrategy:
+def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> SyncStrategy:
   """PSO-PS with an extra pull toward the swarm mean: v_i gets + c3 (mean_k x_k' - x_i')."""
   return pso(mean_pull=mean_pull, social=social, **kwargs)
 
 
-STRATEGIES = ("pso", "pso_average", "average", "ssgd", "none")
+# --------------------------------------------------------------------------------------------------
+# Elastic averaging and the DiLoCo-style outer optimizer.
 
 
-def from_config(sync_config, axis_name: str = "particles") -> SyncStrategy:
-  """The strategy a `config.sync` section names."""
+class CenterState(NamedTuple):
+  """A copy, on every particle, of the shared variable: EASGD's center, or DiLoCo's outer weights and
+  the outer optimizer's momentum (zeros for EASGD)."""
+  center: PyTree
+  momentum: PyTree
+
+
+def _center_init(params: PyTree) -> CenterState:
+  return CenterState(center=params, momentum=jax.tree.map(jnp.zeros_like, params))
+
+
+def easgd(alpha: float = 0.1, axis_name: AxisName = "particles") -> SyncStrategy:
+  """Elastic averaging SGD (Zhang, Choromanska, LeCun 2015), synchronous form, at every sync:
+
+      x_i := x_i - alpha (x_i - c)
+      c   := c + alpha sum_k (x_k - c)          (both from the values before the sync)
+
+  alpha = 0 is independent training; N alpha <= 1 keeps the center between itself and the mean.
+  The exported model is the center c.
+  """
+
+  def sync(params, state: CenterState, fitness, key):
+    diff = jax.tree.map(jnp.subtract, params, state.center)
+    total = lax.psum(diff, axis_name)
+    new_params = jax.tree.map(lambda x, d: x - alpha * d, params, diff)
+    center = jax.tree.map(lambda c, t: c + alpha * t, state.center, total)
+    return new_params, state._replace(center=center)
+
+  return SyncStrategy(_center_init, sync, _identity,
+                      lambda params, period, opt_state=None: tree_bytes(params), export="center")
+
+
+def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = True,
+           axis_name: AxisName = "particles") -> SyncStrategy:
+  """DiLoCo-style outer optimizer (Douillard et al. 2023): the round's mean displacement is a
+  pseudo-gradient for SGD with (Nesterov) momentum on shared outer weights theta:
+
+      delta := theta - mean_k x_k'                 (one all-reduce)
+      m     := mu m + delta
+      theta := theta - eta (delta + mu m)          (nesterov; plain momentum: theta - eta m)
+      x_i   := theta
+
+  eta = learning_rate, mu = momentum. eta = 1, mu = 0 is parameter averaging. The inner optimizers'
+  states stay local.
+  """
+
+  def sync(params, state: CenterState, fitness, key):
+    delta = jax.tree.map(jnp.subtract, state.center, lax.pmean(params, axis_name))
+    m = jax.tree.map(lambda m, d: momentum * m + d, state.momentum, delta)
+    step = jax.tree.map(lambda d, m: d + momentum * m, delta, m) if nesterov else m
+    theta = jax.tree.map(lambda t, s: t - learning_rate * s, state.center, step)
+    return theta, CenterState(theta, m)
+
+  return SyncStrategy(_center_init, sync, _identity,
+                      lambda params, period, opt_state=None: tree_bytes(params), export="mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# Construction from a config.
+
+STRATEGIES = ("pso", "pso_average", "average", "ssgd", "easgd", "diloco", "none")
+
+
+def coefficient_schedule(start: float, end: float, schedule: str, rounds: int) -> Coefficient:
+  """`start` (constant), or linear from `start` at the first sync to `end` at sync `rounds`."""
+  if schedule == "constant":
+    return start
+  if schedule == "linear":
+    return optax.linear_schedule(start, end, max(1, rounds - 1))
+  raise ValueError(f"sync.pso.schedule={schedule!r}: accepted values are {SCHEDULE_CHOICES}")
+
+
+def from_config(sync_config, rounds: int = 1, axis_name: AxisName = "particles") -> SyncStrategy:
+  """The strategy a `config.sync` section names (`rounds`: length of the coefficients' schedules)."""
   name = sync_config.strategy
   if name in ("pso", "pso_average"):
     c = sync_config.pso
-    kwargs = dict(inertia=c.inertia, cognitive=c.cognitive, social=c.social, memory=c.memory,
-                  random=c.random, axis_name=axis_name)
-    if name == "pso_average":
-      return pso_average(mean_pull=c.mean_pull, **kwargs)
-    return pso(**kwargs)
+    w, c1, c2 = (coefficient_schedule(c[k], c[k + "_final"] if c.schedule == "linear" else c[k],
+                                      c.schedule, rounds)
+                 for k in ("inertia", "cognitive", "social"))
+    mean_pull = c.mean_pull if name == "pso_average" else 0.0
+    return pso(inertia=w, cognitive=c1, social=c2, mean_pull=mean_pull, memory=c.memory,
+               random=c.random, max_velocity_norm=c.max_velocity_norm, axis_name=axis_name)
   if name == "average":
-    return average(axis_name)
+    return average(axis_name, average_opt_state=sync_config.average_opt_state)
   if name == "ssgd":
     return ssgd(axis_name)
+  if name == "easgd":
+    return easgd(sync_config.easgd.alpha, axis_name)
+  if name == "diloco":
+    d = sync_config.diloco
+    return diloco(d.learning_rate, d.momentum, d.nesterov, axis_name)
   if name == "none":
     return none(axis_name)
   raise ValueError(f"sync.strategy={name!r}: accepted values are {STRATEGIES}")

@@ -54,8 +54,8 @@ def tree_index(tree, i):
 
 def evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one):
   """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
-  the exported model (global best for PSO-PS, averaged weights for averaging-type strategies, the best
-  particle for independent training). The best particle is the one with the lowest final fitness
+  the exported model (global best for PSO-PS, the center for EASGD, averaged weights for the other
+  averaging-type strategies, the best particle for independent training). The best particle is the one with the lowest final fitness
   (a training-split quantity: the test split never chooses). `test` is replicated on the mesh (for the
   particles), `test_one` lies on one device (for single models)."""
   evaluate_particles, evaluate_one = evaluators
@@ -75,6 +75,9 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one):
   if strategy.export == "global_best":
     global_best = jax.device_put(tree_index(swarm.sync_state.global_best, 0), device)
     result["final_test_accuracy"] = float(evaluate_one(global_best, *test_one)[0])
+  elif strategy.export == "center":
+    center = jax.device_put(tree_index(swarm.sync_state.center, 0), device)
+    result["final_test_accuracy"] = float(evaluate_one(center, *test_one)[0])
   elif strategy.export == "mean":
     result["final_test_accuracy"] = averaged_accuracy
   else:
@@ -88,7 +91,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_check.validate(config)
   os.makedirs(workdir, exist_ok=True)
   n = config.num_particles
-  mesh = swarm_lib.make_mesh(n)
+  mesh = swarm_lib.make_mesh(n, config.num_devices)
 
   dataset = data_lib.load(config.data.name, config.data.source, config.data.dir or None, config.seed)
   shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
@@ -101,16 +104,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   model = models.create(config.model.name, dataset.num_classes)
   tx = make_optimizer(config)
-  strategy = sync_lib.from_config(config.sync, axis_name=swarm_lib.AXIS)
+  strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
   uses_probe = config.sync.strategy in ("pso", "pso_average") and config.sync.pso.fitness == "probe"
   round_cfg = swarm_lib.RoundConfig(
       period=config.sync.period, batch_size=config.train.batch_size,
       fitness="probe" if uses_probe else "round_loss",
-      loop=swarm_lib.resolve_loop(config.train.loop), augment=config.data.name == "cifar10",
+      loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
+      augment=config.data.name == "cifar10",
       mean=dataset.mean, std=dataset.std)
 
   swarm = swarm_lib.init_swarm(model, tx, strategy, dataset.train_images, n, config.seed, mesh,
-                               dataset.mean, dataset.std)
+                               dataset.mean, dataset.std, init=config.train.init)
   device_data = swarm_lib.put_data(shards, probe, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   test = (jax.device_put(dataset.test_images, replicated),
@@ -124,8 +128,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   compiled_round = round_fn.lower(swarm, device_data, jnp.int32(0)).compile()
   compile_seconds = time.perf_counter() - t0
 
-  one_particle = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), swarm.params)
-  bytes_per_round = strategy.bytes_per_round(one_particle, config.sync.period)
+  one_particle = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+  bytes_per_round = strategy.bytes_per_round(one_particle(swarm.params), config.sync.period,
+                                             one_particle(swarm.opt_state))
   samples_per_round = n * config.sync.period * config.train.batch_size
   rounds = config.train.rounds
   print(f"psops_jax: {config.sync.strategy}, {n} particles on {mesh.devices.size} "

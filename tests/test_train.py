@@ -39,13 +39,14 @@ def small_config(**overrides):
   return config
 
 
-def run_rounds(strategy, rounds, period, n=4, loop="unroll"):
-  """The project's round, `rounds` times, plain SGD on digits; returns the stacked params."""
+def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll"):
+  """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics and
+  the jitted round."""
   ds = data_lib.load("digits", "sklearn")
-  mesh = swarm_lib.make_mesh(n)
+  mesh = swarm_lib.make_mesh(n, devices)
   model, tx = models.create("mlp"), optax.sgd(0.1)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", loop=loop,
-                              augment=False, mean=ds.mean, std=ds.std)
+                              local_layout=layout, augment=False, mean=ds.mean, std=ds.std)
   swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
   data = swarm_lib.put_data(data_lib.shard(ds.train_images, ds.train_labels, n, 0),
                             data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0), mesh)
@@ -56,15 +57,15 @@ def run_rounds(strategy, rounds, period, n=4, loop="unroll"):
 
 
 def test_average_period_one_with_sgd_equals_ssgd():
-  averaged, _, _ = run_rounds(sync_lib.average(swarm_lib.AXIS), rounds=6, period=1)
-  synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXIS), rounds=6, period=1)
+  averaged, _, _ = run_rounds(sync_lib.average(swarm_lib.AXES), rounds=6, period=1)
+  synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXES), rounds=6, period=1)
   for a, b in zip(jax.tree.leaves(averaged.params), jax.tree.leaves(synchronous.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_ssgd_keeps_particles_identical_and_none_lets_them_drift():
-  synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXIS), rounds=2, period=3)
-  independent, _, _ = run_rounds(sync_lib.none(swarm_lib.AXIS), rounds=2, period=3)
+  synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXES), rounds=2, period=3)
+  independent, _, _ = run_rounds(sync_lib.none(swarm_lib.AXES), rounds=2, period=3)
   for leaf in jax.tree.leaves(synchronous.params):
     np.testing.assert_allclose(np.asarray(leaf), np.broadcast_to(np.asarray(leaf)[0], leaf.shape),
                                atol=1e-6)
@@ -74,8 +75,8 @@ def test_ssgd_keeps_particles_identical_and_none_lets_them_drift():
 
 
 def test_scan_and_unroll_give_the_same_round():
-  unrolled, m1, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXIS), rounds=2, period=3)
-  scanned, m2, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXIS), rounds=2, period=3,
+  unrolled, m1, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXES), rounds=2, period=3)
+  scanned, m2, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXES), rounds=2, period=3,
                               loop="scan")
   for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(scanned.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
@@ -83,7 +84,7 @@ def test_scan_and_unroll_give_the_same_round():
 
 
 def test_round_compiles_once():
-  _, _, round_fn = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXIS), rounds=3, period=2)
+  _, _, round_fn = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXES), rounds=3, period=2)
   assert round_fn._cache_size() == 1
 
 
@@ -111,7 +112,8 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
     ("sync.strategy", "gossip", r"sync.strategy='gossip': accepted values are \('pso'"),
     ("sync.period", 0, r"sync.period=0: must be an integer >= 1"),
     ("sync.pso.social", -1.0, r"sync.pso.social=-1.0: must be a number >= 0"),
-    ("num_particles", 9, r"num_particles=9 needs 9 devices.*Accepted: 1..8"),
+    ("num_devices", 9, r"num_devices=9: this process sees 8 cpu devices. Accepted: 0 \(auto\) or 1..8"),
+    ("num_devices", 3, r"num_particles=4 is not a multiple of num_devices=3"),
     ("model.name", "resnet", r"model.name='resnet': accepted values are"),
     ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
 ])
