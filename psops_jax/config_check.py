@@ -73,3 +73,7 @@ def validate(config) -> None:
   _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
   _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)
   _number(config, "sync.pso.probe_size", 1, integer=True)
+  if config.sync.strategy in ("easgd", "diloco", "ssgd") and config.train.init != "shared":
+    raise ConfigError(f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
+                      "this strategy keeps one shared copy of the weights (or identical particles) and "
+                      "needs train.init='shared'")

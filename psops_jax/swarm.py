@@ -229,14 +229,19 @@ def init_swarm(model, tx, strategy, sample_images: np.ndarray, num_particles: in
   own key fold_in(seed, particle index) ("independent")."""
   x = normalize(jnp.asarray(sample_images[:1]), mean, std)
   init_one = lambda key: model.init(key, x)["params"]
-  if init == "shared":
-    one = init_one(jax.random.key(seed))
-    params = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one)
-  else:
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(num_particles))
-    params = jax.vmap(init_one)(keys)
-  swarm = Swarm(params, jax.vmap(tx.init)(params), jax.vmap(strategy.init)(params))
-  return jax.device_put(swarm, NamedSharding(mesh, P(AXIS)))
+
+  def build():
+    if init == "shared":
+      one = init_one(jax.random.key(seed))
+      params = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one)
+    else:
+      keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+          jnp.arange(num_particles))
+      params = jax.vmap(init_one)(keys)
+    return Swarm(params, jax.vmap(tx.init)(params), jax.vmap(strategy.init)(params))
+
+  # Built by jit: every leaf gets a buffer of its own (the round donates them all).
+  return jax.jit(build, out_shardings=NamedSharding(mesh, P(AXIS)))()
 
 
 def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:

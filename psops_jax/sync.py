@@ -211,7 +211,7 @@ def clip_by_global_norm(tree: PyTree, max_norm: float) -> PyTree:
   """tree * min(1, max_norm / ||tree||), ||.|| the global L2 norm over all leaves; max_norm 0: no-op."""
   if not max_norm:
     return tree
-  norm = optax.global_norm(tree)
+  norm = optax.tree.norm(tree)
   scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
   return jax.tree.map(lambda a: a * scale, tree)
 
@@ -299,7 +299,8 @@ def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> 
 
 class CenterState(NamedTuple):
   """A copy, on every particle, of the shared variable: EASGD's center, or DiLoCo's outer weights and
-  the outer optimizer's momentum (zeros for EASGD)."""
+  the outer optimizer's momentum (zeros for EASGD). `init` takes the center from the particle's own
+  params, so the particles must start from the same weights (train.init="shared")."""
   center: PyTree
   momentum: PyTree
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -39,7 +40,27 @@ def run_pmap(fn, *args, in_axes):
   return jax.pmap(fn, axis_name=AXIS, in_axes=in_axes)(*args)
 
 
-RUNNERS = {"vmap": run_vmap, "shard_map": run_shard_map}
+def run_nested(fn, *args, in_axes):
+  """Several particles per device: shard_map over 2 devices (1 if N is odd), vmap inside; the
+  strategy must be built with axis_name=AXES."""
+  n = jax.tree.leaves(args[0])[0].shape[0]
+  d = 2 if n % 2 == 0 else 1
+  mesh = jax.make_mesh((d,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:d])
+  specs = tuple(P(AXIS) if a == 0 else P() for a in in_axes)
+  per_device = jax.vmap(fn, in_axes=in_axes, axis_name="local")
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=P(AXIS),
+                               check_vma=False))(*args)
+
+
+AXES = (AXIS, "local")
+RUNNERS = {"vmap": (run_vmap, AXIS), "shard_map": (run_shard_map, AXIS), "nested": (run_nested, AXES)}
+
+
+def strategy_and_runner(runner, factory, **kwargs):
+  """(strategy built for the runner's axis name, runner function)."""
+  run, axis_name = RUNNERS[runner]
+  return factory(axis_name=axis_name, **kwargs), run
 
 
 def numpy_pso(x, state, fitness, r1, r2, w, c1, c2, c3, memory):
@@ -82,8 +103,8 @@ def draws(key, params, n, random):
 ])
 def test_pso_matches_numpy_over_several_rounds(runner, n, memory, random, coefs):
   w, c1, c2, c3 = coefs
-  strategy = sync_lib.pso(inertia=w, cognitive=c1, social=c2, mean_pull=c3, memory=memory,
-                          random=random, axis_name=AXIS)
+  strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=w, cognitive=c1, social=c2,
+                                      mean_pull=c3, memory=memory, random=random)
   rng = np.random.RandomState(n)
   x = random_params(rng, n)
   state = run_vmap(strategy.init, x, in_axes=(0,))
@@ -94,8 +115,7 @@ def test_pso_matches_numpy_over_several_rounds(runner, n, memory, random, coefs)
     if r == 1:
       fitness[rng.randint(n)] = np.nan
     key = jax.random.key(100 + r)
-    x, state = RUNNERS[runner](strategy.sync, x, state, jnp.asarray(fitness), key,
-                               in_axes=(0, 0, 0, None))
+    x, state = run(strategy.sync, x, state, jnp.asarray(fitness), key, in_axes=(0, 0, 0, None))
     r1, r2 = draws(key, ref_x, n, random)
     ref_x, ref_state = numpy_pso(ref_x, ref_state, fitness, r1, r2, w, c1, c2, c3, memory)
     for k in ref_x:
@@ -127,25 +147,24 @@ def test_pso_same_result_under_vmap_shard_map_and_pmap():
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 def test_zero_coefficients_is_independent_training(runner):
-  strategy = sync_lib.pso(inertia=0.0, cognitive=0.0, social=0.0, axis_name=AXIS)
+  strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=0.0, cognitive=0.0, social=0.0)
   x = random_params(np.random.RandomState(1), 8)
   state = run_vmap(strategy.init, x, in_axes=(0,))
   for r in range(3):
     fitness = jnp.asarray(np.random.RandomState(r).uniform(size=8), jnp.float32)
-    new_x, state = RUNNERS[runner](strategy.sync, x, state, fitness, jax.random.key(r),
-                                   in_axes=(0, 0, 0, None))
+    new_x, state = run(strategy.sync, x, state, fitness, jax.random.key(r), in_axes=(0, 0, 0, None))
     for k in x:
       np.testing.assert_array_equal(np.asarray(new_x[k]), x[k])
 
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 def test_social_one_without_randomness_jumps_to_the_best(runner):
-  strategy = sync_lib.pso(inertia=0.0, cognitive=0.0, social=1.0, random="none", axis_name=AXIS)
+  strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=0.0, cognitive=0.0, social=1.0,
+                                      random="none")
   x = random_params(np.random.RandomState(2), 8)
   state = run_vmap(strategy.init, x, in_axes=(0,))
   fitness = jnp.asarray([0.9, 0.8, 0.95, 0.2, 0.5, 0.6, 0.7, 0.3])
-  new_x, _ = RUNNERS[runner](strategy.sync, x, state, fitness, jax.random.key(0),
-                             in_axes=(0, 0, 0, None))
+  new_x, _ = run(strategy.sync, x, state, fitness, jax.random.key(0), in_axes=(0, 0, 0, None))
   for k in x:
     for i in range(8):
       np.testing.assert_allclose(np.asarray(new_x[k][i]), x[k][3], rtol=0, atol=1e-6)
@@ -153,7 +172,8 @@ def test_social_one_without_randomness_jumps_to_the_best(runner):
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 def test_nan_particle_never_becomes_best(runner):
-  strategy = sync_lib.pso(inertia=0.0, cognitive=0.0, social=1.0, random="none", axis_name=AXIS)
+  strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=0.0, cognitive=0.0, social=1.0,
+                                      random="none")
   x = random_params(np.random.RandomState(3), 8)
   x = {k: a.copy() for k, a in x.items()}
   for k in x:
@@ -162,8 +182,7 @@ def test_nan_particle_never_becomes_best(runner):
   fitness = jnp.asarray([0.9, 0.8, np.nan, 0.5, 0.4, 0.6, 0.7, 0.3])
   fitness_neg_inf = fitness.at[2].set(-np.inf)
   for f in (fitness, fitness_neg_inf):
-    new_x, new_state = RUNNERS[runner](strategy.sync, x, state, f, jax.random.key(0),
-                                       in_axes=(0, 0, 0, None))
+    new_x, new_state = run(strategy.sync, x, state, f, jax.random.key(0), in_axes=(0, 0, 0, None))
     assert int(new_state.global_index[0]) == 7
     for k in x:
       assert np.isfinite(np.asarray(new_state.global_best[k])).all()
@@ -174,11 +193,10 @@ def test_nan_particle_never_becomes_best(runner):
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 @pytest.mark.parametrize("n", [2, 3, 8])
 def test_average_is_the_mean(runner, n):
-  strategy = sync_lib.average(axis_name=AXIS)
+  strategy, run = strategy_and_runner(runner, sync_lib.average)
   x = random_params(np.random.RandomState(n), n)
   state = run_vmap(strategy.init, x, in_axes=(0,))
-  new_x, _ = RUNNERS[runner](strategy.sync, x, state, jnp.zeros(n), jax.random.key(0),
-                             in_axes=(0, 0, 0, None))
+  new_x, _ = run(strategy.sync, x, state, jnp.zeros(n), jax.random.key(0), in_axes=(0, 0, 0, None))
   for k in x:
     expected = np.broadcast_to(x[k].mean(axis=0, dtype=np.float64), x[k].shape)
     np.testing.assert_allclose(np.asarray(new_x[k]), expected, rtol=1e-5, atol=1e-6)
@@ -186,9 +204,11 @@ def test_average_is_the_mean(runner, n):
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 def test_ssgd_reduces_gradients_to_their_mean_and_none_does_nothing(runner):
-  grads = random_params(np.random.RandomState(4), 3)
-  reduced = RUNNERS[runner](sync_lib.ssgd(axis_name=AXIS).reduce_grads, grads, in_axes=(0,))
-  untouched = RUNNERS[runner](sync_lib.none(axis_name=AXIS).reduce_grads, grads, in_axes=(0,))
+  grads = random_params(np.random.RandomState(4), 4)
+  ssgd, run = strategy_and_runner(runner, sync_lib.ssgd)
+  none, _ = strategy_and_runner(runner, sync_lib.none)
+  reduced = run(ssgd.reduce_grads, grads, in_axes=(0,))
+  untouched = run(none.reduce_grads, grads, in_axes=(0,))
   for k in grads:
     np.testing.assert_allclose(np.asarray(reduced[k]),
                                np.broadcast_to(grads[k].mean(axis=0), grads[k].shape), rtol=1e-5,
@@ -211,3 +231,135 @@ def test_bad_options_name_the_field():
     sync_lib.pso(memory="sometimes")
   with pytest.raises(ValueError, match=r"sync.pso.random='gauss'.*particle"):
     sync_lib.pso(random="gauss")
+
+
+def shared_start(n, seed):
+  """N identical copies of one random init (what train.init=shared gives) and, per round, the local
+  progress each particle makes between syncs (different for every particle)."""
+  one = random_params(np.random.RandomState(seed), 1)
+  start = {k: np.repeat(a, n, axis=0) for k, a in one.items()}
+  rng = np.random.RandomState(seed + 1)
+  drifts = [{k: 0.1 * rng.normal(size=a.shape).astype(np.float32) for k, a in start.items()}
+            for _ in range(3)]
+  return start, drifts
+
+
+def run_syncs(run, strategy, start, drifts, seed=0):
+  """init at `start`; then per round: local drift, sync (random fitnesses). Returns the params after
+  each sync and the last state."""
+  state = run_vmap(strategy.init, start, in_axes=(0,))
+  rng = np.random.RandomState(seed)
+  x, history = start, []
+  for r, drift in enumerate(drifts):
+    x = jax.tree.map(lambda a, d: a + d, x, drift)
+    fitness = jnp.asarray(rng.uniform(size=len(drift["b"])), jnp.float32)
+    x, state = run(strategy.sync, x, state, fitness, jax.random.key(r), in_axes=(0, 0, 0, None))
+    history.append(jax.tree.map(np.asarray, x))
+  return history, state
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_easgd_matches_numpy(runner, n):
+  alpha = 0.3 / n
+  strategy, run = strategy_and_runner(runner, sync_lib.easgd, alpha=alpha)
+  start, drifts = shared_start(n, seed=n)
+  history, state = run_syncs(run, strategy, start, drifts)
+  x, center = start, {k: a[0] for k, a in start.items()}
+  for r, drift in enumerate(drifts):
+    x = {k: x[k] + drift[k] for k in x}
+    diff = {k: x[k] - center[k] for k in x}
+    x = {k: x[k] - alpha * diff[k] for k in x}
+    center = {k: center[k] + alpha * diff[k].sum(axis=0) for k in x}
+    for k in x:
+      np.testing.assert_allclose(history[r][k], x[k], rtol=1e-5, atol=1e-5)
+  for k in x:
+    np.testing.assert_allclose(np.asarray(state.center[k]), np.broadcast_to(center[k], x[k].shape),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("n", [2, 3, 8])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_diloco_matches_numpy(runner, n, nesterov):
+  lr, mu = 0.7, 0.9
+  strategy, run = strategy_and_runner(runner, sync_lib.diloco, learning_rate=lr, momentum=mu,
+                                      nesterov=nesterov)
+  start, drifts = shared_start(n, seed=n)
+  history, _ = run_syncs(run, strategy, start, drifts)
+  theta = {k: a[0] for k, a in start.items()}
+  m = {k: np.zeros_like(a) for k, a in theta.items()}
+  x = start
+  for r, drift in enumerate(drifts):
+    for k in x:
+      delta = theta[k] - (x[k] + drift[k]).mean(axis=0)
+      m[k] = mu * m[k] + delta
+      theta[k] = theta[k] - lr * ((delta + mu * m[k]) if nesterov else m[k])
+    x = {k: np.broadcast_to(theta[k], start[k].shape) for k in x}
+    for k in x:
+      np.testing.assert_allclose(history[r][k], x[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_identities_between_strategies(runner):
+  """diloco(lr 1, momentum 0) = average; easgd(alpha 0) = none = pso with zero coefficients."""
+  start, drifts = shared_start(4, seed=5)
+  results = {}
+  for name, factory, kwargs in [
+      ("diloco", sync_lib.diloco, dict(learning_rate=1.0, momentum=0.0)),
+      ("average", sync_lib.average, {}),
+      ("easgd", sync_lib.easgd, dict(alpha=0.0)),
+      ("none", sync_lib.none, {}),
+      ("pso0", sync_lib.pso, dict(inertia=0.0, cognitive=0.0, social=0.0))]:
+    strategy, run = strategy_and_runner(runner, factory, **kwargs)
+    results[name], _ = run_syncs(run, strategy, start, drifts)
+  for r in range(3):
+    for k in start:
+      np.testing.assert_allclose(results["diloco"][r][k], results["average"][r][k], atol=1e-6)
+      np.testing.assert_array_equal(results["easgd"][r][k], results["none"][r][k])
+      np.testing.assert_array_equal(results["pso0"][r][k], results["none"][r][k])
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_average_with_optimizer_state(runner):
+  strategy, run = strategy_and_runner(runner, sync_lib.average, average_opt_state=True)
+  opt_state = {"momentum": np.random.RandomState(6).normal(size=(4, 3)).astype(np.float32),
+               "count": np.arange(4, dtype=np.int32)}
+  reduced = run(strategy.reduce_opt_state, opt_state, in_axes=(0,))
+  np.testing.assert_allclose(np.asarray(reduced["momentum"]),
+                             np.broadcast_to(opt_state["momentum"].mean(0), (4, 3)), atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(reduced["count"]), opt_state["count"])  # ints untouched
+  local, _ = strategy_and_runner(runner, sync_lib.average)
+  kept = run(local.reduce_opt_state, opt_state, in_axes=(0,))
+  np.testing.assert_array_equal(np.asarray(kept["momentum"]), opt_state["momentum"])
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_pso_velocity_clipping_and_linear_schedule(runner):
+  """Clipping: ||v_i|| <= V, direction kept. Schedule: w at sync t is the linear schedule's value."""
+  n, max_norm = 4, 0.05
+  schedule = optax.linear_schedule(0.9, 0.4, 2)
+  strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=schedule, cognitive=0.0,
+                                      social=1.0, random="none", memory="forever",
+                                      max_velocity_norm=max_norm)
+  unclipped, _ = strategy_and_runner(runner, sync_lib.pso, inertia=schedule, cognitive=0.0,
+                                     social=1.0, random="none", memory="forever")
+  x = random_params(np.random.RandomState(8), n)
+  fitness = jnp.asarray([0.4, 0.1, 0.3, 0.2])
+  new_x, state = run(strategy.sync, x, run_vmap(strategy.init, x, in_axes=(0,)), fitness,
+                     jax.random.key(0), in_axes=(0, 0, 0, None))
+  free_x, free_state = run(unclipped.sync, x, run_vmap(unclipped.init, x, in_axes=(0,)), fitness,
+                           jax.random.key(0), in_axes=(0, 0, 0, None))
+  for i in range(n):
+    v = np.concatenate([np.asarray(state.velocity[k][i]).ravel() for k in sorted(x)])
+    free_v = np.concatenate([np.asarray(free_state.velocity[k][i]).ravel() for k in sorted(x)])
+    expected = free_v * min(1.0, max_norm / max(np.linalg.norm(free_v), 1e-12))
+    np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-7)
+    assert np.linalg.norm(v) <= max_norm * (1 + 1e-5)
+  # second sync: w = schedule(1) = 0.65 multiplies the first velocity; g unchanged (same fitness)
+  x2, state2 = run(unclipped.sync, free_x, free_state, fitness, jax.random.key(1),
+                   in_axes=(0, 0, 0, None))
+  best = {k: x[k][1] for k in x}
+  for k in x:
+    expected_v = 0.65 * np.asarray(free_state.velocity[k]) + (best[k][None] - np.asarray(free_x[k]))
+    np.testing.assert_allclose(np.asarray(state2.velocity[k]), expected_v, rtol=1e-5, atol=1e-5)

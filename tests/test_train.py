@@ -136,3 +136,35 @@ def test_command_line_override_and_clean_error(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2
   assert "sync.strategy='gossip'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("devices,layout", [(2, "unroll"), (1, "vmap"), (4, "vmap")])
+def test_particles_per_device_do_not_change_the_numbers(devices, layout):
+  strategy = lambda: sync_lib.pso(inertia=0.5, cognitive=0.5, social=0.5, memory="forever",
+                                  axis_name=swarm_lib.AXES)
+  reference, ref_metrics, _ = run_rounds(strategy(), rounds=3, period=2, n=8, devices=8)
+  packed, metrics, _ = run_rounds(strategy(), rounds=3, period=2, n=8, devices=devices, layout=layout)
+  np.testing.assert_allclose(np.asarray(metrics["loss"]), np.asarray(ref_metrics["loss"]), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(packed.sync_state.global_index),
+                                np.asarray(reference.sync_state.global_index))
+  for a, b in zip(jax.tree.leaves(packed.params), jax.tree.leaves(reference.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", sync_lib.STRATEGIES)
+def test_every_strategy_trains_through_train_and_evaluate(tmp_path, strategy):
+  config = small_config(**{"sync.strategy": strategy, "num_devices": 2, "train.rounds": 4,
+                           "sync.period": 4})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["strategy"] == strategy
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+  assert summary["final_test_accuracy"] > 0.5  # an MLP after 16 steps of batch 32 on digits
+  if strategy == "ssgd":
+    assert summary["test_accuracy_mean_particle"] == pytest.approx(summary["final_test_accuracy"])
+
+
+def test_independent_init_is_refused_by_center_strategies(tmp_path):
+  config = small_config(**{"sync.strategy": "easgd", "train.init": "independent"})
+  with pytest.raises(config_check.ConfigError, match=r"train.init='independent'.*easgd"):
+    train.train_and_evaluate(config, str(tmp_path))
