@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.loop = "auto"         # auto | unroll | scan: how a round's local steps are compiled
   config.train.local_layout = "unroll"  # unroll | vmap: passes of several particles on one device
   config.train.init = "shared"       # shared | independent: initial weights of the particles
+  config.train.checkpoint_every = 10  # rounds between checkpoints (and one at the end)
+  config.train.keep_checkpoints = 3  # the last few kept
+  config.train.allow_config_change = False  # resume a workdir whose run had another config
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"       # pso | pso_average | average | ssgd | easgd | diloco | none

@@ -58,6 +58,9 @@ def validate(config) -> None:
   _choice(config, "train.loop", LOOPS)
   _choice(config, "train.local_layout", LAYOUTS)
   _choice(config, "train.init", INITS)
+  _number(config, "train.checkpoint_every", 1, integer=True)
+  _number(config, "train.keep_checkpoints", 1, integer=True)
+  _choice(config, "train.allow_config_change", (True, False))
   _choice(config, "sync.strategy", sync_lib.STRATEGIES)
   _number(config, "sync.period", 1, integer=True)
   for coefficient in ("inertia", "cognitive", "social", "mean_pull", "max_velocity_norm",

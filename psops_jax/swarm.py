@@ -130,6 +130,17 @@ def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: 
   return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
+def swarm_metrics(params, sync_state) -> dict:
+  """What the swarm did at this sync, for one particle (PSO strategies only, no extra communication):
+  distance_to_global_best = ||x_i' - g|| (x_i' before the move, g the new global best) and
+  velocity_norm = ||v_i||, global L2 norms over all leaves."""
+  if not isinstance(sync_state, sync_lib.PSOState):
+    return {}
+  diff = jax.tree.map(jnp.subtract, params, sync_state.global_best)
+  return {"distance_to_global_best": optax.tree.norm(diff),
+          "velocity_norm": optax.tree.norm(sync_state.velocity)}
+
+
 def draw_batch(key, step, images, labels, batch_size: int, augment: bool):
   """Mini-batch `step` of one particle's shard (see `batch_indices`), augmented if asked."""
   idx = batch_indices(key, step, labels.shape[0], batch_size)
@@ -180,8 +191,9 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     return (optax.apply_updates(params, updates), opt_state), loss
 
   def sync_one(params, opt_state, sync_state, fitness, key):
-    params, sync_state = strategy.sync(params, sync_state, fitness, key)
-    return params, strategy.reduce_opt_state(opt_state), sync_state
+    new_params, sync_state = strategy.sync(params, sync_state, fitness, key)
+    return new_params, strategy.reduce_opt_state(opt_state), sync_state, swarm_metrics(
+        params, sync_state)
 
   def device_round(swarm: Swarm, data: DeviceData, round_index):
     local_count = data.train_labels.shape[0]
@@ -206,9 +218,9 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     else:  # mean mini-batch loss over the last half of the round
       fitness = losses[cfg.period // 2:].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
-    params, opt_state, sync_state = over_local(sync_one, in_axes=(0, 0, 0, 0, None))(
+    params, opt_state, sync_state, extra = over_local(sync_one, in_axes=(0, 0, 0, 0, None))(
         params, opt_state, swarm.sync_state, fitness, sync_key)
-    metrics = {"loss": losses.mean(axis=0), "fitness": fitness}
+    metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
     return Swarm(params, opt_state, sync_state), metrics
 
   sharded = jax.shard_map(
@@ -244,12 +256,17 @@ def init_swarm(model, tx, strategy, sample_images: np.ndarray, num_particles: in
   return jax.jit(build, out_shardings=NamedSharding(mesh, P(AXIS)))()
 
 
+def put_global(array: np.ndarray, sharding) -> jax.Array:
+  """A global array from a host array that every process holds; each process transfers only the
+  slices its own devices hold (with one process: a plain device_put)."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
   """Each particle's shard on its own device; the probe batch on every device."""
   by_particle, replicated = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
-  return DeviceData(jax.device_put(train_shards[0], by_particle),
-                    jax.device_put(train_shards[1], by_particle),
-                    jax.device_put(probe[0], replicated), jax.device_put(probe[1], replicated))
+  return DeviceData(put_global(train_shards[0], by_particle), put_global(train_shards[1], by_particle),
+                    put_global(probe[0], replicated), put_global(probe[1], replicated))
 
 
 # --------------------------------------------------------------------------------------------------

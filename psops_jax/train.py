@@ -1,23 +1,33 @@
-"""`train_and_evaluate(config, workdir)`: the host loop over rounds, logging and the final report.
+"""`train_and_evaluate(config, workdir)`: the host loop over rounds, logging, checkpoints, the report.
 
 The host only dispatches one jitted round per iteration (local steps of every particle, then the sync),
-reads the round's small metrics every `train.log_every` rounds, evaluates every `train.eval_every`
-rounds (0: only at the end), and writes:
+reads the round's small metrics every `train.log_every` rounds (and at checkpoints), evaluates every
+`train.eval_every` rounds (0: only at the end), checkpoints every `train.checkpoint_every` rounds and at
+the end, and writes (process 0 only):
 
+  workdir/config.json    the run's config (a resumed run must match it)
   workdir/metrics.jsonl  one JSON object per logged round
   workdir/summary.json   the final report (keys: SUMMARY_KEYS and more)
+  workdir/checkpoints/   orbax checkpoints (see psops_jax/checkpoint.py)
+
+A workdir that holds checkpoints is resumed from the latest; SIGTERM makes the run checkpoint the round
+in progress and raise `Preempted`.
 """
 
+import hashlib
 import json
 import os
+import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from psops_jax import checkpoint as checkpoint_lib
 from psops_jax import config_check
 from psops_jax import data as data_lib
 from psops_jax import models
@@ -27,6 +37,20 @@ from psops_jax import sync as sync_lib
 SUMMARY_KEYS = ("final_test_accuracy", "test_accuracy_best_particle", "test_accuracy_mean_particle",
                 "test_accuracy_averaged_weights", "strategy", "period", "num_particles", "rounds",
                 "steps", "communicated_bytes_per_particle", "train_seconds", "samples_per_second")
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; the run checkpointed after `rounds_done` rounds and stopped."""
+
+  def __init__(self, rounds_done: int, directory: str):
+    super().__init__(f"preempted (SIGTERM): checkpoint after round {rounds_done} in {directory}; "
+                     "rerun the same command to resume")
+    self.rounds_done = rounds_done
+
+
+class Diverged(RuntimeError):
+  """Every particle's loss is NaN or inf."""
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -39,57 +63,128 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def write_json_atomically(path: str, obj) -> None:
   """Write to a temporary file in the same directory, then rename over `path` (atomic on POSIX)."""
+  write_text_atomically(path, json.dumps(obj, indent=2))
+
+
+def write_text_atomically(path: str, text: str) -> None:
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
 
 
-def tree_index(tree, i):
-  """Particle i's slice of a stacked pytree."""
-  return jax.tree.map(lambda a: a[i], tree)
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process) jax.Array as one NumPy array, the same in every process."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def first_particle(tree):
+  """The first particle this process holds, as NumPy (for state that is equal on every particle)."""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)[0]), tree)
+
+
+def params_fingerprint(params) -> str:
+  """sha256 of every particle's weights (bytes in tree order): equal fingerprints, equal weights."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.ascontiguousarray(to_host(leaf)).tobytes())
+  return digest.hexdigest()
+
+
+def _finite_or_none(value) -> float | None:
+  """JSON has no NaN/inf: a non-finite number is written as null."""
+  value = float(value)
+  return value if np.isfinite(value) else None
 
 
 def evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one):
   """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
   the exported model (global best for PSO-PS, the center for EASGD, averaged weights for the other
-  averaging-type strategies, the best particle for independent training). The best particle is the one with the lowest final fitness
-  (a training-split quantity: the test split never chooses). `test` is replicated on the mesh (for the
-  particles), `test_one` lies on one device (for single models)."""
+  averaging-type strategies, the best particle for independent training). The best particle is the one
+  with the lowest final fitness (a training-split quantity: the test split never chooses). `test` is
+  replicated on the mesh (for the particles), `test_one` lies on one local device (single models)."""
   evaluate_particles, evaluate_one = evaluators
-  accuracies, _ = evaluate_particles(swarm.params, *test)
-  accuracies = np.asarray(accuracies, np.float64)
+  accuracies = to_host(evaluate_particles(swarm.params, *test)[0]).astype(np.float64)
   best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
-  device = jax.devices()[0]
-  averaged = jax.device_put(jax.tree.map(lambda a: jnp.mean(a, axis=0), swarm.params), device)
-  averaged_accuracy = float(evaluate_one(averaged, *test_one)[0])
+  device = test_one[0].devices().pop()
+  accuracy_of = lambda params: float(evaluate_one(jax.device_put(params, device), *test_one)[0])
+  averaged = jax.tree.map(to_host, jax.jit(lambda p: jax.tree.map(lambda a: a.mean(0), p))(
+      swarm.params))
   result = {
       "test_accuracy_particles": accuracies.tolist(),
       "test_accuracy_best_particle": float(accuracies[best]),
       "best_particle": best,
       "test_accuracy_mean_particle": float(np.mean(accuracies)),
-      "test_accuracy_averaged_weights": averaged_accuracy,
+      "test_accuracy_averaged_weights": accuracy_of(averaged),
   }
   if strategy.export == "global_best":
-    global_best = jax.device_put(tree_index(swarm.sync_state.global_best, 0), device)
-    result["final_test_accuracy"] = float(evaluate_one(global_best, *test_one)[0])
+    result["final_test_accuracy"] = accuracy_of(first_particle(swarm.sync_state.global_best))
   elif strategy.export == "center":
-    center = jax.device_put(tree_index(swarm.sync_state.center, 0), device)
-    result["final_test_accuracy"] = float(evaluate_one(center, *test_one)[0])
+    result["final_test_accuracy"] = accuracy_of(first_particle(swarm.sync_state.center))
   elif strategy.export == "mean":
-    result["final_test_accuracy"] = averaged_accuracy
+    result["final_test_accuracy"] = result["test_accuracy_averaged_weights"]
   else:
     result["final_test_accuracy"] = result["test_accuracy_best_particle"]
   return result
 
 
+def round_record(r, metrics, config, samples_per_round, bytes_per_round, train_seconds):
+  """The metrics.jsonl line after round r (0-based) from the round's metrics (host arrays)."""
+  loss = metrics["loss"]
+  record = {"round": r + 1, "step": (r + 1) * config.sync.period,
+            "samples": (r + 1) * samples_per_round,
+            "train_loss": float(np.mean(loss[np.isfinite(loss)])) if np.isfinite(loss).any() else None,
+            "train_loss_particles": [_finite_or_none(v) for v in loss],
+            "fitness_particles": [_finite_or_none(v) for v in metrics["fitness"]],
+            "diverged_particles": [int(i) for i in np.flatnonzero(~np.isfinite(loss))],
+            "communicated_bytes_per_particle": (r + 1) * bytes_per_round,
+            "train_seconds": train_seconds}
+  for key in ("distance_to_global_best", "velocity_norm"):
+    if key in metrics:
+      record[key + "_particles"] = [_finite_or_none(v) for v in metrics[key]]
+  return record
+
+
+class SigtermFlag:
+  """Context manager: while inside, SIGTERM sets `.raised` instead of killing the process."""
+
+  def __init__(self):
+    self.raised = False
+
+  def __enter__(self):
+    try:
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self.previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+  def any_process(self) -> bool:
+    """True if any process got SIGTERM (all processes must stop at the same round)."""
+    if jax.process_count() == 1:
+      return self.raised
+    return bool(multihost_utils.process_allgather(np.int32(self.raised)).any())
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Train a swarm as `config` says; write metrics.jsonl and summary.json in `workdir`; return the
-  summary."""
+  """Train a swarm as `config` says, resuming from `workdir`'s checkpoints if any; write config.json,
+  metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary."""
   config_check.validate(config)
+  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  checkpoint_lib.check_config(workdir, config.to_dict(), config.train.allow_config_change)
   n = config.num_particles
   mesh = swarm_lib.make_mesh(n, config.num_devices)
 
@@ -110,93 +205,127 @@ def train_and_evaluate(config, workdir: str) -> dict:
       period=config.sync.period, batch_size=config.train.batch_size,
       fitness="probe" if uses_probe else "round_loss",
       loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
-      augment=config.data.name == "cifar10",
-      mean=dataset.mean, std=dataset.std)
+      augment=config.data.name == "cifar10", mean=dataset.mean, std=dataset.std)
 
   swarm = swarm_lib.init_swarm(model, tx, strategy, dataset.train_images, n, config.seed, mesh,
                                dataset.mean, dataset.std, init=config.train.init)
-  device_data = swarm_lib.put_data(shards, probe, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  test = (jax.device_put(dataset.test_images, replicated),
-          jax.device_put(dataset.test_labels, replicated))
-  test_one = (jax.device_put(dataset.test_images, jax.devices()[0]),
-              jax.device_put(dataset.test_labels, jax.devices()[0]))
+  device_data = swarm_lib.put_data(shards, probe, mesh)
+  test = (swarm_lib.put_global(dataset.test_images, replicated),
+          swarm_lib.put_global(dataset.test_labels, replicated))
+  local_device = jax.local_devices()[0]
+  test_one = (jax.device_put(dataset.test_images, local_device),
+              jax.device_put(dataset.test_labels, local_device))
   evaluators = swarm_lib.make_evaluators(model, mesh, dataset.mean, dataset.std)
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  start, spent = 0, {"train_seconds": 0.0, "compile_seconds": 0.0}
+  latest = checkpointer.latest_round()
+  if latest is not None:
+    swarm, spent = checkpointer.restore(latest, like=swarm)
+    start = latest
+  elif is_main:
+    write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
 
   round_fn = swarm_lib.make_round(model, tx, strategy, round_cfg, mesh, config.seed)
   t0 = time.perf_counter()
   compiled_round = round_fn.lower(swarm, device_data, jnp.int32(0)).compile()
-  compile_seconds = time.perf_counter() - t0
+  compile_seconds = spent["compile_seconds"] + time.perf_counter() - t0
 
   one_particle = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
   bytes_per_round = strategy.bytes_per_round(one_particle(swarm.params), config.sync.period,
                                              one_particle(swarm.opt_state))
   samples_per_round = n * config.sync.period * config.train.batch_size
   rounds = config.train.rounds
-  print(f"psops_jax: {config.sync.strategy}, {n} particles on {mesh.devices.size} "
-        f"{jax.default_backend()} devices, {config.model.name} on {config.data.name} "
-        f"({shards[1].shape[1]} training examples per particle), period {config.sync.period}, "
-        f"{rounds} rounds, loop={round_cfg.loop}; round compiled in {compile_seconds:.1f}s", flush=True)
+  if is_main:
+    resumed = f", resumed after round {start}" if start else ""
+    print(f"psops_jax: {config.sync.strategy}, {n} particles on {mesh.devices.size} "
+          f"{jax.default_backend()} devices ({jax.process_count()} process(es)), {config.model.name} "
+          f"on {config.data.name} ({shards[1].shape[1]} training examples per particle), period "
+          f"{config.sync.period}, {rounds} rounds, loop={round_cfg.loop}{resumed}; round compiled in "
+          f"{compile_seconds:.1f}s", flush=True)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  train_seconds = 0.0
-  fitness = np.zeros(n)
-  with open(metrics_path, "w") as metrics_file, tqdm(total=rounds, unit="round") as bar:
-    for r in range(rounds):
+  if is_main:  # keep the lines of the rounds the checkpoint holds, drop any logged after it
+    kept = []
+    if start and os.path.exists(metrics_path):
+      with open(metrics_path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["round"] <= start]
+    write_text_atomically(metrics_path, "".join(kept))
+
+  train_seconds = spent["train_seconds"]
+  host_metrics = None
+  if "loss" in spent:  # the metrics of the checkpoint's last round
+    host_metrics = {k: np.asarray([np.nan if v is None else v for v in spent[k]], np.float64)
+                    for k in ("loss", "fitness")}
+
+  def save(rounds_done):
+    checkpointer.save(rounds_done, swarm, {
+        "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+        "loss": [_finite_or_none(v) for v in host_metrics["loss"]],
+        "fitness": [_finite_or_none(v) for v in host_metrics["fitness"]]})
+
+  with open(metrics_path, "a") if is_main else open(os.devnull, "w") as metrics_file, \
+       tqdm(total=rounds, initial=start, unit="round", disable=not is_main) as bar, \
+       SigtermFlag() as sigterm:
+    for r in range(start, rounds):
       t0 = time.perf_counter()
       swarm, round_metrics = compiled_round(swarm, device_data, jnp.int32(r))
-      last = r == rounds - 1
-      if (r + 1) % config.train.log_every == 0 or last:
-        loss = np.asarray(round_metrics["loss"], np.float64)  # host sync: the round is done
-        fitness = np.asarray(round_metrics["fitness"], np.float64)
+      done = r + 1
+      checkpoint_now = done % config.train.checkpoint_every == 0 or done == rounds
+      stop = sigterm.any_process()
+      if done % config.train.log_every == 0 or checkpoint_now or stop:
+        host_metrics = {k: to_host(v).astype(np.float64) for k, v in round_metrics.items()}
         train_seconds += time.perf_counter() - t0
-        record = {"round": r + 1, "step": (r + 1) * config.sync.period,
-                  "samples": (r + 1) * samples_per_round,
-                  "train_loss": float(np.nanmean(loss)) if np.isfinite(loss).any() else None,
-                  "train_loss_particles": [_finite_or_none(v) for v in loss],
-                  "fitness_particles": [_finite_or_none(v) for v in fitness],
-                  "diverged_particles": [int(i) for i in np.flatnonzero(~np.isfinite(loss))],
-                  "communicated_bytes_per_particle": (r + 1) * bytes_per_round,
-                  "train_seconds": train_seconds}
-        if hasattr(swarm.sync_state, "global_index"):
-          record["global_best_particle"] = int(swarm.sync_state.global_index[0])
-        eval_now = config.train.eval_every and ((r + 1) % config.train.eval_every == 0)
-        if eval_now and not last:
-          record.update(evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one))
+        record = round_record(r, host_metrics, config, samples_per_round, bytes_per_round,
+                              train_seconds)
+        if not np.isfinite(host_metrics["loss"]).any():
+          checkpointer.wait()
+          last = checkpointer.latest_round()
+          raise Diverged(
+              f"all {n} particles diverged by round {done} (loss NaN or inf); last good checkpoint: "
+              f"{'round ' + str(last) if last is not None else 'none'} in {checkpointer.directory}. "
+              f"Try a smaller optimizer.learning_rate (now {config.optimizer.learning_rate}).")
+        if config.train.eval_every and done % config.train.eval_every == 0 and done != rounds:
+          record.update(evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test,
+                                       test_one))
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         bar.set_postfix(loss=record["train_loss"], refresh=False)
-        t0 = time.perf_counter()
+        if checkpoint_now or stop:
+          save(done)
+        if stop:
+          checkpointer.wait()
+          raise Preempted(done, checkpointer.directory)
       else:
         train_seconds += time.perf_counter() - t0
       bar.update(1)
-    jax.block_until_ready(swarm)
+    checkpointer.wait()
 
-  final = evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one)
-  steps = rounds * config.sync.period
+  final = evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test, test_one)
   summary = {
       **final,
       "strategy": config.sync.strategy,
       "period": config.sync.period,
       "num_particles": n,
+      "num_devices": int(mesh.devices.size),
+      "num_processes": jax.process_count(),
       "rounds": rounds,
-      "steps": steps,
+      "steps": rounds * config.sync.period,
       "samples": rounds * samples_per_round,
       "communicated_bytes_per_particle": rounds * bytes_per_round,
       "communicated_bytes_total": rounds * bytes_per_round * n,
       "train_seconds": train_seconds,
       "compile_seconds": compile_seconds,
       "samples_per_second": rounds * samples_per_round / train_seconds,
-      "final_train_loss_particles": [_finite_or_none(v) for v in np.asarray(round_metrics["loss"])],
+      "final_train_loss_particles": [_finite_or_none(v) for v in host_metrics["loss"]],
+      "params_fingerprint": params_fingerprint(swarm.params),
+      "resumed_from_round": start,
       "config": config.to_dict(),
       "backend": jax.default_backend(),
       "jax_version": jax.__version__,
   }
-  write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+  if is_main:
+    write_json_atomically(os.path.join(workdir, "summary.json"), summary)
+  checkpointer.close()
   return summary
-
-
-def _finite_or_none(value) -> float | None:
-  """JSON has no NaN/inf: a non-finite number is written as null."""
-  value = float(value)
-  return value if np.isfinite(value) else None

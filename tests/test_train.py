@@ -103,6 +103,11 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
   assert [l["round"] for l in lines] == list(range(1, 13))
   assert "test_accuracy_best_particle" in lines[5]  # evaluated at round 6
   assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+  for line in lines:  # the global best is at distance 0 from itself; with w = 0, c2 = 1, |v_g| = 0
+    winner = line["global_best_particle"]
+    assert line["distance_to_global_best_particles"][winner] == 0.0
+    assert line["velocity_norm_particles"][winner] == 0.0
+    assert max(line["velocity_norm_particles"]) > 0
   params = sum(np.prod(np.shape(a)) for a in jax.tree.leaves(
       models.create("small_cnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]))
   assert summary["communicated_bytes_per_particle"] == 12 * (4 * params + 4)
