@@ -132,12 +132,14 @@ def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: 
 
 def swarm_metrics(params, sync_state) -> dict:
   """What the swarm did at this sync, for one particle (PSO strategies only, no extra communication):
-  distance_to_global_best = ||x_i' - g|| (x_i' before the move, g the new global best) and
-  velocity_norm = ||v_i||, global L2 norms over all leaves."""
+  global_best = index of the global best's particle, distance_to_global_best = ||x_i' - g|| (x_i'
+  before the move, g the new global best) and velocity_norm = ||v_i||, global L2 norms over all
+  leaves."""
   if not isinstance(sync_state, sync_lib.PSOState):
     return {}
   diff = jax.tree.map(jnp.subtract, params, sync_state.global_best)
-  return {"distance_to_global_best": optax.tree.norm(diff),
+  return {"global_best": sync_state.global_index,
+          "distance_to_global_best": optax.tree.norm(diff),
           "velocity_norm": optax.tree.norm(sync_state.velocity)}
 
 

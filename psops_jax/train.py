@@ -145,6 +145,8 @@ def round_record(r, metrics, config, samples_per_round, bytes_per_round, train_s
             "diverged_particles": [int(i) for i in np.flatnonzero(~np.isfinite(loss))],
             "communicated_bytes_per_particle": (r + 1) * bytes_per_round,
             "train_seconds": train_seconds}
+  if "global_best" in metrics:
+    record["global_best_particle"] = int(metrics["global_best"][0])
   for key in ("distance_to_global_best", "velocity_norm"):
     if key in metrics:
       record[key + "_particles"] = [_finite_or_none(v) for v in metrics[key]]
