@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "digits"        # digits | mnist | fashion_mnist | cifar10
   config.data.source = "sklearn"     # sklearn (digits) | files | tfds
   config.data.dir = ""               # files: the directory of the files; tfds: data_dir ("" = default)
+  config.data.validation_size = 0    # > 0: hold out this many training examples and evaluate on
+                                     # them instead of the test split (for tuning)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"    # mlp | lenet5 | small_cnn | vgg_small

@@ -47,6 +47,7 @@ def validate(config) -> None:
   _number(config, "num_devices", 0, integer=True)
   _choice(config, "data.name", data_lib.NAMES)
   _choice(config, "data.source", data_lib.SOURCES)
+  _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.name", models.MODELS)
   _choice(config, "optimizer.name", OPTIMIZERS)
   _number(config, "optimizer.learning_rate", 0.0, strict=True)

@@ -191,6 +191,21 @@ def load(name: str, source: str, directory: str | None = None, seed: int = 0) ->
   return Dataset(train_x, train_y, test_x, test_y, mean, std)
 
 
+def carve_validation(dataset: Dataset, size: int, seed: int) -> Dataset:
+  """Hold out `size` training examples (seeded) as the evaluation split, in place of the test split:
+  for tuning without ever looking at the test set. The rest stays the training set."""
+  n = len(dataset.train_labels)
+  if not 0 < size < n:
+    raise DataError(f"data.validation_size={size}: must be between 1 and {n - 1} "
+                    f"(the training split has {n} examples), or 0 to evaluate on the test split")
+  order = np.random.RandomState(seed + 2).permutation(n)
+  held, kept = order[:size], order[size:]
+  return dataset._replace(train_images=dataset.train_images[kept],
+                          train_labels=dataset.train_labels[kept],
+                          test_images=dataset.train_images[held],
+                          test_labels=dataset.train_labels[held])
+
+
 # --------------------------------------------------------------------------------------------------
 # Splitting the training set between particles.
 

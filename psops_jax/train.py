@@ -191,6 +191,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = swarm_lib.make_mesh(n, config.num_devices)
 
   dataset = data_lib.load(config.data.name, config.data.source, config.data.dir or None, config.seed)
+  if config.data.validation_size:  # evaluate on a held-out part of the training split
+    dataset = data_lib.carve_validation(dataset, config.data.validation_size, config.seed)
   shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
   if config.train.batch_size > shards[1].shape[1]:
     raise config_check.ConfigError(
@@ -323,6 +325,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "final_train_loss_particles": [_finite_or_none(v) for v in host_metrics["loss"]],
       "params_fingerprint": params_fingerprint(swarm.params),
       "resumed_from_round": start,
+      "evaluated_on": "validation" if config.data.validation_size else "test",
       "config": config.to_dict(),
       "backend": jax.default_backend(),
       "jax_version": jax.__version__,

@@ -148,3 +148,17 @@ def test_augmentation_is_a_shifted_window_or_its_mirror():
     assert matches, "output is not a crop of the padded image"
     flips += all(m[2] for m in matches)
   assert 0 < flips < 16  # some images flipped, some not
+
+
+def test_validation_split_is_carved_from_training_data_only():
+  ids = np.arange(500)
+  ds = data_lib.Dataset(train_images=ids.reshape(-1, 1, 1, 1), train_labels=ids,
+                        test_images=np.full((10, 1, 1, 1), -1), test_labels=np.full(10, -1),
+                        mean=(0.0,), std=(1.0,))
+  carved = data_lib.carve_validation(ds, 120, seed=0)
+  held, kept = set(carved.test_labels.tolist()), set(carved.train_labels.tolist())
+  assert len(held) == 120 and len(kept) == 380 and not held & kept
+  assert held | kept == set(ids.tolist())  # nothing from the test split, nothing lost
+  np.testing.assert_array_equal(carved.test_images[:, 0, 0, 0], carved.test_labels)
+  with pytest.raises(data_lib.DataError, match=r"data.validation_size=500: must be between 1 and"):
+    data_lib.carve_validation(ds, 500, seed=0)

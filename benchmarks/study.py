@@ -1,0 +1,220 @@
+"""The paper's study: sync methods side by side across periods, particle counts and seeds.
+
+A study config (see configs/study_fashion_mnist.py) names a base run config and a grid of
+variants x periods x particle counts x seeds. Every cell is a normal `train.py` run in its own workdir
+(OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not re-run, and
+an interrupted cell resumes from its checkpoint, so the whole study is resumable. Every cell of a
+variant runs the same number of local steps per particle (`total_steps`).
+
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_quick --quick
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist --report-only
+
+Then writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over
+seeds per variant, period and particle count) and accuracy_vs_{steps,bytes,seconds}.png (one line per
+variant, mean over seeds, one panel per period).
+"""
+
+import argparse
+import collections
+import csv
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIG_WORKER = "one big worker"
+ROW_KEYS = ("variant", "period", "num_particles", "seed", "final_test_accuracy",
+            "test_accuracy_best_particle", "test_accuracy_mean_particle",
+            "test_accuracy_averaged_weights", "steps", "samples", "communicated_bytes_per_particle",
+            "train_seconds", "evaluated_on")
+
+
+def load_study(path: str, quick: bool):
+  spec = importlib.util.spec_from_file_location("study_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  study = module.get_config()
+  return study.quick if quick else study
+
+
+def cells(study):
+  """(name, variant, period, particles, seed, overrides) of every run of the grid."""
+  for variant, variant_overrides in study.variants.items():
+    for period in study.periods:
+      for particles in study.num_particles:
+        for seed in study.seeds:
+          overrides = dict(study.overrides)
+          overrides.update(variant_overrides)
+          overrides.update({"seed": seed, "num_particles": particles, "sync.period": period,
+                            "train.rounds": study.total_steps // period,
+                            "train.eval_every": max(1, study.total_steps // period // study.evals),
+                            "train.log_every": max(1, study.total_steps // period // 50),
+                            "train.checkpoint_every": max(1, study.total_steps // period // 4)})
+          yield f"{variant}_p{period}_n{particles}_s{seed}", variant, period, particles, seed, overrides
+  if study.one_big_worker:  # one particle, the same total samples as N particles: N x the steps
+    period = max(study.periods)
+    for particles in study.num_particles:
+      for seed in study.seeds:
+        rounds = study.total_steps * particles // period
+        overrides = dict(study.overrides)
+        overrides.update({"seed": seed, "num_particles": 1, "sync.strategy": "none",
+                          "sync.period": period, "train.rounds": rounds,
+                          "train.eval_every": max(1, rounds // study.evals),
+                          "train.log_every": max(1, rounds // 50),
+                          "train.checkpoint_every": max(1, rounds // 4)})
+        yield (f"one_big_worker_n{particles}_s{seed}", BIG_WORKER, period, particles, seed,
+               overrides)
+
+
+def command(study, workdir, overrides):
+  args = [sys.executable, os.path.join(REPO, "train.py"), "--config",
+          os.path.join(REPO, study.base), "--workdir", workdir]
+  return args + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def run_grid(study, out):
+  todo = list(cells(study))
+  for i, (name, _, _, _, _, overrides) in enumerate(todo):
+    workdir = os.path.join(out, "runs", name)
+    if os.path.exists(os.path.join(workdir, "summary.json")):
+      continue
+    print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
+    t0 = time.time()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
+    result = subprocess.run(command(study, workdir, overrides), cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+      print(f"  failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
+      continue
+    print(f"  {result.stdout.strip().splitlines()[-1]} [{time.time() - t0:.0f}s wall]", flush=True)
+
+
+def collect(study, out):
+  """One row per finished run, and the evaluation curve of each run."""
+  rows, curves = [], {}
+  for name, variant, period, particles, seed, _ in cells(study):
+    workdir = os.path.join(out, "runs", name)
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      summary = json.load(f)
+    rows.append({k: summary.get(k) for k in ROW_KEYS} | {"variant": variant, "seed": seed,
+                                                          "num_particles": particles})
+    points = []
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        record = json.loads(line)
+        if "final_test_accuracy" in record:
+          points.append((record["step"], record["communicated_bytes_per_particle"],
+                         record["train_seconds"], record["final_test_accuracy"]))
+    points.append((summary["steps"], summary["communicated_bytes_per_particle"],
+                   summary["train_seconds"], summary["final_test_accuracy"]))
+    curves[(variant, period, particles, seed)] = points
+  return rows, curves
+
+
+def mean_std(values):
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def markdown(study, rows) -> str:
+  groups = collections.defaultdict(list)
+  for r in rows:
+    groups[(r["variant"], r["period"], r["num_particles"])].append(r)
+  lines = []
+  for particles in study.num_particles:
+    lines += [f"### {particles} particles", "",
+              "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+              "| --- |" + " --- |" * len(study.periods)]
+    for variant in study.variants:
+      cells_text = []
+      for period in study.periods:
+        group = groups.get((variant, period, particles), [])
+        cells_text.append(mean_std([r["final_test_accuracy"] for r in group]) + f" (n={len(group)})"
+                          if group else "—")
+      lines.append(f"| {variant} | " + " | ".join(cells_text) + " |")
+    big = [r["final_test_accuracy"] for r in rows
+           if r["variant"] == BIG_WORKER and r["num_particles"] == particles]
+    if big:
+      lines.append(f"| one big worker: 1 particle, {particles}x the steps (same samples) | "
+                   f"{mean_std(big)} (n={len(big)}) |" + " |" * (len(study.periods) - 1))
+    lines.append("")
+  lines.append(f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
+               "mean ± std over seeds (n = number of seeds); "
+               f"{study.total_steps} local steps per particle in every cell.")
+  return "\n".join(lines)
+
+
+def plot(study, curves, out):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  axes_names = {"steps": (0, "local steps per particle"), "bytes": (1, "MB sent per particle"),
+                "seconds": (2, "training seconds")}
+  for particles in study.num_particles:
+    for key, (column, label) in axes_names.items():
+      fig, axes = plt.subplots(1, len(study.periods), figsize=(4.2 * len(study.periods), 3.6),
+                               squeeze=False, sharey=True)
+      for ax, period in zip(axes[0], study.periods):
+        for variant in study.variants:
+          runs = [curves[k] for k in curves if k[:3] == (variant, period, particles)]
+          if not runs:
+            continue
+          length = min(len(r) for r in runs)
+          xs = [runs[0][i][column] / (1e6 if key == "bytes" else 1) for i in range(length)]
+          ys = [statistics.mean(r[i][3] for r in runs) for i in range(length)]
+          ax.plot(xs, ys, marker="o", markersize=3, label=variant)
+        ax.set_title(f"period {period}")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        if key == "bytes":
+          ax.set_xscale("symlog", linthresh=1.0)
+      axes[0][0].set_ylabel("accuracy (exported model)")
+      axes[0][-1].legend(fontsize=7, loc="lower right")
+      fig.suptitle(f"{particles} particles, mean over seeds")
+      fig.tight_layout()
+      fig.savefig(os.path.join(out, f"accuracy_vs_{key}_n{particles}.png"), dpi=110)
+      plt.close(fig)
+
+
+def report(study, out):
+  rows, curves = collect(study, out)
+  if not rows:
+    raise SystemExit(f"no finished runs in {out}/runs")
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=ROW_KEYS)
+    writer.writeheader()
+    writer.writerows(rows)
+  table = markdown(study, rows)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(table + "\n")
+  plot(study, curves, out)
+  print(table)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--study", required=True, help="study config file (get_config())")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--quick", action="store_true", help="the study's small grid (study.quick)")
+  parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
+  args = parser.parse_args()
+  study = load_study(args.study, args.quick)
+  os.makedirs(args.out, exist_ok=True)
+  if not args.report_only:
+    run_grid(study, args.out)
+  report(study, args.out)
+
+
+if __name__ == "__main__":
+  main()
