@@ -9,6 +9,8 @@ variant runs the same number of local steps per particle (`total_steps`).
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_quick --quick
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist --report-only
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
+      --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
 
 Then writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over
 seeds per variant, period and particle count) and accuracy_vs_{steps,bytes,seconds}.png (one line per
@@ -208,8 +210,19 @@ def main():
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--quick", action="store_true", help="the study's small grid (study.quick)")
   parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
+  parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
+  parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
+  parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
   args = parser.parse_args()
   study = load_study(args.study, args.quick)
+  for field in ("periods", "num_particles", "seeds"):
+    wanted = getattr(args, field)
+    if wanted:
+      unknown = set(wanted) - set(study[field])
+      if unknown:
+        raise SystemExit(f"--{field.replace('_', '-')} {sorted(unknown)}: not in the study's "
+                         f"{field} {list(study[field])}")
+      study[field] = [v for v in study[field] if v in wanted]
   os.makedirs(args.out, exist_ok=True)
   if not args.report_only:
     run_grid(study, args.out)
