@@ -93,5 +93,15 @@ def main(argv):
           f"summary in {os.path.join(_WORKDIR.value, 'summary.json')}")
 
 
+def parse_flags(argv):
+  """absl flag parsing, with an unknown --config.field (a typo) reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    print(f"error: unknown config field in the command line: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

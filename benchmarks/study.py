@@ -29,6 +29,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # study configs import configs/*
 BIG_WORKER = "one big worker"
 ROW_KEYS = ("variant", "period", "num_particles", "seed", "final_test_accuracy",
             "test_accuracy_best_particle", "test_accuracy_mean_particle",
@@ -36,12 +37,17 @@ ROW_KEYS = ("variant", "period", "num_particles", "seed", "final_test_accuracy",
             "train_seconds", "evaluated_on")
 
 
-def load_study(path: str, quick: bool):
+class Study(dict):
+  """A study config (a plain dict: variant overrides have dotted keys), fields also as attributes."""
+  __getattr__ = dict.__getitem__
+
+
+def load_study(path: str, quick: bool) -> Study:
   spec = importlib.util.spec_from_file_location("study_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   study = module.get_config()
-  return study.quick if quick else study
+  return Study(study["quick"] if quick else study)
 
 
 def cells(study):

@@ -167,7 +167,8 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
     compile_seconds[f"unrolled/{draw}"] = round(time.perf_counter() - t0, 2)
 
   def fresh_state():
-    return [jax.device_put(p0, device), jax.device_put(tx.init(p0), device)]
+    copy = lambda tree: jax.tree.map(lambda a: jnp.array(a, copy=True), jax.device_put(tree, device))
+    return [copy(p0), copy(tx.init(p0))]  # own buffers: the jitted functions donate them
 
   variants = {}
   state = fresh_state()
@@ -254,7 +255,7 @@ def load_flax_params(module, params, flat_hwc: tuple):
     for name, leaf in params.items():
       kind, index = name.split("_")
       layer = getattr(module, f"{kind.lower()}{index}")
-      kernel = np.asarray(leaf["kernel"])
+      kernel = np.array(leaf["kernel"])
       if kind == "Conv":  # (kh, kw, in, out) -> (out, in, kh, kw)
         weight = kernel.transpose(3, 2, 0, 1)
       elif index == "0":  # first Dense after the flatten
@@ -263,7 +264,7 @@ def load_flax_params(module, params, flat_hwc: tuple):
       else:
         weight = kernel.T
       layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-      layer.bias.copy_(torch.from_numpy(np.asarray(leaf["bias"])))
+      layer.bias.copy_(torch.from_numpy(np.array(leaf["bias"])))
 
 
 def build_torch(model_name, flax_model, images, labels, particles, period, batch_size, mean, std):

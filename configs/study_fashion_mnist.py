@@ -4,32 +4,25 @@
 
 Every cell: 704 local steps of batch 32 per particle (3 passes over 7,500 examples with 8 particles),
 SGD lr 0.05 momentum 0.9, evaluated on the test split at 4 points. `variants` maps a name to the config
-overrides that make it; the sync methods run with their defaults (configs/digits_pso.py).
+overrides that make it; the sync methods run with their defaults (configs/digits_pso.py). A study config
+is a plain dict (the overrides' keys are dotted config paths).
 """
-
-import ml_collections
 
 STRATEGIES = ("pso", "pso_average", "average", "easgd", "diloco", "ssgd", "none")
 
 
-def get_config():
-  study = ml_collections.ConfigDict()
-  study.base = "configs/fashion_mnist_pso.py"
-  study.variants = {s: {"sync.strategy": s} for s in STRATEGIES}
-  study.periods = [1, 4, 16, 64]
-  study.num_particles = [4, 8]
-  study.seeds = [0, 1, 2]
-  study.total_steps = 704
-  study.evals = 4
-  study.overrides = {}
-  study.one_big_worker = True
-
-  quick = ml_collections.ConfigDict(study.to_dict())
-  quick.periods = [4, 16]
-  quick.num_particles = [8]
-  quick.seeds = [0]
-  quick.total_steps = 256
-  quick.evals = 2
-  quick.one_big_worker = False
-  study.quick = quick
+def get_config() -> dict:
+  study = {
+      "base": "configs/fashion_mnist_pso.py",
+      "variants": {s: {"sync.strategy": s} for s in STRATEGIES},
+      "periods": [1, 4, 16, 64],
+      "num_particles": [4, 8],
+      "seeds": [0, 1, 2],
+      "total_steps": 704,
+      "evals": 4,
+      "overrides": {},
+      "one_big_worker": True,
+  }
+  study["quick"] = dict(study, periods=[4, 16], num_particles=[8], seeds=[0], total_steps=256,
+                        evals=2, one_big_worker=False)
   return study

@@ -15,9 +15,10 @@ particles per device (a mesh axis times a vmap axis): the particles are then num
 `particle_index(axis_name)`. `reduce_opt_state` is applied to the optimizer state at every sync (identity
 except for `average(average_opt_state=True)`).
 
-`bytes_per_round(params, period)` is the communication model: the bytes ONE particle puts into
-collectives during one round of `period` local steps (the payload of each all-reduce or all-gather that
-particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of the collective.
+`bytes_per_round(params, period, opt_state=None)` is the communication model: the bytes ONE particle
+puts into collectives during one round of `period` local steps (the payload of each all-reduce or
+all-gather that particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of the
+collective. Its arguments may be arrays or jax.ShapeDtypeStruct.
 """
 
 import math
@@ -44,7 +45,7 @@ class SyncStrategy(NamedTuple):
   init: Callable[[PyTree], PyTree]
   sync: Callable[[PyTree, PyTree, jax.Array, jax.Array], tuple[PyTree, PyTree]]
   reduce_grads: Callable[[PyTree], PyTree]
-  bytes_per_round: Callable[[PyTree, int], int]
+  bytes_per_round: Callable[..., int]
   export: str  # the model a run exports: "global_best", "center", "mean" or "best_particle"
   reduce_opt_state: Callable[[PyTree], PyTree] = lambda opt_state: opt_state
 

@@ -173,3 +173,12 @@ def test_independent_init_is_refused_by_center_strategies(tmp_path):
   config = small_config(**{"sync.strategy": "easgd", "train.init": "independent"})
   with pytest.raises(config_check.ConfigError, match=r"train.init='independent'.*easgd"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_command_line_typo_in_a_config_field(tmp_path):
+  result = subprocess.run([sys.executable, "train.py", "--config", "configs/digits_pso.py",
+                           "--config.sync.perod=4", "--workdir", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "unknown config field" in result.stderr and '"period"' in result.stderr
+  assert "Traceback" not in result.stderr
