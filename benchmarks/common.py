@@ -114,11 +114,11 @@ def build_round(model_name: str, particles: int, devices: int, period: int, batc
 
   mesh = swarm_lib.make_mesh(particles, devices)
   shape = INPUT_SHAPES[model_name]
-  rng = np.random.RandomState(seed)
-  images = rng.randint(0, 256, (particles, shard_size) + shape).astype(np.uint8)
-  labels = rng.randint(0, 10, (particles, shard_size)).astype(np.int32)
-  probe_images = rng.randint(0, 256, (probe_size,) + shape).astype(np.uint8)
-  probe_labels = rng.randint(0, 10, (probe_size,)).astype(np.int32)
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (particles, shard_size) + shape, dtype=np.uint8)
+  labels = rng.integers(0, 10, (particles, shard_size), dtype=np.int32)
+  probe_images = rng.integers(0, 256, (probe_size,) + shape, dtype=np.uint8)
+  probe_labels = rng.integers(0, 10, (probe_size,), dtype=np.int32)
   model = models.create(model_name)
   tx = optax.sgd(0.01, momentum=0.9)
   strategy = getattr(sync_lib, strategy_name)(axis_name=swarm_lib.AXES)

@@ -269,7 +269,8 @@ def load_flax_params(module, params, flat_hwc: tuple):
 
 def build_torch(model_name, flax_model, images, labels, particles, period, batch_size, mean, std):
   """N torch particles (each its own module and optimizer) trained one after another. Returns
-  (fn(first_step), info) or (None, reason)."""
+  ({variant: fn(first_step)}, info), with torch's default thread count and 1 thread, or
+  (None, reason)."""
   try:
     import torch
   except ImportError:
@@ -321,9 +322,20 @@ def build_torch(model_name, flax_model, images, labels, particles, period, batch
         loss.backward()
         opt.step()
 
-  info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+  threads = torch.get_num_threads()
+
+  def with_threads(count):
+    def run_with(first_step):
+      torch.set_num_threads(count)
+      run(first_step)
+    return run_with
+
+  runs = {f"torch/{threads}threads": with_threads(threads)}
+  if threads > 1:  # on a shared machine OpenMP's threads can lose more than they gain
+    runs["torch/1thread"] = with_threads(1)
+  info = {"torch": torch.__version__, "threads": threads,
           "logits_max_abs_diff_vs_flax": max_diff, "same_parameter_count": same_param_count}
-  return run, info
+  return runs, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,11 +445,18 @@ def main_mode(args):
         flush=True)
 
   runners, compile_seconds = {}, {}
-  for strategy_name in ("pso", "none"):
+  # The round on --devices devices; without quick, also with no sync (the sync's share of the round).
+  for strategy_name in ("pso",) if args.quick else ("pso", "none"):
     run, info = common.build_round(args.model, n, args.devices, period, batch, strategy_name,
                                    shard_size, fitness=args.fitness)
     runners[f"framework/{strategy_name}"] = functools.partial(lambda r, run: run(r + 2), run=run)
     compile_seconds[f"framework/{strategy_name}"] = info["compile_seconds"]
+  # Like for like with the floor: a swarm of ONE particle on ONE device, its round run N times.
+  run, info = common.build_round(args.model, 1, 1, period, batch, "pso", shard_size,
+                                 fitness=args.fitness)
+  runners["framework/1dev"] = functools.partial(
+      lambda r, run: [run(r * n + i + 2 * n) for i in range(n)], run=run)
+  compile_seconds["framework/1dev"] = info["compile_seconds"]
 
   rng = np.random.RandomState(1)
   images = rng.randint(0, 256, (shard_size,) + shape).astype(np.uint8)
@@ -448,18 +467,21 @@ def main_mode(args):
   floor, floor_compile, same_batches = build_floor(model, tx, images, labels, period, batch, mean,
                                                    std, jax.devices()[0])
   for variant, fn in floor.items():
+    if args.quick and variant == "unrolled/once":
+      continue  # the proposed change's measurement: without --quick
     # N particles one after another = one particle's round, N times (steps continue).
     runners[f"floor/{variant}"] = functools.partial(
         lambda r, fn: [fn((r * n + i) % 3 * period) for i in range(n)], fn=fn)
     compile_seconds[f"floor/{variant}"] = floor_compile[variant]
 
-  torch_run, torch_info = build_torch(args.model, model, images, labels, n, period, batch, mean,
-                                      std)
-  if torch_run is None:
+  torch_runs, torch_info = build_torch(args.model, model, images, labels, n, period, batch, mean,
+                                       std)
+  if torch_runs is None:
     print(torch_info)
     torch_info = {"skipped": torch_info}
   else:
-    runners["torch"] = lambda r: torch_run(r * period)
+    for name, fn in torch_runs.items():
+      runners[name] = functools.partial(lambda r, fn: fn(r * period), fn=fn)
 
   # Warm-up (twice: first-call effects), then the interleaved measurements.
   for fn in runners.values():
@@ -485,13 +507,17 @@ def main_mode(args):
   seconds = lambda k: timed[k]["seconds"]
   paired = lambda a, b: common.spread([y / x for x, y in zip(seconds(a), seconds(b))])
   ratios = {"framework_vs_floor": paired("framework/pso", floor_name),
-            "framework_none_vs_floor": paired("framework/none", floor_name),
-            "framework_pso_vs_none": paired("framework/pso", "framework/none"),
-            "floor_framework_batching_vs_floor": paired("floor/unrolled/per_step", floor_name),
-            "floor_one_permutation_per_round_vs_floor": paired("floor/unrolled/once", floor_name)}
-  if "torch" in timed:
-    ratios["framework_vs_torch"] = paired("framework/pso", "torch")
-    ratios["floor_vs_torch"] = paired(floor_name, "torch")
+            "framework_1dev_vs_floor": paired("framework/1dev", floor_name),
+            "floor_framework_batching_vs_floor": paired("floor/unrolled/per_step", floor_name)}
+  if "floor/unrolled/once" in timed:
+    ratios["floor_one_permutation_per_round_vs_floor"] = paired("floor/unrolled/once", floor_name)
+  if "framework/none" in timed:
+    ratios["framework_pso_vs_none"] = paired("framework/pso", "framework/none")
+  torch_name = min((k for k in rows if k.startswith("torch/")),
+                   key=lambda k: rows[k]["ms_per_round"]["median"], default=None)
+  if torch_name:
+    ratios["framework_vs_torch"] = paired("framework/pso", torch_name)
+    ratios["floor_vs_torch"] = paired(floor_name, torch_name)
   per_call = {k: [1e6 * s / sync_info["calls_per_sample"] for s in v["seconds"]]
               for k, v in sync_timed.items()}
   sync_rows = {k: {"us_per_call": common.spread(v),
@@ -509,27 +535,31 @@ def main_mode(args):
            f"{'compile s':>9}"]
   labels_ = {"framework/pso": f"framework round, PSO-PS ({args.devices} dev)",
              "framework/none": f"framework round, no sync ({args.devices} dev)",
+             "framework/1dev": "framework, 1 particle on 1 dev, xN",
              "floor/step_loop": "floor: jitted step, Python loop",
              "floor/unrolled/slice": "floor: jitted unrolled round",
              "floor/unrolled/per_step": "  floor + framework batch drawing",
              "floor/unrolled/once": "  floor + 1 permutation per round",
-             "torch": f"torch CPU eager ({torch_info.get('threads', '-')} threads)"}
+             f"torch/{torch_info.get('threads')}threads":
+                 f"torch CPU eager, {torch_info.get('threads')} threads",
+             "torch/1thread": "torch CPU eager, 1 thread"}
   for name in labels_:
     if name not in rows:
       continue
     r = rows[name]
     sps = r["samples_per_second"]
-    mark = " <- floor" if name == floor_name else ""
+    mark = {floor_name: " <- floor", torch_name: " <- torch"}.get(name, "")
     lines.append(f"{labels_[name]:34} {sps['median']:10.0f} [{sps['min']:7.0f}, {sps['max']:7.0f}] "
                  f"{r['ms_per_round']['median']:9.1f} {r['cpu_over_wall']:5.2f} "
                  f"{r['compile_seconds'] if r['compile_seconds'] is not None else '-':>9}{mark}")
   lines.append("")
   fmt = lambda s: f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
-  for key in ("framework_vs_floor", "framework_vs_torch", "floor_vs_torch", "framework_pso_vs_none",
+  for key in ("framework_vs_floor", "framework_1dev_vs_floor", "framework_vs_torch", "floor_vs_torch",
+              "framework_pso_vs_none",
               "floor_framework_batching_vs_floor", "floor_one_permutation_per_round_vs_floor"):
     if key in ratios:
-      lines.append(f"{key + ' (samples/s, paired reps)':62} {fmt(ratios[key])}")
-  if "torch" not in timed:
+      lines.append(f"{key + ' (samples/s)':58} {fmt(ratios[key])}")
+  if not torch_name:
     lines.append(TORCH_MISSING)
   lines.append("")
   for k, label in (("pso_sync", "PSO-PS sync alone"), ("pmean", "lax.pmean of the weights")):
@@ -538,8 +568,8 @@ def main_mode(args):
     lines.append(f"{label:28} {s['median']:9.1f} us/call [{s['min']:.1f}, {s['max']:.1f}]   peak "
                  f"{mem['peak']:>9,} B/device (arg {mem['argument']:,} out {mem['output']:,} "
                  f"alias {mem['alias']:,} temp {mem['temp']:,})")
-  lines.append(f"{'pso_sync_vs_pmean (time)':62} {fmt(ratios['pso_sync_vs_pmean'])}")
-  lines.append(f"{'peak_bytes_pso_sync_vs_pmean (memory_analysis)':62} {peak_ratio}")
+  lines.append(f"{'pso_sync_vs_pmean (time)':58} {fmt(ratios['pso_sync_vs_pmean'])}")
+  lines.append(f"{'peak_bytes_pso_sync_vs_pmean (memory_analysis)':58} {peak_ratio}")
   lines.append(f"PSO-PS sync alone = {100 * sync_share:.1f}% of the median round; "
                f"params {sync_info['param_bytes_per_particle']:,} B per particle")
   print("\n".join(lines), flush=True)
@@ -549,12 +579,12 @@ def main_mode(args):
             "reps": args.reps, "quick": args.quick}
   summary = {
       "framework_vs_floor": ratios["framework_vs_floor"]["median"],
-      "framework_vs_torch": ratios["framework_vs_torch"]["median"] if "torch" in timed else None,
+      "framework_vs_torch": ratios["framework_vs_torch"]["median"] if torch_name else None,
       "pso_sync_vs_pmean": ratios["pso_sync_vs_pmean"]["median"],
       "peak_bytes_pso_sync_vs_pmean": peak_ratio,
       "config": config, "machine": common.machine()}
   result = {"command": common.command_line(), **summary,
-            "floor_variant": floor_name, "rows": rows, "ratios": ratios, "sync": sync_rows,
+            "floor_variant": floor_name, "torch_variant": torch_name, "rows": rows, "ratios": ratios, "sync": sync_rows,
             "sync_info": sync_info, "sync_share_of_round": round(sync_share, 4),
             "torch_info": torch_info, "proposed_batch_drawing_equals_framework": same_batches,
             "loadavg_before_after": [loadavg_before, loadavg_after], "table": lines}
@@ -707,8 +737,9 @@ def main():
                            "(default: digits 1438 for small_cnn, 60000 for lenet5)")
   parser.add_argument("--fitness", default="round_loss", choices=["round_loss", "probe"])
   parser.add_argument("--reps", type=int, default=0,
-                      help="interleaved repetitions (default 21, --quick 9)")
-  parser.add_argument("--quick", action="store_true", help="fewer repetitions: under 2 minutes")
+                      help="interleaved repetitions (default 21, --quick 7)")
+  parser.add_argument("--quick", action="store_true",
+                      help="fewer repetitions, no no-sync round, no proposed-change variant")
   parser.add_argument("--scaling", action="store_true",
                       help="framework round over 1, 2, 4, 8 devices: N = devices, and --particles "
                            "on each device count")
@@ -716,7 +747,7 @@ def main():
   args = parser.parse_args()
   args.devices = args.devices or args.particles
   args.train_size = args.train_size or common.TRAIN_SIZES[args.model]
-  args.reps = args.reps or (9 if args.quick else 21)
+  args.reps = args.reps or (7 if args.quick else 21)
   args.sync_reps = 15 if args.quick else 41
   common.force_host_devices(8 if args.scaling else args.devices)
   if args.scaling:

@@ -277,8 +277,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       swarm, round_metrics = compiled_round(swarm, device_data, jnp.int32(r))
       done = r + 1
       checkpoint_now = done % config.train.checkpoint_every == 0 or done == rounds
+      evaluate_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
       stop = sigterm.any_process()
-      if done % config.train.log_every == 0 or checkpoint_now or stop:
+      if done % config.train.log_every == 0 or checkpoint_now or evaluate_now or stop:
         host_metrics = {k: to_host(v).astype(np.float64) for k, v in round_metrics.items()}
         train_seconds += time.perf_counter() - t0
         record = round_record(r, host_metrics, config, samples_per_round, bytes_per_round,
@@ -290,7 +291,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"all {n} particles diverged by round {done} (loss NaN or inf); last good checkpoint: "
               f"{'round ' + str(last) if last is not None else 'none'} in {checkpointer.directory}. "
               f"Try a smaller optimizer.learning_rate (now {config.optimizer.learning_rate}).")
-        if config.train.eval_every and done % config.train.eval_every == 0 and done != rounds:
+        if evaluate_now and done != rounds:
           record.update(evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test,
                                        test_one))
         metrics_file.write(json.dumps(record) + "\n")
