@@ -90,7 +90,8 @@ def test_round_compiles_once():
 
 def test_short_digits_run_learns_and_writes_summary(tmp_path):
   config = small_config(**{"num_particles": 8, "model.name": "small_cnn", "train.rounds": 12,
-                           "sync.period": 8, "train.eval_every": 6, "sync.pso.probe_size": 256})
+                           "sync.period": 8, "train.eval_every": 6, "train.log_every": 5,
+                           "sync.pso.probe_size": 256})
   summary = train.train_and_evaluate(config, str(tmp_path))
   for key in train.SUMMARY_KEYS:
     assert key in summary, key
@@ -100,8 +101,9 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
   assert summary["test_accuracy_best_particle"] > 0.9
   assert summary["steps"] == 96 and summary["rounds"] == 12 and summary["num_particles"] == 8
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [l["round"] for l in lines] == list(range(1, 13))
-  assert "test_accuracy_best_particle" in lines[5]  # evaluated at round 6
+  # logged every 5 rounds, at the evaluation (6), the checkpoint (10) and the end
+  assert [l["round"] for l in lines] == [5, 6, 10, 12]
+  assert "test_accuracy_best_particle" in lines[1] and "test_accuracy_best_particle" not in lines[0]
   assert lines[-1]["train_loss"] < lines[0]["train_loss"]
   for line in lines:  # the global best is at distance 0 from itself; with w = 0, c2 = 1, |v_g| = 0
     winner = line["global_best_particle"]
