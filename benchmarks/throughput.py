@@ -90,15 +90,19 @@ def round_batch_indices(key, first_step, period: int, shard_size: int, batch_siz
   """The proposed replacement of per-step `swarm.batch_indices` calls: the indices of the `period`
   mini-batches of a round, shape (period, batch_size), equal to
   `[batch_indices(key, first_step + t, shard_size, batch_size) for t in range(period)]`, with one
-  permutation per epoch the round touches instead of one per step."""
+  permutation per epoch the round touches (usually one) instead of one per step."""
   import jax
   import jax.numpy as jnp
   from jax import lax
   steps_per_epoch = shard_size // batch_size
-  epochs = min(period, (period - 1) // steps_per_epoch + 2)  # a window of `period` steps touches <=
   first_epoch = first_step // steps_per_epoch
-  orders = jnp.stack([jax.random.permutation(jax.random.fold_in(key, first_epoch + e), shard_size)
-                      for e in range(epochs)])
+  last_epoch = (first_step + period - 1) // steps_per_epoch
+  permutation = lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), shard_size)
+  orders = [permutation(first_epoch)]
+  for e in range(1, min(period, (period - 1) // steps_per_epoch + 2)):  # static bound on epochs
+    orders.append(lax.cond(first_epoch + e <= last_epoch,  # only when the round reaches epoch e
+                           lambda e=e: permutation(first_epoch + e), lambda: orders[0]))
+  orders = jnp.stack(orders)
   steps = first_step + jnp.arange(period)
   rows = steps // steps_per_epoch - first_epoch
   starts = (steps % steps_per_epoch) * batch_size
