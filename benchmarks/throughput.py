@@ -5,18 +5,21 @@ For one model, particle count N, period T (local steps per round) and batch size
 interleaved repetitions (the order shuffled each time; medians and spread reported):
 
   1. framework  the project's round (`psops_jax.swarm.make_round`): T local optax steps of all N
-                particles + the PSO-PS sync, N particles on --devices devices (default N). Also the
-                same round with the sync strategy "none", to show the sync's share of the round.
+                particles + the PSO-PS sync, N particles on --devices devices (default N). Also a
+                swarm of one particle on one device, its round run N times (the floor's resources),
+                and, without --quick, the round with sync strategy "none" (the sync's share).
   2. floor      the fastest plain JAX loop for ONE particle (same Flax model, same optax SGD with
                 momentum, same batch, batches sliced from a uint8 shard on the device and normalised
                 inside the step): a jitted step in a Python loop, and a jitted function with the T
                 steps unrolled; the faster one, run N times one after another (= one particle's time
                 x N). No mesh, no sharding, no sync. Two diagnostic variants draw the batches the way
                 the framework does (`swarm.batch_indices`: a permutation of the shard at every step)
-                and with one permutation per round (a proposed change, see benchmarks/README.md).
+                and (without --quick) with one permutation per round (a proposed change, see
+                benchmarks/README.md).
   3. torch      PyTorch CPU (eager), the same architecture written as a torch.nn.Module layer by
                 layer (checked: given the Flax weights it gives the same logits), the same batch and
-                steps, torch.optim.SGD(momentum=0.9); the N particles trained one after another.
+                steps, torch.optim.SGD(momentum=0.9); the N particles trained one after another,
+                with torch's default thread count and with 1 thread (the faster is compared).
   4. sync       the PSO-PS sync alone (`psops_jax.sync`, built from configs/digits_pso.py's `sync`
                 section, under shard_map over the particle mesh as in the round) against
                 `lax.pmean` of the same weights: time per call (chained calls, buffers donated) and
@@ -632,7 +635,8 @@ def scaling_mode(args):
   print(f"scaling: model {args.model}, period {period}, batch {batch}, shard = {args.train_size} "
         f"// particles, {args.reps} repetitions; {os.cpu_count()} cores, load average "
         f"{loadavg_before[0]:.2f}", flush=True)
-  cells = [(d, d) for d in device_counts] + [(n, d) for d in device_counts if d != n]
+  cells = [(d, d) for d in device_counts] + [(n, d) for d in device_counts
+                                              if d != n and d <= n and n % d == 0]
   runners, info = {}, {}
   for particles, devices in cells:
     name = f"{particles}on{devices}"
