@@ -22,9 +22,10 @@ interleaved repetitions (the order shuffled each time; medians and spread report
                 with torch's default thread count and with 1 thread (the faster is compared).
   4. sync       the PSO-PS sync alone (`psops_jax.sync`, built from configs/digits_pso.py's `sync`
                 section, under shard_map over the particle mesh as in the round) against
-                `lax.pmean` of the same weights: time per call (chained calls, buffers donated) and
-                peak bytes per device from `compiled.memory_analysis()` (arguments + outputs -
-                aliased + temporaries; XLA:CPU's device.memory_stats() returns None).
+                `lax.pmean` of the same weights: time per call (one call after another, each waited
+                for, buffers donated) and peak bytes per device from `compiled.memory_analysis()`
+                (arguments + outputs - aliased + temporaries; XLA:CPU's device.memory_stats()
+                returns None).
 
 Samples per second = N x T x B / (seconds for the whole swarm's round). Data: random uint8 images of
 the model's input shape (speed does not depend on pixel values); a particle's shard holds
@@ -405,15 +406,17 @@ def build_syncs(model, shape, particles, mesh, mean, std):
 
   calls = {"n": 1}
 
+  # Each call waits for the previous one: several of these collective programs queued without
+  # waiting intermittently deadlocked XLA:CPU's rendezvous (abort after 40 s) with 2 devices on 2 cores.
   def run_pso(rep):
     for _ in range(calls["n"]):
       state["params"], state["sync"] = pso_c(state["params"], state["sync"], state["fitness"], key)
-    jax.block_until_ready(state["params"])
+      jax.block_until_ready((state["params"], state["sync"]))
 
   def run_pmean(rep):
     for _ in range(calls["n"]):
       pmean_state["params"] = pmean_c(pmean_state["params"])
-    jax.block_until_ready(pmean_state["params"])
+      jax.block_until_ready(pmean_state["params"])
 
   # Calls per timed sample: enough for ~20 ms of the cheaper one.
   run_pso(0), run_pmean(0)
