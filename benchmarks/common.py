@@ -26,52 +26,29 @@ def machine() -> dict:
 
 def time_round(model_name: str, particles: int, devices: int, loop: str, layout: str, period: int,
                rounds: int, batch_size: int = 32, strategy_name: str = "pso") -> dict:
-  """Compile the project's round (PSO-PS sync by default) and time `rounds` rounds after a warm-up.
+  """Compile the project's round (PSO-PS sync by default, see `build_round`) and time `rounds` rounds
+  after a warm-up.
 
   Returns compile seconds and the median milliseconds per local step of the whole swarm, and per
   particle-step (that divided by the particle count).
   """
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-  from psops_jax import models, swarm as swarm_lib, sync as sync_lib
-
-  mesh = swarm_lib.make_mesh(particles, devices)
-  shape = INPUT_SHAPES[model_name]
-  rng = np.random.RandomState(0)
-  shard_size = 1024
-  images = rng.randint(0, 256, (particles, shard_size) + shape).astype(np.uint8)
-  labels = rng.randint(0, 10, (particles, shard_size)).astype(np.int32)
-  model = models.create(model_name)
-  tx = optax.sgd(0.01, momentum=0.9)
-  strategy = getattr(sync_lib, strategy_name)(axis_name=swarm_lib.AXES)
-  cfg = swarm_lib.RoundConfig(period=period, batch_size=batch_size, fitness="round_loss", loop=loop,
-                              local_layout=layout, augment=False, mean=(0.5,) * shape[-1],
-                              std=(0.25,) * shape[-1])
-  swarm = swarm_lib.init_swarm(model, tx, strategy, images[0], particles, 0, mesh, cfg.mean, cfg.std)
-  data = swarm_lib.put_data((images, labels), (images[0, :256], labels[0, :256]), mesh)
-  t0 = time.perf_counter()
-  round_fn = swarm_lib.make_round(model, tx, strategy, cfg, mesh, 0).lower(
-      swarm, data, jnp.int32(0)).compile()
-  compile_seconds = time.perf_counter() - t0
-  swarm, metrics = round_fn(swarm, data, jnp.int32(0))
-  jax.block_until_ready(metrics)
+  run, info = build_round(model_name, particles, devices, period, batch_size, strategy_name,
+                          loop=loop, layout=layout, probe_size=256)
+  run(0)
   times = []
   for r in range(1, rounds + 1):
     t0 = time.perf_counter()
-    swarm, metrics = round_fn(swarm, data, jnp.int32(r))
-    jax.block_until_ready(metrics)
+    run(r)
     times.append(time.perf_counter() - t0)
   ms_per_step = 1000 * statistics.median(times) / period
   return {"model": model_name, "particles": particles, "devices": devices, "loop": loop,
           "layout": layout, "period": period, "batch_size": batch_size,
-          "compile_seconds": round(compile_seconds, 2), "ms_per_step": round(ms_per_step, 2),
+          "compile_seconds": info["compile_seconds"], "ms_per_step": round(ms_per_step, 2),
           "ms_per_particle_step": round(ms_per_step / particles, 3)}
 
 
 # --------------------------------------------------------------------------------------------------
-# Helpers of benchmarks/throughput.py (the functions above are unchanged).
+# Helpers of benchmarks/throughput.py, and the round set-up that time_round uses.
 
 # Training-set size of each model's data set: a particle's shard is this // particles, as in a run
 # (digits: 1,438 training images in train.py's split; MNIST / Fashion-MNIST: 60,000; CIFAR-10: 50,000).
@@ -101,7 +78,7 @@ def build_round(model_name: str, particles: int, devices: int, period: int, batc
                 strategy_name: str = "pso", shard_size: int = 1024, loop: str = "unroll",
                 layout: str = "unroll", fitness: str = "round_loss", probe_size: int = 1024,
                 seed: int = 0):
-  """The project's compiled round on random uint8 data, ready to call, as `time_round` sets it up.
+  """The project's compiled round on random uint8 data, ready to call.
 
   Returns (run, info): `run(r)` executes round r (the swarm is carried and donated from call to call)
   and blocks until it is done; info holds the compile seconds.

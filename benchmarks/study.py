@@ -50,6 +50,12 @@ def load_study(path: str, quick: bool) -> Study:
   return Study(study["quick"] if quick else study)
 
 
+def round_overrides(rounds: int, evals: int) -> dict:
+  """A cell's length and its logging, evaluation (`evals` points) and checkpoint intervals."""
+  return {"train.rounds": rounds, "train.eval_every": max(1, rounds // evals),
+          "train.log_every": max(1, rounds // 50), "train.checkpoint_every": max(1, rounds // 4)}
+
+
 def cells(study):
   """(name, variant, period, particles, seed, overrides) of every run of the grid."""
   for variant, variant_overrides in study.variants.items():
@@ -59,10 +65,7 @@ def cells(study):
           overrides = dict(study.overrides)
           overrides.update(variant_overrides)
           overrides.update({"seed": seed, "num_particles": particles, "sync.period": period,
-                            "train.rounds": study.total_steps // period,
-                            "train.eval_every": max(1, study.total_steps // period // study.evals),
-                            "train.log_every": max(1, study.total_steps // period // 50),
-                            "train.checkpoint_every": max(1, study.total_steps // period // 4)})
+                            **round_overrides(study.total_steps // period, study.evals)})
           yield f"{variant}_p{period}_n{particles}_s{seed}", variant, period, particles, seed, overrides
   if study.one_big_worker:  # one particle, the same total samples as N particles: N x the steps
     period = max(study.periods)
@@ -71,10 +74,7 @@ def cells(study):
         rounds = study.total_steps * particles // period
         overrides = dict(study.overrides)
         overrides.update({"seed": seed, "num_particles": 1, "sync.strategy": "none",
-                          "sync.period": period, "train.rounds": rounds,
-                          "train.eval_every": max(1, rounds // study.evals),
-                          "train.log_every": max(1, rounds // 50),
-                          "train.checkpoint_every": max(1, rounds // 4)})
+                          "sync.period": period, **round_overrides(rounds, study.evals)})
         yield (f"one_big_worker_n{particles}_s{seed}", BIG_WORKER, period, particles, seed,
                overrides)
 

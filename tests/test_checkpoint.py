@@ -109,7 +109,6 @@ def test_all_particles_diverging_stops_and_keeps_good_checkpoints(tmp_path):
   with pytest.raises(train.Diverged, match=r"all 4 particles diverged by round \d+.*learning_rate"):
     train.train_and_evaluate(config, str(tmp_path))
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=3)
-  like = None
   for step in checkpointer.manager.all_steps():
     meta = checkpointer.manager.restore(step, args=checkpoint_lib.ocp.args.Composite(
         meta=checkpoint_lib.ocp.args.JsonRestore()))["meta"]
