@@ -13,9 +13,9 @@ interleaved repetitions (the order shuffled each time; medians and spread report
                 inside the step): a jitted step in a Python loop, and a jitted function with the T
                 steps unrolled; the faster one, run N times one after another (= one particle's time
                 x N). No mesh, no sharding, no sync. Two diagnostic variants draw the batches the way
-                the framework does (`swarm.batch_indices`: a permutation of the shard at every step)
-                and (without --quick) with one permutation per round (a proposed change, see
-                benchmarks/README.md).
+                the framework does (`swarm.round_batch_indices`: one permutation per epoch the round
+                touches) and the way it did before (`swarm.batch_indices` at every step: a
+                permutation of the shard per step, see benchmarks/README.md).
   3. torch      PyTorch CPU (eager), the same architecture written as a torch.nn.Module layer by
                 layer (checked: given the Flax weights it gives the same logits), the same batch and
                 steps, torch.optim.SGD(momentum=0.9); the N particles trained one after another,
@@ -93,29 +93,6 @@ def measure(runners: dict, reps: int, seed: int = 0, slow: tuple = (), slow_reps
 # 2. The plain-JAX floor: one particle, no framework.
 
 
-def round_batch_indices(key, first_step, period: int, shard_size: int, batch_size: int):
-  """The proposed replacement of per-step `swarm.batch_indices` calls: the indices of the `period`
-  mini-batches of a round, shape (period, batch_size), equal to
-  `[batch_indices(key, first_step + t, shard_size, batch_size) for t in range(period)]`, with one
-  permutation per epoch the round touches (usually one) instead of one per step."""
-  import jax
-  import jax.numpy as jnp
-  from jax import lax
-  steps_per_epoch = shard_size // batch_size
-  first_epoch = first_step // steps_per_epoch
-  last_epoch = (first_step + period - 1) // steps_per_epoch
-  permutation = lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), shard_size)
-  orders = [permutation(first_epoch)]
-  for e in range(1, min(period, (period - 1) // steps_per_epoch + 2)):  # static bound on epochs
-    orders.append(lax.cond(first_epoch + e <= last_epoch,  # only when the round reaches epoch e
-                           lambda e=e: permutation(first_epoch + e), lambda: orders[0]))
-  orders = jnp.stack(orders)
-  steps = first_step + jnp.arange(period)
-  rows = steps // steps_per_epoch - first_epoch
-  starts = (steps % steps_per_epoch) * batch_size
-  return jax.vmap(lambda r, s: lax.dynamic_slice(orders[r], (s,), (batch_size,)))(rows, starts)
-
-
 def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, std, device):
   """One particle's local steps in plain JAX. Returns {variant: fn(first_step)} (each fn runs one
   round of `period` steps, carrying params and optimizer state, and blocks), the compile seconds,
@@ -149,11 +126,11 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
 
   def unrolled(params, opt_state, sx, sy, first_step, draw="slice"):
     if draw == "once":
-      idx = round_batch_indices(key, first_step, period, shard_size, batch_size)
+      idx = swarm_lib.round_batch_indices(key, first_step, period, shard_size, batch_size)
     for t in range(period):
       if draw == "slice":
         x, y = sliced(sx, sy, first_step + t)
-      elif draw == "per_step":  # what swarm.draw_batch does
+      elif draw == "per_step":  # what the framework did before round_batch_indices
         i = swarm_lib.batch_indices(key, first_step + t, shard_size, batch_size)
         x, y = sx[i], sy[i]
       else:
@@ -201,7 +178,7 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
 
   # The proposed batch drawing must give exactly the framework's batches (rounds crossing epochs too).
   check_steps = [0, steps_per_epoch - 1, 3 * steps_per_epoch - period // 2]
-  same = all(bool((round_batch_indices(key, jnp.int32(s), period, shard_size, batch_size) ==
+  same = all(bool((swarm_lib.round_batch_indices(key, jnp.int32(s), period, shard_size, batch_size) ==
                    jnp.stack([swarm_lib.batch_indices(key, jnp.int32(s + t), shard_size, batch_size)
                               for t in range(period)])).all()) for s in check_steps)
   return variants, compile_seconds, same
@@ -480,8 +457,8 @@ def main_mode(args):
   floor, floor_compile, same_batches = build_floor(model, tx, images, labels, period, batch, mean,
                                                    std, jax.devices()[0])
   for variant, fn in floor.items():
-    if args.quick and variant == "unrolled/once":
-      continue  # the proposed change's measurement: without --quick
+    if args.quick and variant == "unrolled/per_step":
+      continue  # the framework's former batch drawing: measured without --quick
     # N particles one after another = one particle's round, N times (steps continue).
     runners[f"floor/{variant}"] = functools.partial(
         lambda r, fn: [fn((r * n + i) % 3 * period) for i in range(n)], fn=fn)
@@ -532,11 +509,11 @@ def main_mode(args):
             "framework_1dev_vs_floor": paired("framework/1dev", floor_name),
             # What the framework does differently from the floor, one thing at a time:
             "unrolled_round_vs_step_loop": paired("floor/unrolled/slice", "floor/step_loop"),
-            "framework_batch_drawing_vs_slice": paired("floor/unrolled/per_step",
+            "framework_batch_drawing_vs_slice": paired("floor/unrolled/once",
                                                        "floor/unrolled/slice")}
-  if "floor/unrolled/once" in timed:
-    ratios["one_permutation_per_round_vs_slice"] = paired("floor/unrolled/once",
-                                                          "floor/unrolled/slice")
+  if "floor/unrolled/per_step" in timed:
+    ratios["former_per_step_permutation_vs_slice"] = paired("floor/unrolled/per_step",
+                                                            "floor/unrolled/slice")
   if "framework/none" in timed:
     ratios["framework_pso_vs_none"] = paired("framework/pso", "framework/none")
   torch_name = min((k for k in rows if k.startswith("torch/")),
@@ -564,8 +541,8 @@ def main_mode(args):
              "framework/1dev": "framework, 1 particle on 1 dev, xN",
              "floor/step_loop": "floor: jitted step, Python loop",
              "floor/unrolled/slice": "floor: jitted unrolled round",
-             "floor/unrolled/per_step": "  unrolled + framework's batches",
-             "floor/unrolled/once": "  unrolled + 1 permutation/round",
+             "floor/unrolled/once": "  unrolled + framework's batches",
+             "floor/unrolled/per_step": "  unrolled + former per-step perm.",
              f"torch/{torch_info.get('threads')}threads":
                  f"torch CPU eager, {torch_info.get('threads')} threads",
              "torch/1thread": "torch CPU eager, 1 thread"}

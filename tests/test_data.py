@@ -5,6 +5,7 @@ import os
 import pickle
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -132,6 +133,18 @@ def test_batch_indices_cover_each_shard_once_per_epoch():
                            for s in range(6, 12)])
   assert len(set(epoch0.tolist())) == 48 and len(set(epoch1.tolist())) == 48
   assert not np.array_equal(epoch0, epoch1)
+
+
+@pytest.mark.parametrize("period", [1, 4, 6, 13])
+def test_round_batch_indices_equal_the_per_step_definition(period):
+  # 6 steps per epoch: rounds start inside an epoch, at its last step, and span up to 3 epochs.
+  key, shard_size, batch = jax.random.key(3), 50, 8
+  for first_step in (0, 5, 7, 17):
+    expected = np.stack([np.asarray(swarm_lib.batch_indices(key, first_step + t, shard_size, batch))
+                         for t in range(period)])
+    got = jax.jit(swarm_lib.round_batch_indices, static_argnums=(2, 3, 4))(
+        key, jnp.int32(first_step), period, shard_size, batch)
+    np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 def test_augmentation_is_a_shifted_window_or_its_mirror():
