@@ -11,6 +11,7 @@ variant runs the same number of local steps per particle (`total_steps`).
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist --report-only
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
       --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
+  python benchmarks/study.py ... --variants pso average   # only these variants (report: the slice)
 
 Then writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over
 seeds per variant, period and particle count) and accuracy_vs_{steps,bytes,seconds}.png (one line per
@@ -42,12 +43,16 @@ class Study(dict):
   __getattr__ = dict.__getitem__
 
 
-def load_study(path: str, quick: bool) -> Study:
+def load_study(path: str, grid: str = "") -> Study:
+  """The study config's grid, or its named sub-grid (e.g. "quick")."""
   spec = importlib.util.spec_from_file_location("study_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   study = module.get_config()
-  return Study(study["quick"] if quick else study)
+  if grid and not isinstance(study.get(grid), dict):
+    named = [k for k, v in study.items() if isinstance(v, dict) and "variants" in v]
+    raise SystemExit(f"--grid {grid}: {path} has no such sub-grid; it has {named}")
+  return Study(study[grid] if grid else study)
 
 
 def round_overrides(rounds: int, evals: int) -> dict:
@@ -214,13 +219,15 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--study", required=True, help="study config file (get_config())")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="the study's small grid (study.quick)")
+  parser.add_argument("--quick", action="store_true", help="the study's small grid (= --grid quick)")
+  parser.add_argument("--grid", default="", help="a named sub-grid of the study config (e.g. tuning)")
   parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
   parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
   parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
   parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
+  parser.add_argument("--variants", nargs="+", help="run only these variants")
   args = parser.parse_args()
-  study = load_study(args.study, args.quick)
+  study = load_study(args.study, "quick" if args.quick else args.grid)
   for field in ("periods", "num_particles", "seeds"):
     wanted = getattr(args, field)
     if wanted:
@@ -229,6 +236,13 @@ def main():
         raise SystemExit(f"--{field.replace('_', '-')} {sorted(unknown)}: not in the study's "
                          f"{field} {list(study[field])}")
       study[field] = [v for v in study[field] if v in wanted]
+  if args.variants:
+    unknown = set(args.variants) - set(study.variants)
+    if unknown:
+      raise SystemExit(f"--variants {sorted(unknown)}: not in the study's variants "
+                       f"{list(study.variants)}")
+    study["variants"] = {k: v for k, v in study.variants.items() if k in args.variants}
+    study["one_big_worker"] = False
   os.makedirs(args.out, exist_ok=True)
   if not args.report_only:
     run_grid(study, args.out)

@@ -1,0 +1,46 @@
+"""PSO-PS variants against averaging (issue 8): Fashion-MNIST, LeNet-5, 8 particles, 704 steps.
+
+  python benchmarks/study.py --study configs/study_pso_variants.py \
+      --out benchmarks/results/study_pso_variants --periods 16 64
+  python benchmarks/study.py --study configs/study_pso_variants.py \
+      --out benchmarks/results/study_pso_variants --periods 1 4 --variants pso_textbook pso_jump_kept average
+
+The first variants are the rows of the PyTorch simulation in issue 8 (SGD lr 0.05 momentum 0.9,
+batch 32, about 3 passes over each 7,500-example shard), rebuilt from psops_jax's options:
+
+  pso_textbook       w = c1 = c2 = 0.5, bests kept across rounds, fitness = mean loss of the round
+  pso_jump_kept      w = c1 = 0, c2 = 1 (jump toward the best), bests kept, round loss
+  pso_jump_forgotten the same, bests forgotten every round
+  pso                the same, fitness on a common 1,024-example probe batch (the package default)
+  pso_average_half   PSO + pull to the mean, c2 = c3 = 0.5, forgotten, probe
+  average, none      parameter averaging; independent particles
+
+`tuning` is the same grid on a validation split (5,000 training examples held out, test split
+unused) for choosing among variants.
+"""
+
+from configs import study_fashion_mnist
+
+TEXTBOOK = {"sync.strategy": "pso", "sync.pso.inertia": 0.5, "sync.pso.cognitive": 0.5,
+            "sync.pso.social": 0.5, "sync.pso.memory": "forever", "sync.pso.fitness": "round_loss"}
+JUMP_KEPT = {"sync.strategy": "pso", "sync.pso.memory": "forever", "sync.pso.fitness": "round_loss"}
+
+VARIANTS = {
+    "pso_textbook": TEXTBOOK,
+    "pso_jump_kept": JUMP_KEPT,
+    "pso_jump_forgotten": dict(JUMP_KEPT, **{"sync.pso.memory": "round"}),
+    "pso": {"sync.strategy": "pso"},
+    "pso_average_half": {"sync.strategy": "pso_average", "sync.pso.social": 0.5,
+                         "sync.pso.mean_pull": 0.5},
+    "average": {"sync.strategy": "average"},
+    "none": {"sync.strategy": "none"},
+}
+
+
+def get_config() -> dict:
+  study = dict(study_fashion_mnist.get_config(), variants=VARIANTS, periods=[1, 4, 16, 64],
+               num_particles=[8], one_big_worker=False)
+  study.pop("quick")
+  study["quick"] = dict(study, periods=[16], seeds=[0], total_steps=256, evals=2)
+  study["tuning"] = dict(study, overrides={"data.validation_size": 5000})
+  return study
