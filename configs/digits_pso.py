@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"       # pso | pso_average | average | ssgd | easgd | diloco | none
+                                     # | best_pull | topk_average
   config.sync.period = 8             # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (DESIGN.md): bests forgotten each round and particles compared on one
@@ -51,16 +52,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.pso.cognitive = 0.0    # c1
   config.sync.pso.social = 1.0       # c2
   config.sync.pso.mean_pull = 0.5    # c3, used by pso_average only
+  # fitness also ranks the particles for best_pull and topk_average
   config.sync.pso.fitness = "probe"  # probe (common batch of training data) | round_loss
   config.sync.pso.probe_size = 1024  # examples in the probe batch
+  config.sync.pso.probe_resample = False  # True: a new probe batch every round (the same on every
+                                     # particle), drawn from a pool of 8 x probe_size training examples
   config.sync.pso.memory = "round"   # round (bests forgotten every sync) | forever (textbook PSO)
+                                     # | decay | reevaluate (f(p_i) measured again on the probe batch)
+  config.sync.pso.memory_decay = 0.1  # decay: a remembered f(p_i) grows by this factor every sync
   config.sync.pso.random = "particle"  # r1, r2 drawn per particle | per coordinate | none (= 1)
   config.sync.pso.max_velocity_norm = 0.0  # clip ||v_i|| (global L2 norm) to this; 0: no clipping
+  config.sync.pso.max_velocity_ratio = 0.0  # clip ||v_i|| to this times ||x_i||; 0: no clipping
+  config.sync.pso.opt_state_on_move = "keep"  # keep | reset | follow: the optimizer state (momentum)
+                                     # of a particle PSO moves: kept, zeroed, or moved like the weights
   config.sync.pso.schedule = "constant"  # constant | linear: w, c1, c2 go linearly from the values
   config.sync.pso.inertia_final = 0.0    # above to these *_final values over train.rounds syncs
   config.sync.pso.cognitive_final = 0.0
   config.sync.pso.social_final = 1.0
   config.sync.average_opt_state = False  # average: also average the optimizer state (momentum)
+  config.sync.best_pull = 0.25       # best_pull: x_i := mean + best_pull * (best - mean)
+  config.sync.topk = 4               # topk_average: x_i := mean of the topk best particles
   config.sync.easgd = ml_collections.ConfigDict()
   config.sync.easgd.alpha = 0.1      # elastic strength; N * alpha <= 1
   config.sync.diloco = ml_collections.ConfigDict()

@@ -65,7 +65,8 @@ def validate(config) -> None:
   _choice(config, "sync.strategy", sync_lib.STRATEGIES)
   _number(config, "sync.period", 1, integer=True)
   for coefficient in ("inertia", "cognitive", "social", "mean_pull", "max_velocity_norm",
-                      "inertia_final", "cognitive_final", "social_final"):
+                      "max_velocity_ratio", "memory_decay", "inertia_final", "cognitive_final",
+                      "social_final"):
     _number(config, f"sync.pso.{coefficient}", 0.0)
   _choice(config, "sync.pso.schedule", sync_lib.SCHEDULE_CHOICES)
   _choice(config, "sync.average_opt_state", (True, False))
@@ -77,6 +78,22 @@ def validate(config) -> None:
   _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
   _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)
   _number(config, "sync.pso.probe_size", 1, integer=True)
+  _choice(config, "sync.pso.probe_resample", (True, False))
+  _choice(config, "sync.pso.opt_state_on_move", sync_lib.OPT_STATE_CHOICES)
+  _number(config, "sync.best_pull", 0.0)
+  if config.sync.best_pull > 1:
+    raise ConfigError(f"sync.best_pull={config.sync.best_pull}: accepted values are 0..1 "
+                      "(0 = average, 1 = jump to the best)")
+  if not 1 <= config.sync.topk <= config.num_particles or config.sync.topk != int(config.sync.topk):
+    raise ConfigError(f"sync.topk={config.sync.topk}: accepted values are the integers 1.."
+                      f"num_particles={config.num_particles}")
+  if config.sync.pso.memory == "reevaluate" and config.sync.pso.fitness != "probe":
+    raise ConfigError("sync.pso.memory='reevaluate' measures the personal bests again on the probe "
+                      "batch: it needs sync.pso.fitness='probe'")
+  if (config.sync.pso.opt_state_on_move == "follow" and config.sync.pso.random == "coordinate"
+      and config.sync.strategy in ("pso", "pso_average")):
+    raise ConfigError("sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or "
+                      "'none' (one r2 per particle moves the optimizer state)")
   if config.sync.strategy in ("easgd", "diloco", "ssgd") and config.train.init != "shared":
     raise ConfigError(f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
                       "this strategy keeps one shared copy of the weights (or identical particles) and "

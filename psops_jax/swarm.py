@@ -58,6 +58,7 @@ class RoundConfig(NamedTuple):
   period: int
   batch_size: int
   fitness: str        # "round_loss" or "probe"
+  probe_size: int     # probe examples per round: fewer than the pool -> a new subset every round
   loop: str           # "unroll" or "scan"
   local_layout: str   # "unroll" or "vmap": the forward/backward passes of a device's particles
   augment: bool       # random crop (4-pixel pad) and horizontal flip, for CIFAR-10
@@ -130,17 +131,17 @@ def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: 
   return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
-def swarm_metrics(params, sync_state) -> dict:
+def swarm_metrics(params, new_params, sync_state) -> dict:
   """What the swarm did at this sync, for one particle (PSO strategies only, no extra communication):
   global_best = index of the global best's particle, distance_to_global_best = ||x_i' - g|| (x_i'
-  before the move, g the new global best) and velocity_norm = ||v_i||, global L2 norms over all
-  leaves."""
+  before the move, g the new global best) and velocity_norm = ||v_i|| = ||x_i - x_i'||, the length
+  of the move; global L2 norms over all leaves."""
   if not isinstance(sync_state, sync_lib.PSOState):
     return {}
-  diff = jax.tree.map(jnp.subtract, params, sync_state.global_best)
+  move = jax.tree.map(jnp.subtract, new_params, params)
   return {"global_best": sync_state.global_index,
-          "distance_to_global_best": optax.tree.norm(diff),
-          "velocity_norm": optax.tree.norm(sync_state.velocity)}
+          "distance_to_global_best": sync_state.distance,
+          "velocity_norm": optax.tree.norm(move)}
 
 
 def round_batch_indices(key: jax.Array, first_step: jax.Array, period: int, shard_size: int,
@@ -171,6 +172,16 @@ def gather_batch(key, step, idx, images, labels, augment: bool):
   if augment:
     x = augment_batch(jax.random.fold_in(jax.random.fold_in(key, -1), step), x)
   return x, y
+
+
+def round_probe(data: DeviceData, size: int, key: jax.Array, round_index):
+  """The probe batch of a round, the same on every particle: the whole pool, or (pool larger than
+  `size`) `size` examples of it drawn without replacement with fold_in(key, round_index)."""
+  pool = data.probe_labels.shape[0]
+  if size >= pool:
+    return data.probe_images, data.probe_labels
+  pick = jax.random.permutation(jax.random.fold_in(key, round_index), pool)[:size]
+  return data.probe_images[pick], data.probe_labels[pick]
 
 
 def per_particle(fn, layout: str):
@@ -216,8 +227,8 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
 
   def sync_one(params, opt_state, sync_state, fitness, key):
     new_params, sync_state = strategy.sync(params, sync_state, fitness, key)
-    return new_params, strategy.reduce_opt_state(opt_state), sync_state, swarm_metrics(
-        params, sync_state)
+    return (new_params, strategy.reduce_opt_state(opt_state, sync_state, key), sync_state,
+            swarm_metrics(params, new_params, sync_state))
 
   def device_round(swarm: Swarm, data: DeviceData, round_index):
     local_count = data.train_labels.shape[0]
@@ -241,14 +252,18 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
         losses.append(loss)
       (params, opt_state), losses = carry, jnp.stack(losses)
     # losses: (period, L)
+    sync_state = swarm.sync_state
     if cfg.fitness == "probe":
-      probe_loss = lambda p: loss_fn(p, data.probe_images, data.probe_labels)
-      fitness = per_particle(probe_loss, cfg.local_layout)(params)
+      probe_x, probe_y = round_probe(data, cfg.probe_size, jax.random.key(seed + 2), round_index)
+      probe_loss = per_particle(lambda p: loss_fn(p, probe_x, probe_y), cfg.local_layout)
+      fitness = probe_loss(params)
+      if strategy.reevaluates_best:  # f(p_i) on this round's probe batch, before the comparison
+        sync_state = sync_state._replace(personal_fitness=probe_loss(sync_state.personal_best))
     else:  # mean mini-batch loss over the last half of the round
       fitness = losses[cfg.period // 2:].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
     params, opt_state, sync_state, extra = over_local(sync_one, in_axes=(0, 0, 0, 0, None))(
-        params, opt_state, swarm.sync_state, fitness, sync_key)
+        params, opt_state, sync_state, fitness, sync_key)
     metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
     return Swarm(params, opt_state, sync_state), metrics
 

@@ -12,8 +12,9 @@ Every strategy is a `SyncStrategy`, a NamedTuple of pure functions in the manner
 run under all three. `axis_name` may also be a tuple of names, e.g. ("particles", "local") for several
 particles per device (a mesh axis times a vmap axis): the particles are then numbered d * L + l.
 `key` may be the same for every particle; strategies that need per-particle randomness fold in
-`particle_index(axis_name)`. `reduce_opt_state` is applied to the optimizer state at every sync (identity
-except for `average(average_opt_state=True)`).
+`particle_index(axis_name)`. `opt_state = reduce_opt_state(opt_state, new_state, key)` is applied to the
+optimizer state after every sync (identity except for `average(average_opt_state=True)` and pso's
+`opt_state_on_move`).
 
 `bytes_per_round(params, period, opt_state=None)` is the communication model: the bytes ONE particle
 puts into collectives during one round of `period` local steps (the payload of each all-reduce or
@@ -35,8 +36,14 @@ AxisName = str | tuple[str, ...]
 
 FITNESS_CHOICES = ("round_loss", "probe")
 SCHEDULE_CHOICES = ("constant", "linear")
-MEMORY_CHOICES = ("forever", "round")
+MEMORY_CHOICES = ("forever", "round", "decay", "reevaluate")
+OPT_STATE_CHOICES = ("keep", "reset", "follow")
 RANDOM_CHOICES = ("particle", "coordinate", "none")
+
+
+def keep_opt_state(opt_state: PyTree, state: PyTree, key: jax.Array) -> PyTree:
+  """The default `reduce_opt_state`: each particle's optimizer state stays as it is."""
+  return opt_state
 
 
 class SyncStrategy(NamedTuple):
@@ -47,7 +54,8 @@ class SyncStrategy(NamedTuple):
   reduce_grads: Callable[[PyTree], PyTree]
   bytes_per_round: Callable[..., int]
   export: str  # the model a run exports: "global_best", "center", "mean" or "best_particle"
-  reduce_opt_state: Callable[[PyTree], PyTree] = lambda opt_state: opt_state
+  reduce_opt_state: Callable[[PyTree, PyTree, jax.Array], PyTree] = keep_opt_state
+  reevaluates_best: bool = False  # the round re-measures f(p_i) on its probe batch before `sync`
 
 
 def tree_bytes(tree: PyTree) -> int:
@@ -104,7 +112,7 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
   leaves (e.g. momentum buffers), one more all-reduce of their size.
   """
 
-  def reduce_opt_state(opt_state):
+  def reduce_opt_state(opt_state, state, key):
     return jax.tree.map(
         lambda a: lax.pmean(a, axis_name) if jnp.issubdtype(a.dtype, jnp.floating) else a, opt_state)
 
@@ -115,7 +123,7 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
       bytes_per_round=lambda params, period, opt_state=None: tree_bytes(params) + (
           tree_bytes(_float_leaves(opt_state)) if average_opt_state and opt_state is not None else 0),
       export="mean",
-      reduce_opt_state=reduce_opt_state if average_opt_state else _identity,
+      reduce_opt_state=reduce_opt_state if average_opt_state else keep_opt_state,
   )
 
 
@@ -138,14 +146,17 @@ def ssgd(axis_name: AxisName = "particles") -> SyncStrategy:
 
 
 class PSOState(NamedTuple):
-  """Swarm state held by one particle.
+  """Swarm state held by one particle. Fields the options do not need hold `()` (no memory at all):
 
-  velocity:          v_i, same structure as the params, starts at zero.
-  personal_best:     p_i, starts at the initial params.
+  velocity:          v_i, same structure as the params, starts at zero; () unless w is used.
+  personal_best:     p_i, starts at the initial params; () with memory="round" (p_i = x_i' always).
   personal_fitness:  f(p_i), starts at +inf.
-  global_best:       g after the last sync (the same on every particle), starts at the initial params.
+  global_best:       g after the last sync (the same on every particle), starts at the initial params;
+                     () when the winner's new position is g itself (w unused, no mean pull,
+                     memory="round"): then g = the params of particle `global_index`.
   global_fitness:    f(g), starts at +inf.
   global_index:      index of the particle whose personal best was g (-1 before the first sync).
+  distance:          ||x_i' - g|| at the last sync (global L2 norm; a metric).
   count:             syncs done so far (the step of the coefficients' schedules).
   """
 
@@ -155,6 +166,7 @@ class PSOState(NamedTuple):
   global_best: PyTree
   global_fitness: jax.Array
   global_index: jax.Array
+  distance: jax.Array
   count: jax.Array
 
 
@@ -208,13 +220,26 @@ def particle_key(key: jax.Array, axis_name: AxisName) -> jax.Array:
 Coefficient = float | Callable[[jax.Array], jax.Array]
 
 
-def clip_by_global_norm(tree: PyTree, max_norm: float) -> PyTree:
-  """tree * min(1, max_norm / ||tree||), ||.|| the global L2 norm over all leaves; max_norm 0: no-op."""
-  if not max_norm:
+def clip_by_global_norm(tree: PyTree, max_norm: float | jax.Array) -> PyTree:
+  """tree * min(1, max_norm / ||tree||), ||.|| the global L2 norm over all leaves; max_norm 0 (a
+  Python number): no-op."""
+  if isinstance(max_norm, (int, float)) and not max_norm:
     return tree
   norm = optax.tree.norm(tree)
   scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
   return jax.tree.map(lambda a: a * scale, tree)
+
+
+def clip_relative(tree: PyTree, ratio: float, reference: PyTree) -> PyTree:
+  """tree * min(1, ratio ||reference|| / ||tree||) (global L2 norms); ratio 0: no-op."""
+  if not ratio:
+    return tree
+  return clip_by_global_norm(tree, ratio * optax.tree.norm(reference))
+
+
+def _used(coefficient: Coefficient) -> bool:
+  """A coefficient that is a schedule, or a nonzero number."""
+  return callable(coefficient) or coefficient != 0
 
 
 def pso(inertia: Coefficient = 0.0,
@@ -222,76 +247,189 @@ def pso(inertia: Coefficient = 0.0,
         social: Coefficient = 1.0,
         mean_pull: float = 0.0,
         memory: str = "round",
+        memory_decay: float = 0.0,
         random: str = "particle",
         max_velocity_norm: float = 0.0,
+        max_velocity_ratio: float = 0.0,
+        opt_state_on_move: str = "keep",
         axis_name: AxisName = "particles") -> SyncStrategy:
   """PSO-PS (Ye et al. 2020): the sync is one Particle Swarm Optimization step.
 
   With x_i' the weights after the round's local steps and f_i their fitness (lower is better):
 
-      p_i := x_i'  if f_i < f(p_i)                 personal best   (memory="round": f(p_i) reset to
-                                                                     +inf first, i.e. p_i := x_i')
+      p_i := x_i'  if f_i < f(p_i)                 personal best (see `memory` for f(p_i))
       g   := p_j,  j = argmin_k f(p_k)              global best (one all-gather of N scalars, one
                                                                  masked all-reduce of the weights)
       v_i := w v_i + c1 r1 (p_i - x_i') + c2 r2 (g - x_i') + c3 (mean_k x_k' - x_i')
       v_i := v_i min(1, V / ||v_i||)                if max_velocity_norm V > 0
+      v_i := v_i min(1, rho ||x_i'|| / ||v_i||)     if max_velocity_ratio rho > 0
       x_i := x_i' + v_i
 
   w = inertia, c1 = cognitive, c2 = social: numbers, or schedules (callables of the sync count, e.g.
   `optax.linear_schedule`). c3 = mean_pull (c3 > 0 is `pso_average`, one more all-reduce);
   r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never becomes a
   personal or global best.
+
+  memory: how long a best counts. "forever" (textbook PSO: f(p_i) compared as stored), "round" (f(p_i)
+  reset to +inf at every sync, i.e. p_i := x_i'), "decay" (f(p_i) := f(p_i) (1 + memory_decay) at
+  every sync before the comparison: an old best must have been that much better), "reevaluate"
+  (f(p_i) is measured again on this round's probe batch before the comparison: the round does it,
+  see `reevaluates_best`).
+
+  opt_state_on_move: what a particle's optimizer state does when PSO moves its weights. "keep";
+  "reset" (floating-point leaves, e.g. momentum, set to 0); "follow" (they move like the weights
+  without inertia: s_i := s_i + c2 r2 (s_j - s_i) + c3 (mean_k s_k - s_i), s_j the current state of
+  the particle j holding g: one more all-reduce of the state's size; needs random "particle" or "none").
   """
   if memory not in MEMORY_CHOICES:
     raise ValueError(f"sync.pso.memory={memory!r}: accepted values are {MEMORY_CHOICES}")
   if random not in RANDOM_CHOICES:
     raise ValueError(f"sync.pso.random={random!r}: accepted values are {RANDOM_CHOICES}")
+  if opt_state_on_move not in OPT_STATE_CHOICES:
+    raise ValueError(f"sync.pso.opt_state_on_move={opt_state_on_move!r}: accepted values are "
+                     f"{OPT_STATE_CHOICES}")
+  if opt_state_on_move == "follow" and random == "coordinate":
+    raise ValueError("sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or 'none' "
+                     "(one r2 per particle to move the optimizer state with)")
   value = lambda c, count: c(count) if callable(c) else c
+  keeps_velocity = _used(inertia)
+  keeps_personal_best = memory != "round"
+  keeps_global_best = keeps_velocity or keeps_personal_best or bool(mean_pull)
+  maybe = lambda keep, tree: tree if keep else ()
 
   def init(params: PyTree) -> PSOState:
     inf = jnp.array(jnp.inf, jnp.float32)
     return PSOState(
-        velocity=jax.tree.map(jnp.zeros_like, params),
-        personal_best=params,
+        velocity=maybe(keeps_velocity, jax.tree.map(jnp.zeros_like, params)),
+        personal_best=maybe(keeps_personal_best, params),
         personal_fitness=inf,
-        global_best=params,
+        global_best=maybe(keeps_global_best, params),
         global_fitness=inf,
         global_index=jnp.array(-1, jnp.int32),
+        distance=jnp.zeros((), jnp.float32),
         count=jnp.array(0, jnp.int32),
     )
 
+  def remembered_fitness(state: PSOState) -> jax.Array:
+    if memory == "round":
+      return jnp.array(jnp.inf, jnp.float32)
+    if memory == "decay":
+      return state.personal_fitness * (1.0 + memory_decay)
+    return sanitize_fitness(state.personal_fitness)  # forever; reevaluate: measured by the round
+
   def sync(params, state: PSOState, fitness, key):
     fitness = sanitize_fitness(fitness)
-    remembered = state.personal_fitness if memory == "forever" else jnp.array(jnp.inf, jnp.float32)
+    remembered = remembered_fitness(state)
     improved = fitness < remembered
-    personal_best = jax.tree.map(lambda x, p: jnp.where(improved, x, p), params, state.personal_best)
+    personal_best = (jax.tree.map(lambda x, p: jnp.where(improved, x, p), params, state.personal_best)
+                     if keeps_personal_best else params)
     personal_fitness = jnp.where(improved, fitness, remembered)
     global_best, global_fitness, winner = fetch_global_best(personal_best, personal_fitness,
                                                             axis_name)
     r1, r2 = draw_r(particle_key(key, axis_name), params, random)
     w, c1, c2 = (value(c, state.count) for c in (inertia, cognitive, social))
-    velocity = jax.tree.map(
-        lambda v, x, p, g, a, b: w * v + c1 * a * (p - x) + c2 * b * (g - x),
-        state.velocity, params, personal_best, global_best, r1, r2)
+    to_best = jax.tree.map(jnp.subtract, global_best, params)
+    velocity = jax.tree.map(lambda d, b: c2 * b * d, to_best, r2)
+    if keeps_personal_best and _used(cognitive):
+      velocity = jax.tree.map(lambda v, x, p, a: v + c1 * a * (p - x), velocity, params,
+                              personal_best, r1)
+    if keeps_velocity:
+      velocity = jax.tree.map(lambda v, old: v + w * old, velocity, state.velocity)
     if mean_pull:
       mean = lax.pmean(params, axis_name)
       velocity = jax.tree.map(lambda v, x, m: v + mean_pull * (m - x), velocity, params, mean)
     velocity = clip_by_global_norm(velocity, max_velocity_norm)
+    velocity = clip_relative(velocity, max_velocity_ratio, params)
     new_params = jax.tree.map(jnp.add, params, velocity)
-    new_state = PSOState(velocity, personal_best, personal_fitness, global_best, global_fitness,
-                         winner.astype(jnp.int32), state.count + 1)
+    new_state = PSOState(maybe(keeps_velocity, velocity),
+                         maybe(keeps_personal_best, personal_best), personal_fitness,
+                         maybe(keeps_global_best, global_best), global_fitness,
+                         winner.astype(jnp.int32), optax.tree.norm(to_best), state.count + 1)
     return new_params, new_state
+
+  def move_opt_state(opt_state, state: PSOState, key):
+    """The optimizer state after the sync `state` came from (see opt_state_on_move)."""
+    if opt_state_on_move == "keep":
+      return opt_state
+    floats = lambda fn: jax.tree.map(
+        lambda a: fn(a) if jnp.issubdtype(a.dtype, jnp.floating) else a, opt_state)
+    if opt_state_on_move == "reset":
+      return floats(jnp.zeros_like)
+    is_winner = particle_index(axis_name) == state.global_index
+    winners = floats(lambda a: lax.psum(jnp.where(is_winner, a, jnp.zeros_like(a)), axis_name))
+    _, r2 = jax.random.split(particle_key(key, axis_name))
+    r2 = jnp.ones(()) if random == "none" else jax.random.uniform(r2)
+    c2 = value(social, state.count - 1)
+    moved = jax.tree.map(lambda a, b: a + c2 * r2 * (b - a) if jnp.issubdtype(a.dtype, jnp.floating)
+                         else a, opt_state, winners)
+    if mean_pull:
+      moved = jax.tree.map(lambda a, b: a + mean_pull * (lax.pmean(b, axis_name) - b)
+                           if jnp.issubdtype(a.dtype, jnp.floating) else a, moved, opt_state)
+    return moved
 
   def bytes_per_round(params, period, opt_state=None):
     num_allreduce = 2 if mean_pull else 1
-    return num_allreduce * tree_bytes(params) + 4  # + the particle's fitness in the all-gather
+    moved = tree_bytes(_float_leaves(opt_state)) if opt_state is not None else 0
+    extra = num_allreduce * moved if opt_state_on_move == "follow" else 0
+    return num_allreduce * tree_bytes(params) + extra + 4  # + the fitness in the all-gather
 
-  return SyncStrategy(init, sync, _identity, bytes_per_round, export="global_best")
+  return SyncStrategy(init, sync, _identity, bytes_per_round, export="global_best",
+                      reduce_opt_state=move_opt_state,
+                      reevaluates_best=memory == "reevaluate")
 
 
 def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> SyncStrategy:
   """PSO-PS with an extra pull toward the swarm mean: v_i gets + c3 (mean_k x_k' - x_i')."""
   return pso(mean_pull=mean_pull, social=social, **kwargs)
+
+
+def _ranks(fitness: jax.Array, axis_name: AxisName) -> jax.Array:
+  """This particle's rank by fitness among all particles (0 = lowest; ties: lower index first;
+  non-finite fitness ranks last), from one all-gather of N scalars."""
+  all_fitness = all_gather_scalar(sanitize_fitness(fitness), axis_name)
+  i = particle_index(axis_name)
+  mine = all_fitness[i]
+  others = jnp.arange(all_fitness.shape[0])
+  return jnp.sum((all_fitness < mine) | ((all_fitness == mine) & (others < i)))
+
+
+def best_pull(pull: float = 0.25, axis_name: AxisName = "particles") -> SyncStrategy:
+  """Averaging pulled toward the best particle: x_i := m + c (g - m) = (1 - c) m + c g, with
+  m = mean_k x_k', g = x_j', j = argmin_k f_k (this round's fitness), c = pull.
+
+  c = 0 is parameter averaging, c = 1 is "everyone jumps to the best" (PSO-PS with w = c1 = 0,
+  c2 = 1, r2 = 1). One all-gather of N scalars and ONE all-reduce of the weights:
+  psum((1 - c)/N x_i + c [i = j] x_i). Every particle leaves the sync with the same weights.
+  """
+
+  def sync(params, state, fitness, key):
+    is_best = _ranks(fitness, axis_name) == 0
+    n = lax.psum(1, axis_name)
+    best_share = lambda x: jnp.where(is_best, pull * x, jnp.zeros_like(x))
+    share = (lambda x: (1.0 - pull) / n * x + best_share(x)) if pull < 1 else best_share
+    return jax.tree.map(lambda x: lax.psum(share(x), axis_name), params), state
+
+  return SyncStrategy(lambda params: (), sync, _identity,
+                      lambda params, period, opt_state=None: tree_bytes(params) + 4,
+                      export="mean")
+
+
+def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
+  """The mean of the k best particles by fitness: x_i := (1/k) sum_{rank(j) < k} x_j' for every i.
+
+  k = N is parameter averaging; k = 1 is "everyone jumps to the best". One all-gather of N scalars
+  and ONE all-reduce of the weights (psum of where(rank_i < k, x_i, 0), where keeping a NaN in a
+  particle outside the top k out of the sum).
+  """
+
+  def sync(params, state, fitness, key):
+    chosen = _ranks(fitness, axis_name) < k
+    masked = jax.tree.map(lambda x: jnp.where(chosen, x, jnp.zeros_like(x)), params)
+    return jax.tree.map(lambda s: s / k, lax.psum(masked, axis_name)), state
+
+  return SyncStrategy(lambda params: (), sync, _identity,
+                      lambda params, period, opt_state=None: tree_bytes(params) + 4,
+                      export="mean")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +497,9 @@ def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = T
 # --------------------------------------------------------------------------------------------------
 # Construction from a config.
 
-STRATEGIES = ("pso", "pso_average", "average", "ssgd", "easgd", "diloco", "none")
+STRATEGIES = ("pso", "pso_average", "average", "ssgd", "easgd", "diloco", "none", "best_pull",
+              "topk_average")
+SELECTING = ("pso", "pso_average", "best_pull", "topk_average")  # strategies that read the fitness
 
 
 def coefficient_schedule(start: float, end: float, schedule: str, rounds: int) -> Coefficient:
@@ -381,7 +521,13 @@ def from_config(sync_config, rounds: int = 1, axis_name: AxisName = "particles")
                  for k in ("inertia", "cognitive", "social"))
     mean_pull = c.mean_pull if name == "pso_average" else 0.0
     return pso(inertia=w, cognitive=c1, social=c2, mean_pull=mean_pull, memory=c.memory,
-               random=c.random, max_velocity_norm=c.max_velocity_norm, axis_name=axis_name)
+               memory_decay=c.memory_decay, random=c.random, max_velocity_norm=c.max_velocity_norm,
+               max_velocity_ratio=c.max_velocity_ratio, opt_state_on_move=c.opt_state_on_move,
+               axis_name=axis_name)
+  if name == "best_pull":
+    return best_pull(sync_config.best_pull, axis_name)
+  if name == "topk_average":
+    return topk_average(sync_config.topk, axis_name)
   if name == "average":
     return average(axis_name, average_opt_state=sync_config.average_opt_state)
   if name == "ssgd":

@@ -37,6 +37,7 @@ from psops_jax import sync as sync_lib
 SUMMARY_KEYS = ("final_test_accuracy", "test_accuracy_best_particle", "test_accuracy_mean_particle",
                 "test_accuracy_averaged_weights", "strategy", "period", "num_particles", "rounds",
                 "steps", "communicated_bytes_per_particle", "train_seconds", "samples_per_second")
+PROBE_POOL = 8  # sync.pso.probe_resample: probe batches are drawn from 8 x probe_size examples
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume
 
 
@@ -89,6 +90,16 @@ def first_particle(tree):
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)[0]), tree)
 
 
+def global_best(swarm) -> dict:
+  """g of a PSO swarm, as NumPy: the stored copy, or (when the options make g the params of the
+  particle that holds it, and the state does not store it) that particle's params."""
+  state = swarm.sync_state
+  if jax.tree.leaves(state.global_best):
+    return first_particle(state.global_best)
+  j = max(int(first_particle(state.global_index)), 0)
+  return jax.tree.map(lambda a: to_host(a)[j], swarm.params)
+
+
 def params_fingerprint(params) -> str:
   """sha256 of every particle's weights (bytes in tree order): equal fingerprints, equal weights."""
   digest = hashlib.sha256()
@@ -124,7 +135,7 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one):
       "test_accuracy_averaged_weights": accuracy_of(averaged),
   }
   if strategy.export == "global_best":
-    result["final_test_accuracy"] = accuracy_of(first_particle(swarm.sync_state.global_best))
+    result["final_test_accuracy"] = accuracy_of(global_best(swarm))
   elif strategy.export == "center":
     result["final_test_accuracy"] = accuracy_of(first_particle(swarm.sync_state.center))
   elif strategy.export == "mean":
@@ -198,16 +209,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise config_check.ConfigError(
         f"train.batch_size={config.train.batch_size}: must be <= the shard of each particle "
         f"({shards[1].shape[1]} examples = {len(dataset.train_labels)} // num_particles={n})")
-  probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels,
-                               config.sync.pso.probe_size, config.seed)
+  probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
+  probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels, probe_pool, config.seed)
 
   model = models.create(config.model.name, dataset.num_classes)
   tx = make_optimizer(config)
   strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
-  uses_probe = config.sync.strategy in ("pso", "pso_average") and config.sync.pso.fitness == "probe"
+  uses_probe = config.sync.strategy in sync_lib.SELECTING and config.sync.pso.fitness == "probe"
   round_cfg = swarm_lib.RoundConfig(
       period=config.sync.period, batch_size=config.train.batch_size,
-      fitness="probe" if uses_probe else "round_loss",
+      fitness="probe" if uses_probe else "round_loss", probe_size=config.sync.pso.probe_size,
       loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
       augment=config.data.name == "cifar10", mean=dataset.mean, std=dataset.std)
 

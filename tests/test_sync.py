@@ -63,23 +63,35 @@ def strategy_and_runner(runner, factory, **kwargs):
   return factory(axis_name=axis_name, **kwargs), run
 
 
-def numpy_pso(x, state, fitness, r1, r2, w, c1, c2, c3, memory):
+def global_norms(tree, n):
+  """Per particle: the L2 norm over all leaves of a stacked dict."""
+  return np.sqrt(sum((a.reshape(n, -1).astype(np.float64) ** 2).sum(1) for a in tree.values()))
+
+
+def numpy_pso(x, state, fitness, r1, r2, w, c1, c2, c3, memory, decay=0.0, ratio=0.0):
   """Reference PSO-PS step on stacked NumPy arrays (dict of leaves with a leading particle axis)."""
   n = len(fitness)
   f = np.where(np.isfinite(fitness), fitness, np.inf).astype(np.float32)
-  old_pf = state["pf"] if memory == "forever" else np.full(n, np.inf, np.float32)
+  old_pf = {"forever": state["pf"], "decay": state["pf"] * (1 + decay),
+            "round": np.full(n, np.inf, np.float32)}[memory]
   improved = f < old_pf
   pf = np.where(improved, f, old_pf)
   pbest = {k: np.where(improved.reshape((n,) + (1,) * (x[k].ndim - 1)), x[k], state["pbest"][k])
            for k in x}
+  if memory == "round":  # p_i := x_i' at every sync, even for a particle whose fitness is NaN
+    pbest = x
   j = int(np.argmin(pf))  # first minimum: ties go to the lowest index
   gbest = {k: pbest[k][j] for k in x}
-  velocity, new_x = {}, {}
-  for k in x:
-    v = (w * state["v"][k] + c1 * r1[k] * (pbest[k] - x[k]) + c2 * r2[k] * (gbest[k][None] - x[k])
-         + c3 * (x[k].mean(axis=0, keepdims=True) - x[k]))
-    velocity[k], new_x[k] = v, x[k] + v
-  return new_x, {"v": velocity, "pbest": pbest, "pf": pf, "gbest": gbest, "winner": j}
+  velocity = {k: (w * state["v"][k] + c1 * r1[k] * (pbest[k] - x[k])
+                  + c2 * r2[k] * (gbest[k][None] - x[k])
+                  + c3 * (x[k].mean(axis=0, keepdims=True) - x[k])) for k in x}
+  if ratio:
+    scale = np.minimum(1.0, ratio * global_norms(x, n) / np.maximum(global_norms(velocity, n), 1e-12))
+    velocity = {k: v * scale.reshape((n,) + (1,) * (v.ndim - 1)) for k, v in velocity.items()}
+  new_x = {k: x[k] + velocity[k] for k in x}
+  distance = global_norms({k: x[k] - gbest[k][None] for k in x}, n)
+  return new_x, {"v": velocity, "pbest": pbest, "pf": pf, "gbest": gbest, "winner": j,
+                 "distance": distance}
 
 
 def draws(key, params, n, random):
@@ -96,15 +108,17 @@ def draws(key, params, n, random):
 
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 @pytest.mark.parametrize("n", [2, 3, 8])
-@pytest.mark.parametrize("memory,random,coefs", [
-    ("forever", "particle", (0.5, 0.5, 0.5, 0.0)),
-    ("round", "coordinate", (0.7, 1.5, 1.5, 0.0)),
-    ("forever", "coordinate", (0.3, 0.8, 0.6, 0.4)),
+@pytest.mark.parametrize("memory,random,coefs,extra", [
+    ("forever", "particle", (0.5, 0.5, 0.5, 0.0), {}),
+    ("round", "coordinate", (0.7, 1.5, 1.5, 0.0), {}),
+    ("forever", "coordinate", (0.3, 0.8, 0.6, 0.4), {}),
+    ("decay", "particle", (0.0, 0.5, 1.0, 0.0), {"memory_decay": 0.3, "max_velocity_ratio": 0.2}),
+    ("round", "particle", (0.0, 0.0, 1.0, 0.0), {}),  # the defaults: no velocity, bests, g stored
 ])
-def test_pso_matches_numpy_over_several_rounds(runner, n, memory, random, coefs):
+def test_pso_matches_numpy_over_several_rounds(runner, n, memory, random, coefs, extra):
   w, c1, c2, c3 = coefs
   strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=w, cognitive=c1, social=c2,
-                                      mean_pull=c3, memory=memory, random=random)
+                                      mean_pull=c3, memory=memory, random=random, **extra)
   rng = np.random.RandomState(n)
   x = random_params(rng, n)
   state = run_vmap(strategy.init, x, in_axes=(0,))
@@ -115,19 +129,35 @@ def test_pso_matches_numpy_over_several_rounds(runner, n, memory, random, coefs)
     if r == 1:
       fitness[rng.randint(n)] = np.nan
     key = jax.random.key(100 + r)
+    x_before = jax.tree.map(np.asarray, x)
     x, state = run(strategy.sync, x, state, jnp.asarray(fitness), key, in_axes=(0, 0, 0, None))
     r1, r2 = draws(key, ref_x, n, random)
-    ref_x, ref_state = numpy_pso(ref_x, ref_state, fitness, r1, r2, w, c1, c2, c3, memory)
+    ref_x, ref_state = numpy_pso(ref_x, ref_state, fitness, r1, r2, w, c1, c2, c3, memory,
+                                 extra.get("memory_decay", 0.0), extra.get("max_velocity_ratio", 0.0))
+    j = ref_state["winner"]
     for k in ref_x:
       np.testing.assert_allclose(np.asarray(x[k]), ref_x[k], rtol=1e-5, atol=1e-5)
-      np.testing.assert_allclose(np.asarray(state.velocity[k]), ref_state["v"][k], rtol=1e-5,
-                                 atol=1e-5)
+      if w:
+        np.testing.assert_allclose(np.asarray(state.velocity[k]), ref_state["v"][k], rtol=1e-5,
+                                   atol=1e-5)
       # the global best fetched by the masked all-reduce is the winner's personal best, bit for bit
-      winner_best = np.asarray(state.personal_best[k][ref_state["winner"]])
-      for i in range(n):
-        np.testing.assert_array_equal(np.asarray(state.global_best[k][i]), winner_best)
-    np.testing.assert_array_equal(np.asarray(state.global_index), ref_state["winner"])
+      if memory != "round":
+        np.testing.assert_allclose(np.asarray(state.personal_best[k]), ref_state["pbest"][k],
+                                   rtol=1e-5, atol=1e-5)
+      winner_best = (np.asarray(state.personal_best[k][j]) if memory != "round"
+                     else x_before[k][j])
+      if jax.tree.leaves(state.global_best):
+        for i in range(n):
+          np.testing.assert_array_equal(np.asarray(state.global_best[k][i]), winner_best)
+      else:  # not stored: then the winner stays exactly at g
+        np.testing.assert_array_equal(np.asarray(x[k][j]), winner_best)
+    # what each option set stores: nothing the options do not need
+    assert bool(jax.tree.leaves(state.velocity)) == bool(w)
+    assert bool(jax.tree.leaves(state.personal_best)) == (memory != "round")
+    np.testing.assert_array_equal(np.asarray(state.global_index), j)
     np.testing.assert_allclose(np.asarray(state.personal_fitness), ref_state["pf"])
+    np.testing.assert_allclose(np.asarray(state.distance), ref_state["distance"], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_pso_same_result_under_vmap_shard_map_and_pmap():
@@ -185,7 +215,7 @@ def test_nan_particle_never_becomes_best(runner):
     new_x, new_state = run(strategy.sync, x, state, f, jax.random.key(0), in_axes=(0, 0, 0, None))
     assert int(new_state.global_index[0]) == 7
     for k in x:
-      assert np.isfinite(np.asarray(new_state.global_best[k])).all()
+      assert np.isfinite(np.asarray(new_x[k][7])).all()  # the exported g (not stored: particle 7)
       healthy = np.delete(np.asarray(new_x[k]), 2, axis=0)
       np.testing.assert_allclose(healthy, np.broadcast_to(x[k][7], healthy.shape), atol=1e-6)
 
@@ -325,12 +355,12 @@ def test_average_with_optimizer_state(runner):
   strategy, run = strategy_and_runner(runner, sync_lib.average, average_opt_state=True)
   opt_state = {"momentum": np.random.RandomState(6).normal(size=(4, 3)).astype(np.float32),
                "count": np.arange(4, dtype=np.int32)}
-  reduced = run(strategy.reduce_opt_state, opt_state, in_axes=(0,))
+  reduced = run(lambda o: strategy.reduce_opt_state(o, (), None), opt_state, in_axes=(0,))
   np.testing.assert_allclose(np.asarray(reduced["momentum"]),
                              np.broadcast_to(opt_state["momentum"].mean(0), (4, 3)), atol=1e-6)
   np.testing.assert_array_equal(np.asarray(reduced["count"]), opt_state["count"])  # ints untouched
   local, _ = strategy_and_runner(runner, sync_lib.average)
-  kept = run(local.reduce_opt_state, opt_state, in_axes=(0,))
+  kept = run(lambda o: local.reduce_opt_state(o, (), None), opt_state, in_axes=(0,))
   np.testing.assert_array_equal(np.asarray(kept["momentum"]), opt_state["momentum"])
 
 
@@ -363,3 +393,86 @@ def test_pso_velocity_clipping_and_linear_schedule(runner):
   for k in x:
     expected_v = 0.65 * np.asarray(free_state.velocity[k]) + (best[k][None] - np.asarray(free_x[k]))
     np.testing.assert_allclose(np.asarray(state2.velocity[k]), expected_v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("n", [3, 8])
+def test_best_pull_and_topk_average_match_numpy(runner, n):
+  x = random_params(np.random.RandomState(10 + n), n)
+  x["b"][1] = np.nan  # a diverged particle (its fitness NaN): never the best, never in a top-k < N
+  fitness = np.random.RandomState(n).uniform(size=n).astype(np.float32)
+  fitness[1] = np.nan
+  fitness[n - 1] = fitness[0]  # a tie: the lower index ranks first
+  order = sorted(range(n), key=lambda i: (np.inf if np.isnan(fitness[i]) else fitness[i], i))
+  for factory, kwargs, expected in [
+      (sync_lib.best_pull, dict(pull=1.0), lambda k: x[k][order[0]]),
+      (sync_lib.topk_average, dict(k=1), lambda k: x[k][order[0]]),
+      (sync_lib.topk_average, dict(k=n - 1), lambda k: x[k][order[:n - 1]].mean(0)),
+  ]:
+    strategy, run = strategy_and_runner(runner, factory, **kwargs)
+    new_x, _ = run(strategy.sync, x, run_vmap(strategy.init, x, in_axes=(0,)), jnp.asarray(fitness),
+                   jax.random.key(0), in_axes=(0, 0, 0, None))
+    for k in x:
+      np.testing.assert_allclose(np.asarray(new_x[k]), np.broadcast_to(expected(k), x[k].shape),
+                                 rtol=1e-5, atol=1e-6)
+  # with the NaN particle, best_pull < 1 includes it in the mean: NaN, reported, not hidden
+  clean = {k: np.where(np.isnan(a), 0.0, a).astype(np.float32) for k, a in x.items()}
+  for c in (0.0, 0.3):
+    strategy, run = strategy_and_runner(runner, sync_lib.best_pull, pull=c)
+    new_x, _ = run(strategy.sync, clean, (), jnp.asarray(fitness), jax.random.key(0),
+                   in_axes=(0, None, 0, None))
+    for k in clean:
+      expected = (1 - c) * clean[k].mean(0) + c * clean[k][order[0]]
+      np.testing.assert_allclose(np.asarray(new_x[k]), np.broadcast_to(expected, clean[k].shape),
+                                 rtol=1e-5, atol=1e-6)
+  strategy, run = strategy_and_runner(runner, sync_lib.best_pull, pull=0.3)
+  poisoned, _ = run(strategy.sync, x, (), jnp.asarray(fitness), jax.random.key(0),
+                    in_axes=(0, None, 0, None))
+  assert np.isnan(np.asarray(poisoned["b"])).all()
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("random", ["particle", "none"])
+def test_pso_optimizer_state_on_move(runner, random):
+  """reset: float leaves zeroed; follow: s_i + c2 r2 (s_j - s_i) + c3 (mean s - s_i), ints kept."""
+  n, c2, c3 = 4, 0.8, 0.3
+  x = random_params(np.random.RandomState(11), n)
+  opt_state = {"trace": np.random.RandomState(12).normal(size=(n, 6)).astype(np.float32),
+               "count": np.arange(n, dtype=np.int32)}
+  fitness = jnp.asarray([0.5, 0.9, 0.2, 0.7])  # particle 2 holds g
+  key = jax.random.key(5)
+  for mode in ("keep", "reset", "follow"):
+    strategy, run = strategy_and_runner(runner, sync_lib.pso, social=c2, mean_pull=c3, random=random,
+                                        opt_state_on_move=mode)
+
+    def sync_and_move(params, state, opt, f, k):
+      new_params, new_state = strategy.sync(params, state, f, k)
+      return strategy.reduce_opt_state(opt, new_state, k)
+
+    moved = run(sync_and_move, x, run_vmap(strategy.init, x, in_axes=(0,)), opt_state, fitness,
+                key, in_axes=(0, 0, 0, 0, None))
+    np.testing.assert_array_equal(np.asarray(moved["count"]), opt_state["count"])
+    s = opt_state["trace"]
+    if mode == "keep":
+      expected = s
+    elif mode == "reset":
+      expected = np.zeros_like(s)
+    else:
+      _, r2 = draws(key, x, n, random)
+      r2 = np.array([r2["b"][i].flat[0] for i in range(n)])[:, None]
+      expected = s + c2 * r2 * (s[2][None] - s) + c3 * (s.mean(0, keepdims=True) - s)
+    np.testing.assert_allclose(np.asarray(moved["trace"]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_new_strategies_bytes_and_bad_options():
+  params = {"w": np.zeros((3, 4), np.float32), "b": np.zeros((5,), np.float32)}
+  opt_state = {"trace": params, "count": np.zeros((), np.int32)}
+  size = 17 * 4
+  assert sync_lib.best_pull().bytes_per_round(params, 16) == size + 4
+  assert sync_lib.topk_average().bytes_per_round(params, 16) == size + 4
+  assert sync_lib.pso(opt_state_on_move="follow").bytes_per_round(params, 16, opt_state) == (
+      2 * size + 4)
+  with pytest.raises(ValueError, match=r"opt_state_on_move='moved'.*keep"):
+    sync_lib.pso(opt_state_on_move="moved")
+  with pytest.raises(ValueError, match=r"follow.*random"):
+    sync_lib.pso(opt_state_on_move="follow", random="coordinate")

@@ -45,7 +45,8 @@ def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="
   ds = data_lib.load("digits", "sklearn")
   mesh = swarm_lib.make_mesh(n, devices)
   model, tx = models.create("mlp"), optax.sgd(0.1)
-  cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", loop=loop,
+  cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", probe_size=32,
+                              loop=loop,
                               local_layout=layout, augment=False, mean=ds.mean, std=ds.std)
   swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
   data = swarm_lib.put_data(data_lib.shard(ds.train_images, ds.train_labels, n, 0),
@@ -123,6 +124,9 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
     ("num_devices", 3, r"num_particles=4 is not a multiple of num_devices=3"),
     ("model.name", "resnet", r"model.name='resnet': accepted values are"),
     ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
+    ("sync.topk", 5, r"sync.topk=5: accepted values are the integers 1..num_particles=4"),
+    ("sync.best_pull", 1.5, r"sync.best_pull=1.5: accepted values are 0..1"),
+    ("sync.pso.opt_state_on_move", "drop", r"opt_state_on_move='drop': accepted values are"),
 ])
 def test_bad_config_names_the_field(tmp_path, field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -184,3 +188,37 @@ def test_command_line_typo_in_a_config_field(tmp_path):
   assert result.returncode == 2
   assert "unknown config field" in result.stderr and '"period"' in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_issue8_pso_options_train_and_export_the_global_best(tmp_path):
+  """Bests re-measured on a new probe batch every round, momentum moved with the weights, relative
+  velocity clipping: trains, and the exported model is the particle holding g (not stored)."""
+  config = small_config(**{"sync.pso.memory": "reevaluate", "sync.pso.probe_resample": True,
+                           "sync.pso.probe_size": 32, "sync.pso.opt_state_on_move": "follow",
+                           "sync.pso.max_velocity_ratio": 0.5, "train.rounds": 4,
+                           "sync.period": 4, "num_devices": 2})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+  assert summary["final_test_accuracy"] > 0.5
+  with pytest.raises(config_check.ConfigError, match=r"memory='reevaluate'.*fitness='probe'"):
+    train.train_and_evaluate(small_config(**{"sync.pso.memory": "reevaluate",
+                                             "sync.pso.fitness": "round_loss"}), str(tmp_path / "b"))
+  # the default options keep no copy of g: the exported model is particle global_best_particle
+  default = train.train_and_evaluate(small_config(), str(tmp_path / "default"))
+  last = json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert default["final_test_accuracy"] == pytest.approx(
+      default["test_accuracy_particles"][last["global_best_particle"]], abs=1e-6)
+
+
+def test_round_probe_is_a_new_subset_of_the_pool_every_round():
+  pool = 64
+  data = swarm_lib.DeviceData(None, None, jnp.arange(pool, dtype=jnp.uint8).reshape(pool, 1, 1, 1),
+                              jnp.arange(pool, dtype=jnp.int32))
+  picks = [np.asarray(swarm_lib.round_probe(data, 16, jax.random.key(0), r)[1]) for r in range(3)]
+  for p in picks:
+    assert len(set(p.tolist())) == 16 and p.max() < pool
+  assert not np.array_equal(picks[0], picks[1])
+  np.testing.assert_array_equal(picks[0], swarm_lib.round_probe(data, 16, jax.random.key(0), 0)[1])
+  np.testing.assert_array_equal(swarm_lib.round_probe(data, pool, jax.random.key(0), 1)[1],
+                                np.arange(pool))  # the whole pool: the fixed probe
