@@ -100,8 +100,8 @@ def build_round(model_name: str, particles: int, devices: int, period: int, batc
   tx = optax.sgd(0.01, momentum=0.9)
   strategy = getattr(sync_lib, strategy_name)(axis_name=swarm_lib.AXES)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=batch_size, fitness=fitness,
-                              probe_size=probe_size, loop=loop,
-                              local_layout=layout, augment=False, mean=(0.5,) * shape[-1],
+                              probe_size=probe_size, loop=loop, local_layout=layout, max_unroll=0,
+                              augment=False, mean=(0.5,) * shape[-1],
                               std=(0.25,) * shape[-1])
   swarm = swarm_lib.init_swarm(model, tx, strategy, images[0], particles, seed, mesh, cfg.mean,
                                cfg.std)

@@ -15,8 +15,10 @@ batch 32, about 3 passes over each 7,500-example shard), rebuilt from psops_jax'
   pso_average_half   PSO + pull to the mean, c2 = c3 = 0.5, forgotten, probe
   average, none      parameter averaging; independent particles
 
-`tuning` is the same grid on a validation split (5,000 training examples held out, test split
-unused) for choosing among variants.
+`search` (--grid search) is the search for a PSO-based sync that beats averaging, on a validation
+split (5,000 training examples held out; the test split is not read), seed 0, periods 16 and 64:
+the issue-8 options of `pso` one at a time on top of the default, and the selection-based
+strategies best_pull and topk_average. The winners then run on the test split with 3 seeds.
 """
 
 from configs import study_fashion_mnist
@@ -37,10 +39,32 @@ VARIANTS = {
 }
 
 
+PROBE = {"sync.strategy": "pso"}
+SEARCH = {
+    "average": {"sync.strategy": "average"},
+    "pso": PROBE,
+    "pso_resample": dict(PROBE, **{"sync.pso.probe_resample": True}),
+    "pso_reevaluate": dict(PROBE, **{"sync.pso.probe_resample": True, "sync.pso.memory": "reevaluate"}),
+    "pso_decay": dict(PROBE, **{"sync.pso.memory": "decay", "sync.pso.memory_decay": 0.1}),
+    "pso_momentum_reset": dict(PROBE, **{"sync.pso.opt_state_on_move": "reset"}),
+    "pso_momentum_follow": dict(PROBE, **{"sync.pso.opt_state_on_move": "follow"}),
+    "pso_ratio_clip": dict(PROBE, **{"sync.pso.max_velocity_ratio": 0.02}),
+    "pso_social_schedule": dict(PROBE, **{"sync.pso.schedule": "linear",
+                                          "sync.pso.social_final": 0.25}),
+    "pso_average_half": VARIANTS["pso_average_half"],
+    "best_pull_0.25": {"sync.strategy": "best_pull", "sync.best_pull": 0.25},
+    "best_pull_0.5": {"sync.strategy": "best_pull", "sync.best_pull": 0.5},
+    "topk_average_2": {"sync.strategy": "topk_average", "sync.topk": 2},
+    "topk_average_4": {"sync.strategy": "topk_average", "sync.topk": 4},
+    "topk_average_6": {"sync.strategy": "topk_average", "sync.topk": 6},
+}
+
+
 def get_config() -> dict:
   study = dict(study_fashion_mnist.get_config(), variants=VARIANTS, periods=[1, 4, 16, 64],
                num_particles=[8], one_big_worker=False)
   study.pop("quick")
   study["quick"] = dict(study, periods=[16], seeds=[0], total_steps=256, evals=2)
-  study["tuning"] = dict(study, overrides={"data.validation_size": 5000})
+  study["search"] = dict(study, variants=SEARCH, periods=[16, 64], seeds=[0],
+                         overrides={"data.validation_size": 5000})
   return study

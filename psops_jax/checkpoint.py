@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 
 # Fields that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_FIELDS = ("train.rounds", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.allow_config_change")
+                    "train.keep_checkpoints", "train.allow_config_change", "train.max_unroll")
 
 
 class CheckpointError(RuntimeError):

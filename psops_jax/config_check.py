@@ -57,6 +57,7 @@ def validate(config) -> None:
   _number(config, "train.log_every", 1, integer=True)
   _number(config, "train.eval_every", 0, integer=True)
   _choice(config, "train.loop", LOOPS)
+  _number(config, "train.max_unroll", 0, integer=True)
   _choice(config, "train.local_layout", LAYOUTS)
   _choice(config, "train.init", INITS)
   _number(config, "train.checkpoint_every", 1, integer=True)
@@ -84,7 +85,8 @@ def validate(config) -> None:
   if config.sync.best_pull > 1:
     raise ConfigError(f"sync.best_pull={config.sync.best_pull}: accepted values are 0..1 "
                       "(0 = average, 1 = jump to the best)")
-  if not 1 <= config.sync.topk <= config.num_particles or config.sync.topk != int(config.sync.topk):
+  if config.sync.strategy == "topk_average" and (
+      not 1 <= config.sync.topk <= config.num_particles or config.sync.topk != int(config.sync.topk)):
     raise ConfigError(f"sync.topk={config.sync.topk}: accepted values are the integers 1.."
                       f"num_particles={config.num_particles}")
   if config.sync.pso.memory == "reevaluate" and config.sync.pso.fitness != "probe":

@@ -61,6 +61,7 @@ class RoundConfig(NamedTuple):
   probe_size: int     # probe examples per round: fewer than the pool -> a new subset every round
   loop: str           # "unroll" or "scan"
   local_layout: str   # "unroll" or "vmap": the forward/backward passes of a device's particles
+  max_unroll: int     # unrolled rounds longer than this run in several calls (0: one call)
   augment: bool       # random crop (4-pixel pad) and horizontal flip, for CIFAR-10
   mean: tuple
   std: tuple
@@ -198,14 +199,27 @@ def per_particle(fn, layout: str):
   return unrolled
 
 
+def chunk_length(period: int, loop: str, max_unroll: int) -> int:
+  """Local steps per jitted call: the whole round, or (unrolled rounds longer than `max_unroll`) the
+  largest divisor of `period` that is at most `max_unroll` (max_unroll 0: no limit)."""
+  if loop != "unroll" or not max_unroll or period <= max_unroll:
+    return period
+  return max(d for d in range(1, max_unroll + 1) if period % d == 0)
+
+
 def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncStrategy,
                cfg: RoundConfig, mesh: jax.sharding.Mesh, seed: int):
-  """The jitted round: `swarm, metrics = round_fn(swarm, data, round_index)`.
+  """The round: `swarm, metrics = round_fn(swarm, data, round_index)`.
 
   Each particle runs `cfg.period` optax steps on mini-batches of its own shard, computes its fitness,
   then all particles run `strategy.sync` (and `strategy.reduce_opt_state`) together. `strategy` must be
   built with `axis_name=AXES`. metrics: per-particle "loss" (mean mini-batch loss of the round) and
   "fitness" (what the sync compared), each of shape (N,). The swarm's buffers are donated.
+
+  One jitted call per round, unless the steps are unrolled and `period` exceeds `cfg.max_unroll`:
+  then the local steps run in calls of `chunk_length(...)` steps and the fitness and sync in one more
+  call (the compile time of an unrolled round grows with its length; the calls are queued without
+  a host sync, the data stays on the devices). Both give the same numbers.
   """
 
   def loss_fn(params, images, labels):
@@ -230,29 +244,32 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     return (new_params, strategy.reduce_opt_state(opt_state, sync_state, key), sync_state,
             swarm_metrics(params, new_params, sync_state))
 
-  def device_round(swarm: Swarm, data: DeviceData, round_index):
+  def device_steps(params, opt_state, data: DeviceData, first_step, count: int):
+    """`count` local steps of the device's particles from global step `first_step`;
+    losses (count, L)."""
     local_count = data.train_labels.shape[0]
     index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
     data_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index)
-    first_step = round_index * cfg.period
-    steps = first_step + jnp.arange(cfg.period)
-    draw_indices = functools.partial(round_batch_indices, period=cfg.period,
+    steps = first_step + jnp.arange(count)
+    draw_indices = functools.partial(round_batch_indices, period=count,
                                      shard_size=data.train_labels.shape[1], batch_size=cfg.batch_size)
     indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
-    indices = jnp.swapaxes(indices, 0, 1)  # (period, L, B)
+    indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
     step_fn = functools.partial(local_step, images=data.train_images, labels=data.train_labels,
                                 data_keys=data_keys)
-    carry = (swarm.params, swarm.opt_state)
+    carry = (params, opt_state)
     if cfg.loop == "scan":
       (params, opt_state), losses = lax.scan(step_fn, carry, (steps, indices))
-    else:
-      losses = []
-      for t in range(cfg.period):
-        carry, loss = step_fn(carry, (steps[t], indices[t]))
-        losses.append(loss)
-      (params, opt_state), losses = carry, jnp.stack(losses)
-    # losses: (period, L)
-    sync_state = swarm.sync_state
+      return params, opt_state, losses
+    losses = []
+    for t in range(count):
+      carry, loss = step_fn(carry, (steps[t], indices[t]))
+      losses.append(loss)
+    return carry[0], carry[1], jnp.stack(losses)
+
+  def device_sync(swarm: Swarm, data: DeviceData, round_index, losses):
+    """Fitness, sync and metrics at the end of round `round_index`; losses (period, L)."""
+    params, opt_state, sync_state = swarm
     if cfg.fitness == "probe":
       probe_x, probe_y = round_probe(data, cfg.probe_size, jax.random.key(seed + 2), round_index)
       probe_loss = per_particle(lambda p: loss_fn(p, probe_x, probe_y), cfg.local_layout)
@@ -267,12 +284,57 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
     return Swarm(params, opt_state, sync_state), metrics
 
-  sharded = jax.shard_map(
-      device_round, mesh=mesh,
-      in_specs=(P(AXIS), DeviceData(P(AXIS), P(AXIS), P(), P()), P()),
-      out_specs=(P(AXIS), P(AXIS)),
-      check_vma=False)  # collectives over (mesh axis, vmap axis) need it with jax 0.10 (DESIGN.md)
-  return jax.jit(sharded, donate_argnums=0)
+  def device_round(swarm: Swarm, data: DeviceData, round_index):
+    params, opt_state, losses = device_steps(swarm.params, swarm.opt_state, data,
+                                             round_index * cfg.period, cfg.period)
+    return device_sync(Swarm(params, opt_state, swarm.sync_state), data, round_index, losses)
+
+  data_spec = DeviceData(P(AXIS), P(AXIS), P(), P())
+  # check_vma=False: collectives over (mesh axis, vmap axis) need it with jax 0.10 (DESIGN.md)
+  on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+  chunk = chunk_length(cfg.period, cfg.loop, cfg.max_unroll)
+  if chunk == cfg.period:
+    return jax.jit(on_mesh(device_round, in_specs=(P(AXIS), data_spec, P()),
+                           out_specs=(P(AXIS), P(AXIS))), donate_argnums=0)
+
+  steps_fn = jax.jit(on_mesh(functools.partial(device_steps, count=chunk),
+                             in_specs=(P(AXIS), P(AXIS), data_spec, P()),
+                             out_specs=(P(AXIS), P(AXIS), P(None, AXIS))), donate_argnums=(0, 1))
+  sync_fn = jax.jit(on_mesh(device_sync, in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)),
+                            out_specs=(P(AXIS), P(AXIS))), donate_argnums=0)
+
+  round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk)
+  round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk)
+  return round_fn
+
+
+def chain_calls(steps_fn, sync_fn, period: int, chunk: int):
+  """A round made of period / chunk calls of `steps_fn` and one of `sync_fn` (see make_round)."""
+
+  def round_fn(swarm: Swarm, data: DeviceData, round_index):
+    params, opt_state, losses = swarm.params, swarm.opt_state, []
+    for c in range(period // chunk):
+      params, opt_state, chunk_losses = steps_fn(params, opt_state, data,
+                                                 jnp.int32(round_index * period + c * chunk))
+      losses.append(chunk_losses)
+    return sync_fn(Swarm(params, opt_state, swarm.sync_state), data, round_index,
+                   jnp.concatenate(losses))
+
+  return round_fn
+
+
+def compile_round(round_fn, swarm: Swarm, data: DeviceData):
+  """`round_fn` of make_round compiled ahead of time for these arguments (same call signature)."""
+  if not hasattr(round_fn, "chunked"):
+    return round_fn.lower(swarm, data, jnp.int32(0)).compile()
+  steps_fn, sync_fn, period, chunk = round_fn.chunked
+  num_particles = jax.tree.leaves(swarm.params)[0].shape[0]
+  sharding = jax.tree.leaves(swarm.params)[0].sharding
+  losses = jax.ShapeDtypeStruct((period, num_particles), jnp.float32,
+                                sharding=NamedSharding(sharding.mesh, P(None, AXIS)))
+  steps_c = steps_fn.lower(swarm.params, swarm.opt_state, data, jnp.int32(0)).compile()
+  sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses).compile()
+  return chain_calls(steps_c, sync_c, period, chunk)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -220,6 +220,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       period=config.sync.period, batch_size=config.train.batch_size,
       fitness="probe" if uses_probe else "round_loss", probe_size=config.sync.pso.probe_size,
       loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
+      max_unroll=config.train.max_unroll,
       augment=config.data.name == "cifar10", mean=dataset.mean, std=dataset.std)
 
   swarm = swarm_lib.init_swarm(model, tx, strategy, dataset.train_images, n, config.seed, mesh,
@@ -244,7 +245,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   round_fn = swarm_lib.make_round(model, tx, strategy, round_cfg, mesh, config.seed)
   t0 = time.perf_counter()
-  compiled_round = round_fn.lower(swarm, device_data, jnp.int32(0)).compile()
+  compiled_round = swarm_lib.compile_round(round_fn, swarm, device_data)
   compile_seconds = spent["compile_seconds"] + time.perf_counter() - t0
 
   one_particle = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)

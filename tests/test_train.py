@@ -39,15 +39,16 @@ def small_config(**overrides):
   return config
 
 
-def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll"):
+def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll",
+               max_unroll=0):
   """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics and
   the jitted round."""
   ds = data_lib.load("digits", "sklearn")
   mesh = swarm_lib.make_mesh(n, devices)
   model, tx = models.create("mlp"), optax.sgd(0.1)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", probe_size=32,
-                              loop=loop,
-                              local_layout=layout, augment=False, mean=ds.mean, std=ds.std)
+                              loop=loop, local_layout=layout, max_unroll=max_unroll, augment=False,
+                              mean=ds.mean, std=ds.std)
   swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
   data = swarm_lib.put_data(data_lib.shard(ds.train_images, ds.train_labels, n, 0),
                             data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0), mesh)
@@ -89,6 +90,22 @@ def test_round_compiles_once():
   assert round_fn._cache_size() == 1
 
 
+def test_a_round_in_several_calls_gives_the_same_numbers():
+  """period 6, max_unroll 4: 3 calls of 2 steps, then the sync; the same as one call; each jitted
+  function compiles once."""
+  assert swarm_lib.chunk_length(6, "unroll", 4) == 3 and swarm_lib.chunk_length(64, "unroll", 16) == 16
+  assert swarm_lib.chunk_length(64, "scan", 16) == 64 and swarm_lib.chunk_length(64, "unroll", 0) == 64
+  strategy = lambda: sync_lib.pso(inertia=0.5, cognitive=0.5, memory="forever",
+                                  axis_name=swarm_lib.AXES)
+  one, m1, _ = run_rounds(strategy(), rounds=3, period=6)
+  chunked, m2, round_fn = run_rounds(strategy(), rounds=3, period=6, max_unroll=2)
+  assert [f._cache_size() for f in round_fn.chunked[:2]] == [1, 1]
+  np.testing.assert_allclose(np.asarray(m1["loss"]), np.asarray(m2["loss"]), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(m1["global_best"]), np.asarray(m2["global_best"]))
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(chunked)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 def test_short_digits_run_learns_and_writes_summary(tmp_path):
   config = small_config(**{"num_particles": 8, "model.name": "small_cnn", "train.rounds": 12,
                            "sync.period": 8, "train.eval_every": 6, "train.log_every": 5,
@@ -124,13 +141,14 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
     ("num_devices", 3, r"num_particles=4 is not a multiple of num_devices=3"),
     ("model.name", "resnet", r"model.name='resnet': accepted values are"),
     ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
-    ("sync.topk", 5, r"sync.topk=5: accepted values are the integers 1..num_particles=4"),
+    ("sync.strategy,sync.topk", ("topk_average", 5), r"sync.topk=5: accepted values are the integers 1..num_particles=4"),
     ("sync.best_pull", 1.5, r"sync.best_pull=1.5: accepted values are 0..1"),
     ("sync.pso.opt_state_on_move", "drop", r"opt_state_on_move='drop': accepted values are"),
 ])
 def test_bad_config_names_the_field(tmp_path, field, value, message):
+  overrides = dict(zip(field.split(","), value)) if "," in field else {field: value}
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(small_config(**{field: value}), str(tmp_path))
+    train.train_and_evaluate(small_config(**overrides), str(tmp_path))
 
 
 def test_command_line_override_and_clean_error(tmp_path):
