@@ -32,7 +32,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # study configs import configs/*
 BIG_WORKER = "one big worker"
-ROW_KEYS = ("variant", "period", "num_particles", "seed", "final_test_accuracy",
+ROW_KEYS = ("variant", "period", "num_particles", "seed", "diverged", "final_test_accuracy",
             "test_accuracy_best_particle", "test_accuracy_mean_particle",
             "test_accuracy_averaged_weights", "steps", "samples", "communicated_bytes_per_particle",
             "train_seconds", "evaluated_on")
@@ -94,8 +94,8 @@ def run_grid(study, out):
   todo = list(cells(study))
   for i, (name, _, _, _, _, overrides) in enumerate(todo):
     workdir = os.path.join(out, "runs", name)
-    if os.path.exists(os.path.join(workdir, "summary.json")):
-      continue
+    if any(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "diverged.json")):
+      continue  # finished (diverged runs too: a result)
     print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
     t0 = time.time()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
@@ -113,12 +113,20 @@ def collect(study, out):
   for name, variant, period, particles, seed, _ in cells(study):
     workdir = os.path.join(out, "runs", name)
     path = os.path.join(workdir, "summary.json")
+    diverged = os.path.join(workdir, "diverged.json")
     if not os.path.exists(path):
+      if os.path.exists(diverged):  # every particle NaN/inf: a result, reported as such
+        with open(diverged) as f:
+          steps = json.load(f)["steps"]
+        rows.append({k: None for k in ROW_KEYS} | {
+            "variant": variant, "period": period, "num_particles": particles, "seed": seed,
+            "steps": steps, "diverged": True})
       continue
     with open(path) as f:
       summary = json.load(f)
     rows.append({k: summary.get(k) for k in ROW_KEYS} | {"variant": variant, "seed": seed,
-                                                          "num_particles": particles})
+                                                          "num_particles": particles,
+                                                          "diverged": False})
     points = []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       for line in f:
@@ -133,9 +141,14 @@ def collect(study, out):
 
 
 def mean_std(values):
-  if len(values) == 1:
-    return f"{values[0]:.4f}"
-  return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+  """mean ± std of the finite runs' values; diverged runs (None) are counted, not averaged."""
+  finite = [v for v in values if v is not None]
+  note = f" ({len(values) - len(finite)}/{len(values)} diverged)" if len(finite) < len(values) else ""
+  if not finite:
+    return f"diverged ({len(values)}/{len(values)})"
+  if len(finite) == 1:
+    return f"{finite[0]:.4f}{note}"
+  return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f}{note}"
 
 
 def markdown(study, rows) -> str:

@@ -369,6 +369,11 @@ def build_syncs(model, shape, particles, mesh, mean, std):
                    donate_argnums=(0, 1))
   pmean_fn = jax.jit(jax.shard_map(pmean_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
                                    check_vma=False), donate_argnums=0)
+  # The PSO sync's one collective more than pmean: the all-gather of the N scalar fitnesses.
+  gather_fn = jax.jit(jax.shard_map(
+      jax.vmap(lambda f: sync_lib.all_gather_scalar(f, AXES), axis_name=LOCAL), mesh=mesh,
+      in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
+  gather_c = gather_fn.lower(state["fitness"]).compile()
   pso_c = pso_fn.lower(state["params"], state["sync"], state["fitness"], key).compile()
   pmean_c = pmean_fn.lower(state["params"]).compile()
   pmean_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)(state["params"])
@@ -395,6 +400,10 @@ def build_syncs(model, shape, particles, mesh, mean, std):
       pmean_state["params"] = pmean_c(pmean_state["params"])
       jax.block_until_ready(pmean_state["params"])
 
+  def run_gather(rep):
+    for _ in range(calls["n"]):
+      jax.block_until_ready(gather_c(state["fitness"]))
+
   # Calls per timed sample: enough for ~20 ms of the cheaper one.
   run_pso(0), run_pmean(0)
   t0 = time.perf_counter()
@@ -409,7 +418,7 @@ def build_syncs(model, shape, particles, mesh, mean, std):
                            "peak = argument + output - alias + temp",
           "device_memory_stats": jax.devices()[0].memory_stats(),
           "calls_per_sample": calls["n"]}
-  return {"pso_sync": run_pso, "pmean": run_pmean}, info
+  return {"pso_sync": run_pso, "pmean": run_pmean, "gather_fitness": run_gather}, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,6 +581,10 @@ def main_mode(args):
     lines.append(f"{label:28} {s['median']:9.1f} us/call [{s['min']:.1f}, {s['max']:.1f}]   peak "
                  f"{mem['peak']:>9,} B/device (arg {mem['argument']:,} out {mem['output']:,} "
                  f"alias {mem['alias']:,} temp {mem['temp']:,})")
+  g = sync_rows["gather_fitness"]["us_per_call"]
+  lines.append(f"{'all-gather of the N fitnesses alone':28} {g['median']:9.1f} us/call "
+               f"[{g['min']:.1f}, {g['max']:.1f}]   (the PSO sync = this + one all-reduce + "
+               "elementwise work)")
   lines.append(f"{'pso_sync_vs_pmean (time)':58} {fmt(ratios['pso_sync_vs_pmean'])}")
   lines.append(f"{'peak_bytes_pso_sync_vs_pmean (memory_analysis)':58} {peak_ratio}")
   lines.append(f"PSO-PS sync alone = {100 * sync_share:.1f}% of the median round; "

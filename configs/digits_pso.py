@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dir = ""               # files: the directory of the files; tfds: data_dir ("" = default)
   config.data.validation_size = 0    # > 0: hold out this many training examples and evaluate on
                                      # them instead of the test split (for tuning)
+  config.data.partition = "iid"      # iid | dirichlet: each particle's label mix ~ Dirichlet(alpha)
+  config.data.dirichlet_alpha = 1.0  # dirichlet: 0.1 nearly one class per particle, 100 ~ iid
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"    # mlp | lenet5 | small_cnn | vgg_small
@@ -43,9 +45,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3  # the last few kept
   config.train.allow_config_change = False  # resume a workdir whose run had another config
 
+  # Faulty workers (a robustness scenario): the last `particles` particles are hit at `round`.
+  config.faults = ml_collections.ConfigDict()
+  config.faults.kind = "none"        # none | nan (weights := NaN) | noise (weights := N(0, scale^2))
+                                     # | lr (their updates scale x larger from then on)
+  config.faults.particles = 1
+  config.faults.round = 0            # the round (0-based) at whose start the fault strikes
+  config.faults.scale = 10.0         # noise: standard deviation; lr: the learning-rate factor
+
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"       # pso | pso_average | average | ssgd | easgd | diloco | none
-                                     # | best_pull | topk_average
+                                     # | best_pull | topk_average | robust_average
   config.sync.period = 8             # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (DESIGN.md): bests forgotten each round and particles compared on one
@@ -74,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.average_opt_state = False  # average: also average the optimizer state (momentum)
   config.sync.best_pull = 0.25       # best_pull: x_i := mean + best_pull * (best - mean)
   config.sync.topk = 4               # topk_average: x_i := mean of the topk best particles
+  config.sync.robust = ml_collections.ConfigDict()
+  config.sync.robust.method = "median"  # robust_average: median | trimmed_mean (coordinate-wise)
+  config.sync.robust.trim = 1        # trimmed_mean: particles dropped at each end per coordinate
   config.sync.easgd = ml_collections.ConfigDict()
   config.sync.easgd.alpha = 0.1      # elastic strength; N * alpha <= 1
   config.sync.diloco = ml_collections.ConfigDict()

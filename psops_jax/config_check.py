@@ -2,6 +2,7 @@
 
 from psops_jax import data as data_lib
 from psops_jax import models
+from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 
 OPTIMIZERS = ("sgd", "adam")
@@ -47,6 +48,20 @@ def validate(config) -> None:
   _number(config, "num_devices", 0, integer=True)
   _choice(config, "data.name", data_lib.NAMES)
   _choice(config, "data.source", data_lib.SOURCES)
+  _choice(config, "data.partition", data_lib.PARTITIONS)
+  _number(config, "data.dirichlet_alpha", 0.0, strict=True)
+  _choice(config, "faults.kind", swarm_lib.FAULT_KINDS)
+  _number(config, "faults.round", 0, integer=True)
+  _number(config, "faults.scale", 0.0)
+  _number(config, "faults.particles", 0, integer=True)
+  if config.faults.particles > config.num_particles:
+    raise ConfigError(f"faults.particles={config.faults.particles}: accepted values are "
+                      f"0..num_particles={config.num_particles}")
+  _choice(config, "sync.robust.method", sync_lib.ROBUST_METHODS)
+  _number(config, "sync.robust.trim", 0, integer=True)
+  if config.sync.strategy == "robust_average" and 2 * config.sync.robust.trim >= config.num_particles:
+    raise ConfigError(f"sync.robust.trim={config.sync.robust.trim}: accepted values are 0.."
+                      f"{(config.num_particles - 1) // 2} (2 * trim < num_particles)")
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.name", models.MODELS)
   _choice(config, "optimizer.name", OPTIMIZERS)

@@ -19,6 +19,7 @@ import numpy as np
 
 NAMES = ("digits", "mnist", "fashion_mnist", "cifar10")
 SOURCES = ("sklearn", "files", "tfds")
+PARTITIONS = ("iid", "dirichlet")
 
 # Per-channel mean and std of the training images scaled to [0, 1].
 NORMALIZATION = {
@@ -227,4 +228,44 @@ def shard(images: np.ndarray, labels: np.ndarray, num_particles: int, seed: int)
 def probe_batch(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
   """A fixed batch of `size` training examples, the same for every particle (the PSO probe)."""
   order = np.random.RandomState(seed + 1).permutation(len(labels))[:size]
+  return images[order], labels[order]
+
+
+def dirichlet_order(labels: np.ndarray, num_particles: int, alpha: float, seed: int) -> np.ndarray:
+  """Example indices, (num_particles, n // num_particles), of label-skewed shards (the Dirichlet
+  split of Hsu et al. 2019): the examples of each class c are divided between the particles in
+  proportions p_c ~ Dirichlet(alpha 1_N). Each particle's share is then brought to the common size
+  S = n // N (arrays need equal shards) by a seeded draw from its own examples: without replacement
+  if it has more than S, every example then repeats to fill S if it has fewer. Label mixes are kept;
+  small alpha (0.1): one or two classes per particle; large alpha (100): close to IID."""
+  rng = np.random.RandomState(seed)
+  size = len(labels) // num_particles
+  if size == 0:
+    raise DataError(f"{len(labels)} training examples cannot be split between "
+                    f"num_particles={num_particles}")
+  for _ in range(100):  # redraw the (rare) splits that leave a particle with no example
+    shares = [[] for _ in range(num_particles)]
+    for c in np.unique(labels):
+      examples = rng.permutation(np.flatnonzero(labels == c))
+      cuts = (np.cumsum(rng.dirichlet(alpha * np.ones(num_particles)))[:-1] * len(examples))
+      for share, part in zip(shares, np.split(examples, cuts.astype(int))):
+        share.extend(part.tolist())
+    if all(shares):
+      break
+  else:
+    raise DataError(f"data.dirichlet_alpha={alpha}: 100 draws left a particle without examples")
+
+  def resize(share):
+    share = rng.permutation(share)
+    if len(share) >= size:
+      return share[:size]
+    return np.concatenate([np.tile(share, size // len(share)), share[:size % len(share)]])
+
+  return np.stack([rng.permutation(resize(share)) for share in shares])
+
+
+def shard_by_labels(images: np.ndarray, labels: np.ndarray, num_particles: int, alpha: float,
+                    seed: int):
+  """Like `shard`, with label-skewed shards (see `dirichlet_order`)."""
+  order = dirichlet_order(labels, num_particles, alpha, seed)
   return images[order], labels[order]

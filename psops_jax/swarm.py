@@ -53,6 +53,35 @@ class DeviceData(NamedTuple):
   probe_labels: jax.Array  # int32 (B_probe,), replicated
 
 
+class Fault(NamedTuple):
+  """Faulty workers (a test scenario): the last `particles` particles are hit at global step
+  `round * period`. kind "nan": their weights become NaN; "noise": their weights are replaced by
+  N(0, scale^2) noise; "lr": from then on their updates are `scale` times larger (a learning rate
+  `scale` x too high)."""
+  kind: str
+  particles: int
+  round: int
+  scale: float
+
+
+FAULT_KINDS = ("none", "nan", "noise", "lr")
+
+
+def is_faulty(index: jax.Array, num_particles: int, fault: Fault) -> jax.Array:
+  """Whether particle `index` is one of the `fault.particles` faulty ones (the last indices)."""
+  return index >= num_particles - fault.particles
+
+
+def corrupt(params, key: jax.Array, fault: Fault):
+  """The weights of a particle hit by a "nan" or "noise" fault."""
+  if fault.kind == "nan":
+    return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), params)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [fault.scale * jax.random.normal(k, a.shape, a.dtype)
+                                      for k, a in zip(keys, leaves)])
+
+
 class RoundConfig(NamedTuple):
   """Static settings of a round (hashable: part of the jitted function's identity)."""
   period: int
@@ -65,6 +94,7 @@ class RoundConfig(NamedTuple):
   augment: bool       # random crop (4-pixel pad) and horizontal flip, for CIFAR-10
   mean: tuple
   std: tuple
+  fault: Fault | None = None  # faulty workers injected into the run (None: none)
 
 
 def make_mesh(num_particles: int, num_devices: int = 0) -> jax.sharding.Mesh:
@@ -230,14 +260,27 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
   batch_fn = over_local(functools.partial(gather_batch, augment=cfg.augment),
                         in_axes=(0, None, 0, 0, 0))
 
-  def local_step(carry, step_and_idx, images, labels, data_keys):
+  fault = cfg.fault if cfg.fault is not None and cfg.fault.kind != "none" else None
+
+  def local_step(carry, step_and_idx, images, labels, data_keys, faulty):
     params, opt_state = carry
     step, idx = step_and_idx  # idx: (L, B), this step's indices into each local particle's shard
     x, y = batch_fn(data_keys, step, idx, images, labels)
     loss, grads = grad_fn(params, x, y)
     grads = over_local(strategy.reduce_grads)(grads)
     updates, opt_state = over_local(tx.update)(grads, opt_state, params)
+    if fault is not None and fault.kind == "lr":  # the faulty particles' updates, scale x larger
+      factor = jnp.where(faulty & (step >= fault.round * cfg.period), fault.scale, 1.0)
+      updates = over_local(lambda u, f: jax.tree.map(lambda a: a * f, u))(updates, factor)
     return (optax.apply_updates(params, updates), opt_state), loss
+
+  def inject_fault(params, index, faulty, first_step):
+    """At the first step of the fault's round: faulty particles' weights NaN or noise."""
+    def one(p, i, bad):
+      hit = bad & (first_step == fault.round * cfg.period)
+      broken = corrupt(p, jax.random.fold_in(jax.random.key(seed + 3), i), fault)
+      return jax.tree.map(lambda b, a: jnp.where(hit, b, a), broken, p)
+    return over_local(one)(params, index, faulty)
 
   def sync_one(params, opt_state, sync_state, fitness, key):
     new_params, sync_state = strategy.sync(params, sync_state, fitness, key)
@@ -250,13 +293,17 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     local_count = data.train_labels.shape[0]
     index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
     data_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index)
+    faulty = (is_faulty(index, local_count * mesh.devices.size, fault) if fault is not None
+              else jnp.zeros(local_count, bool))
+    if fault is not None and fault.kind in ("nan", "noise"):
+      params = inject_fault(params, index, faulty, first_step)
     steps = first_step + jnp.arange(count)
     draw_indices = functools.partial(round_batch_indices, period=count,
                                      shard_size=data.train_labels.shape[1], batch_size=cfg.batch_size)
     indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
     indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
     step_fn = functools.partial(local_step, images=data.train_images, labels=data.train_labels,
-                                data_keys=data_keys)
+                                data_keys=data_keys, faulty=faulty)
     carry = (params, opt_state)
     if cfg.loop == "scan":
       (params, opt_state), losses = lax.scan(step_fn, carry, (steps, indices))

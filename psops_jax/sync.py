@@ -77,16 +77,22 @@ def particle_index(axis_name: AxisName) -> jax.Array:
   return lax.axis_index(axis_name)
 
 
-def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
-  """The scalar `x` of every particle, shape (N,), ordered by `particle_index`.
+def all_gather_stacked(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The array `x` of every particle, stacked: shape (N,) + x.shape, ordered by `particle_index`.
 
   Over a tuple of axes the gathers are nested, innermost axis first (jax 0.10 rejects one all_gather
   over a mesh axis and a vmap axis together).
   """
   names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  shape = x.shape
   for name in reversed(names):
     x = lax.all_gather(x, name)
-  return x.reshape(-1)
+  return x.reshape((-1,) + shape)
+
+
+def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The scalar `x` of every particle, shape (N,), ordered by `particle_index`."""
+  return all_gather_stacked(x, axis_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,6 +438,39 @@ def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
                       export="mean")
 
 
+ROBUST_METHODS = ("median", "trimmed_mean")
+
+
+def robust_average(method: str = "median", trim: int = 1,
+                   axis_name: AxisName = "particles") -> SyncStrategy:
+  """A robust parameter average, coordinate by coordinate, over all N particles:
+
+      median:        x_i := median_k x_k'            (NaN values ignored; all NaN gives NaN)
+      trimmed_mean:  x_i := mean of the x_k' sorted per coordinate, the `trim` lowest and `trim`
+                     highest dropped (NaN sorts highest, so up to `trim` NaN particles are dropped)
+
+  The obvious defence against faulty workers, for comparison with selection (PSO-PS). It needs every
+  particle's weights on every device: an all-gather of the weights (N x the memory and received
+  bytes of an all-reduce; bytes_per_round counts the payload each particle sends, its params).
+  """
+  if method not in ROBUST_METHODS:
+    raise ValueError(f"sync.robust.method={method!r}: accepted values are {ROBUST_METHODS}")
+
+  def combine(x: jax.Array) -> jax.Array:
+    stacked = all_gather_stacked(x, axis_name)
+    if method == "median":
+      return jnp.nanmedian(stacked, axis=0)
+    n = stacked.shape[0]
+    if not 0 <= 2 * trim < n:
+      raise ValueError(f"sync.robust.trim={trim}: accepted values are 0..{(n - 1) // 2} for {n} "
+                       "particles (2 * trim < num_particles)")
+    return jnp.sort(stacked, axis=0)[trim:n - trim].mean(axis=0)
+
+  return SyncStrategy(lambda params: (), lambda params, state, fitness, key: (
+      jax.tree.map(combine, params), state), _identity,
+                      lambda params, period, opt_state=None: tree_bytes(params), export="mean")
+
+
 # --------------------------------------------------------------------------------------------------
 # Elastic averaging and the DiLoCo-style outer optimizer.
 
@@ -498,7 +537,7 @@ def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = T
 # Construction from a config.
 
 STRATEGIES = ("pso", "pso_average", "average", "ssgd", "easgd", "diloco", "none", "best_pull",
-              "topk_average")
+              "topk_average", "robust_average")
 SELECTING = ("pso", "pso_average", "best_pull", "topk_average")  # strategies that read the fitness
 
 
@@ -528,6 +567,8 @@ def from_config(sync_config, rounds: int = 1, axis_name: AxisName = "particles")
     return best_pull(sync_config.best_pull, axis_name)
   if name == "topk_average":
     return topk_average(sync_config.topk, axis_name)
+  if name == "robust_average":
+    return robust_average(sync_config.robust.method, sync_config.robust.trim, axis_name)
   if name == "average":
     return average(axis_name, average_opt_state=sync_config.average_opt_state)
   if name == "ssgd":

@@ -204,7 +204,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dataset = data_lib.load(config.data.name, config.data.source, config.data.dir or None, config.seed)
   if config.data.validation_size:  # evaluate on a held-out part of the training split
     dataset = data_lib.carve_validation(dataset, config.data.validation_size, config.seed)
-  shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
+  if config.data.partition == "dirichlet":
+    shards = data_lib.shard_by_labels(dataset.train_images, dataset.train_labels, n,
+                                      config.data.dirichlet_alpha, config.seed)
+  else:
+    shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
   if config.train.batch_size > shards[1].shape[1]:
     raise config_check.ConfigError(
         f"train.batch_size={config.train.batch_size}: must be <= the shard of each particle "
@@ -221,6 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       fitness="probe" if uses_probe else "round_loss", probe_size=config.sync.pso.probe_size,
       loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
       max_unroll=config.train.max_unroll,
+      fault=swarm_lib.Fault(config.faults.kind, config.faults.particles, config.faults.round,
+                            config.faults.scale),
       augment=config.data.name == "cifar10", mean=dataset.mean, std=dataset.std)
 
   swarm = swarm_lib.init_swarm(model, tx, strategy, dataset.train_images, n, config.seed, mesh,
@@ -299,10 +305,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if not np.isfinite(host_metrics["loss"]).any():
           checkpointer.wait()
           last = checkpointer.latest_round()
-          raise Diverged(
+          message = (
               f"all {n} particles diverged by round {done} (loss NaN or inf); last good checkpoint: "
               f"{'round ' + str(last) if last is not None else 'none'} in {checkpointer.directory}. "
               f"Try a smaller optimizer.learning_rate (now {config.optimizer.learning_rate}).")
+          if is_main:  # the study records the run as diverged (not as missing)
+            write_json_atomically(os.path.join(workdir, "diverged.json"), {
+                "diverged": True, "round": done, "steps": done * config.sync.period,
+                "message": message, "strategy": config.sync.strategy, "config": config.to_dict()})
+          raise Diverged(message)
         if evaluate_now and done != rounds:
           record.update(evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test,
                                        test_one))

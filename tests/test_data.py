@@ -175,3 +175,21 @@ def test_validation_split_is_carved_from_training_data_only():
   np.testing.assert_array_equal(carved.test_images[:, 0, 0, 0], carved.test_labels)
   with pytest.raises(data_lib.DataError, match=r"data.validation_size=500: must be between 1 and"):
     data_lib.carve_validation(ds, 500, seed=0)
+
+
+def test_dirichlet_shards_are_disjoint_equal_and_skewed_by_alpha():
+  labels = np.repeat(np.arange(10), 200)  # 2,000 examples, 10 balanced classes
+  images = np.arange(len(labels))
+  top_share = {}
+  for alpha in (0.1, 1.0, 100.0):
+    x, y = data_lib.shard_by_labels(images, labels, 8, alpha, seed=0)
+    assert x.shape == (8, 250) and y.shape == (8, 250)
+    owners = {}  # shards are disjoint (an example may repeat within its own shard only)
+    for i, row in enumerate(x):
+      for e in set(row.tolist()):
+        assert owners.setdefault(e, i) == i
+    np.testing.assert_array_equal(labels[x], y)  # images and labels stay paired
+    counts = np.stack([np.bincount(row, minlength=10) for row in y])
+    top_share[alpha] = float((counts.max(1) / 250).mean())
+  assert top_share[0.1] > 0.5 and top_share[100.0] < 0.2
+  assert top_share[0.1] > top_share[1.0] > top_share[100.0]

@@ -476,3 +476,24 @@ def test_new_strategies_bytes_and_bad_options():
     sync_lib.pso(opt_state_on_move="moved")
   with pytest.raises(ValueError, match=r"follow.*random"):
     sync_lib.pso(opt_state_on_move="follow", random="coordinate")
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("n", [3, 8])
+def test_robust_average_matches_numpy(runner, n):
+  x = random_params(np.random.RandomState(20 + n), n)
+  x["w"][0] = np.nan  # a NaN worker: ignored by the median, dropped by the trimmed mean
+  x["b"][n - 1] = 1e6  # a worker gone wild
+  for method, trim in (("median", 1), ("trimmed_mean", 1)):
+    strategy, run = strategy_and_runner(runner, sync_lib.robust_average, method=method, trim=trim)
+    new_x, _ = run(strategy.sync, x, (), jnp.zeros(n), jax.random.key(0), in_axes=(0, None, 0, None))
+    for k in x:
+      if method == "median":
+        expected = np.nanmedian(x[k], axis=0)
+      else:
+        expected = np.sort(x[k], axis=0)[trim:n - trim].mean(0)  # NumPy sorts NaN last too
+      np.testing.assert_allclose(np.asarray(new_x[k]), np.broadcast_to(expected, x[k].shape),
+                                 rtol=1e-5, atol=1e-6)
+      assert np.isfinite(np.asarray(new_x[k])).all()
+  with pytest.raises(ValueError, match=r"sync.robust.method='mode'.*median"):
+    sync_lib.robust_average(method="mode")

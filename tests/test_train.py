@@ -40,7 +40,7 @@ def small_config(**overrides):
 
 
 def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll",
-               max_unroll=0):
+               max_unroll=0, fault=None):
   """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics and
   the jitted round."""
   ds = data_lib.load("digits", "sklearn")
@@ -48,11 +48,12 @@ def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="
   model, tx = models.create("mlp"), optax.sgd(0.1)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", probe_size=32,
                               loop=loop, local_layout=layout, max_unroll=max_unroll, augment=False,
-                              mean=ds.mean, std=ds.std)
+                              mean=ds.mean, std=ds.std, fault=fault)
   swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
   data = swarm_lib.put_data(data_lib.shard(ds.train_images, ds.train_labels, n, 0),
                             data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0), mesh)
   round_fn = swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed=0)
+  metrics = None
   for r in range(rounds):
     swarm, metrics = round_fn(swarm, data, jnp.int32(r))
   return swarm, metrics, round_fn
@@ -240,3 +241,56 @@ def test_round_probe_is_a_new_subset_of_the_pool_every_round():
   np.testing.assert_array_equal(picks[0], swarm_lib.round_probe(data, 16, jax.random.key(0), 0)[1])
   np.testing.assert_array_equal(swarm_lib.round_probe(data, pool, jax.random.key(0), 1)[1],
                                 np.arange(pool))  # the whole pool: the fixed probe
+
+
+def test_lr_fault_scales_the_faulty_particles_updates():
+  """Plain SGD, one step, no sync: the last particle's displacement is 10 x the fault-free one."""
+  none = lambda: sync_lib.none(axis_name=swarm_lib.AXES)
+  init, _, _ = run_rounds(none(), rounds=0, period=1)
+  clean, _, _ = run_rounds(none(), rounds=1, period=1)
+  hit, _, _ = run_rounds(none(), rounds=1, period=1, fault=swarm_lib.Fault("lr", 1, 0, 10.0))
+  for x0, a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(clean.params),
+                      jax.tree.leaves(hit.params)):
+    x0, a, b = np.asarray(x0), np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(b[:3], a[:3], rtol=1e-6, atol=1e-7)  # healthy particles untouched
+    np.testing.assert_allclose(b[3] - x0[3], 10 * (a[3] - x0[3]), rtol=1e-3, atol=1e-6)
+
+
+def test_nan_and_noise_faults_hit_the_last_particles_at_their_round():
+  pso = lambda: sync_lib.pso(axis_name=swarm_lib.AXES)
+  swarm, metrics, _ = run_rounds(pso(), rounds=3, period=2, fault=swarm_lib.Fault("nan", 2, 1, 0.0))
+  loss = np.asarray(metrics["loss"])
+  assert np.isnan(loss[2:]).all() and np.isfinite(loss[:2]).all()  # reported, not hidden
+  assert int(swarm.sync_state.global_index[0]) in (0, 1)  # a NaN particle never becomes g
+  winner = int(swarm.sync_state.global_index[0])
+  assert all(np.isfinite(np.asarray(a[winner])).all() for a in jax.tree.leaves(swarm.params))
+  # noise: the faulty particle's weights are replaced by N(0, 5^2) at round 1 (std far above init)
+  none = lambda: sync_lib.none(axis_name=swarm_lib.AXES)
+  before, _, _ = run_rounds(none(), rounds=1, period=1, fault=swarm_lib.Fault("noise", 1, 1, 5.0))
+  after, _, _ = run_rounds(none(), rounds=2, period=1, fault=swarm_lib.Fault("noise", 1, 1, 5.0))
+  kernel = lambda swarm, i: np.asarray(swarm.params["Dense_0"]["kernel"][i])
+  assert kernel(before, 3).std() < 1.0 and kernel(after, 3).std() > 3.0  # (after one SGD step)
+  assert kernel(after, 0).std() < 1.0
+  noise = swarm_lib.corrupt({"k": jnp.zeros((100, 100))}, jax.random.key(0),
+                            swarm_lib.Fault("noise", 1, 1, 5.0))["k"]
+  assert 4.9 < float(noise.std()) < 5.1 and abs(float(noise.mean())) < 0.2
+
+
+def test_faults_through_train_and_evaluate(tmp_path):
+  """A NaN worker: PSO-PS finishes with a finite exported model and reports the NaN particle;
+  averaging is poisoned: the run stops as diverged and says so in diverged.json."""
+  faults = {"faults.kind": "nan", "faults.particles": 1, "faults.round": 1, "train.rounds": 4,
+            "num_devices": 2}
+  summary = train.train_and_evaluate(small_config(**faults), str(tmp_path / "pso"))
+  assert summary["final_test_accuracy"] > 0.5
+  lines = [json.loads(l) for l in (tmp_path / "pso" / "metrics.jsonl").read_text().splitlines()]
+  assert lines[0]["diverged_particles"] == [] and lines[-1]["diverged_particles"] == [3]
+  with pytest.raises(train.Diverged, match="all 4 particles diverged by round 3"):
+    train.train_and_evaluate(small_config(**faults, **{"sync.strategy": "average"}),
+                             str(tmp_path / "average"))
+  record = json.loads((tmp_path / "average" / "diverged.json").read_text())
+  assert record["diverged"] and record["round"] == 3 and record["steps"] == 6
+  # the robust average drops the NaN worker and trains on
+  robust = train.train_and_evaluate(small_config(**faults, **{"sync.strategy": "robust_average"}),
+                                    str(tmp_path / "robust"))
+  assert robust["final_test_accuracy"] > 0.5
