@@ -50,7 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.faults.kind = "none"        # none | nan (weights := NaN) | noise (weights := N(0, scale^2))
                                      # | lr (their updates scale x larger from then on)
   config.faults.particles = 1
-  config.faults.round = 0            # the round (0-based) at whose start the fault strikes
+  config.faults.step = 0             # the fault strikes at the start of the round holding this
+                                     # local step (0-based): round step // sync.period
   config.faults.scale = 10.0         # noise: standard deviation; lr: the learning-rate factor
 
   config.sync = ml_collections.ConfigDict()

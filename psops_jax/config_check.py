@@ -51,7 +51,7 @@ def validate(config) -> None:
   _choice(config, "data.partition", data_lib.PARTITIONS)
   _number(config, "data.dirichlet_alpha", 0.0, strict=True)
   _choice(config, "faults.kind", swarm_lib.FAULT_KINDS)
-  _number(config, "faults.round", 0, integer=True)
+  _number(config, "faults.step", 0, integer=True)
   _number(config, "faults.scale", 0.0)
   _number(config, "faults.particles", 0, integer=True)
   if config.faults.particles > config.num_particles:

@@ -225,7 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       fitness="probe" if uses_probe else "round_loss", probe_size=config.sync.pso.probe_size,
       loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
       max_unroll=config.train.max_unroll,
-      fault=swarm_lib.Fault(config.faults.kind, config.faults.particles, config.faults.round,
+      fault=swarm_lib.Fault(config.faults.kind, config.faults.particles,
+                            config.faults.step // config.sync.period,
                             config.faults.scale),
       augment=config.data.name == "cifar10", mean=dataset.mean, std=dataset.std)
 

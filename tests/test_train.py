@@ -279,7 +279,7 @@ def test_nan_and_noise_faults_hit_the_last_particles_at_their_round():
 def test_faults_through_train_and_evaluate(tmp_path):
   """A NaN worker: PSO-PS finishes with a finite exported model and reports the NaN particle;
   averaging is poisoned: the run stops as diverged and says so in diverged.json."""
-  faults = {"faults.kind": "nan", "faults.particles": 1, "faults.round": 1, "train.rounds": 4,
+  faults = {"faults.kind": "nan", "faults.particles": 1, "faults.step": 2, "train.rounds": 4,
             "num_devices": 2}
   summary = train.train_and_evaluate(small_config(**faults), str(tmp_path / "pso"))
   assert summary["final_test_accuracy"] > 0.5
