@@ -1,9 +1,13 @@
 """PSO-PS variants against averaging (issue 8): Fashion-MNIST, LeNet-5, 8 particles, 704 steps.
 
+  python benchmarks/study.py --study configs/study_pso_variants.py --grid search \
+      --out benchmarks/results/study_pso_search                     # validation split, seed 0
   python benchmarks/study.py --study configs/study_pso_variants.py \
-      --out benchmarks/results/study_pso_variants --periods 16 64
+      --out benchmarks/results/study_pso_variants --periods 16 64 \
+      --variants pso_textbook pso_jump_kept pso_jump_forgotten pso pso_average_half average none
   python benchmarks/study.py --study configs/study_pso_variants.py \
-      --out benchmarks/results/study_pso_variants --periods 1 4 --variants pso_textbook pso_jump_kept average
+      --out benchmarks/results/study_pso_variants --periods 16 64 \
+      --variants $(python benchmarks/pick_finalists.py benchmarks/results/study_pso_search/results.csv) average
 
 The first variants are the rows of the PyTorch simulation in issue 8 (SGD lr 0.05 momentum 0.9,
 batch 32, about 3 passes over each 7,500-example shard), rebuilt from psops_jax's options:
@@ -61,7 +65,9 @@ SEARCH = {
 
 
 def get_config() -> dict:
-  study = dict(study_fashion_mnist.get_config(), variants=VARIANTS, periods=[1, 4, 16, 64],
+  # the test-split grid holds every variant (pick them with --variants): the simulation's rows and
+  # the search's candidates
+  study = dict(study_fashion_mnist.get_config(), variants=dict(VARIANTS, **SEARCH), periods=[1, 4, 16, 64],
                num_particles=[8], one_big_worker=False)
   study.pop("quick")
   study["quick"] = dict(study, periods=[16], seeds=[0], total_steps=256, evals=2)
