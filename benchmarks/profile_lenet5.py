@@ -20,45 +20,52 @@ once, every call waited for) against torch (eager), side by side in one process:
      torch.optim.SGD(lr=0.01, momentum=0.9)). The inputs are float32 images (already normalised).
   4. "dispatch" = one tiny op (x + 1 on 8 floats): the fixed cost of one jitted call against one torch op.
 
-Timing: each line is a block of n calls (n chosen so a block lasts ~20 ms), after one untimed call;
-us = block seconds / n. All blocks of all lines and frameworks run in interleaved repetitions (--reps,
+Timing: each line is a block of n calls (n chosen so a block lasts ~20 ms; a block slowed down by the
+machine's load stops after 50 ms and at least 2 calls), after one untimed call; us = block seconds /
+calls. All blocks of all lines and frameworks run in interleaved repetitions (--reps,
 new random order each repetition, 5 ms pause between blocks so torch's OpenMP threads stop spinning);
 the table gives the median over repetitions and [min, max], and the ratio jax/torch taken repetition by
 repetition (paired), median [min, max]. Torch runs with torch.set_num_threads(1) and (2) (--threads
 picks one); JAX/XLA:CPU uses its own intra-op thread pool (one thread per core, here 2), which no
-option of this script changes. The column "jax cores" is process CPU seconds / wall seconds during the
-JAX blocks.
+option of this script changes. The column "cores" is process CPU seconds / wall seconds during the
+JAX blocks. On a machine whose cores are busy with other processes, torch's OpenMP threads wait for each
+other at every parallel region and 2 threads can be far slower than 1; the report says so when it
+happens (torch 2-thread step > 3x the 1-thread step).
 
 How to read it: ratio > 1 means JAX is slower. The conclusion takes the step's time difference
-D = JAX step - torch step (the torch thread count given) and attributes it to the layers: for each
+D = JAX step - torch step (for each torch thread count, the faster first; skipped when JAX is not
+slower) and attributes it to the layers: for each
 piece of the step, (JAX us - torch us) / D, and the rest (ReLU / pool / dense backward, loss, optimizer,
 fusion effects) as the remainder. Pieces timed alone do not add up exactly to the step (XLA fuses bias
 and ReLU into neighbours, caches are warm, each call pays its own dispatch), so the fractions are an
 attribution, not an exact decomposition.
 
 Which convolution implementation XLA:CPU uses: the optimized HLO of the compiled training step
-(`jax.jit(step).lower(...).compile().as_text()`) is parsed; a `convolution` instruction left in the
-entry computation runs as XLA:CPU's ConvolutionThunk, which calls Eigen's spatial convolution (a
-`convolution` that Eigen cannot take would instead be emitted as a naive loop kernel); a convolution
-inside a `fusion` with backend_config kind "__ynn_fusion" / "__xnn_fusion" / "__onednn_fusion" runs in
-YNNPACK / XNNPACK / oneDNN; a custom-call names its target. One child process runs a training step with
-TF_CPP_VMODULE=convolution_thunk=3 and records the convolutions that ConvolutionThunk logged (runtime
-evidence of the Eigen path), and one torch child runs the layers with ONEDNN_VERBOSE=1 to record
-torch's convolution implementation.
+(`jax.jit(step).lower(...).compile().as_text()`) is parsed. A `convolution` left in the entry
+computation runs as XLA:CPU's ConvolutionThunk, which calls Eigen's spatial convolution (XLA emits a
+naive loop kernel instead only for convolutions Eigen cannot take); a convolution inside a `fusion`
+whose backend_config kind is "__ynn_fusion" / "__xnn_fusion" / "__onednn_fusion" runs in YNNPACK /
+XNNPACK / oneDNN; a custom-call names its target. Runtime evidence: a child process runs one training
+step with TF_CPP_VMODULE=convolution_thunk=3 and lists the convolutions ConvolutionThunk executed (the
+ones missing from that list ran elsewhere); a torch child runs one step with ONEDNN_VERBOSE=1 and lists
+torch's convolution primitives.
 
-XLA flags: each flag of FLAG_VARIANTS exists in the installed jaxlib (its name is a string of
-jaxlib/libjax_common.so: `strings libjax_common.so | grep xla_cpu_`; the script checks it and skips a
-missing one). Flags are read once per process, so each variant runs in a child process (--child) that
-times the conv pieces and the step; the children run in interleaved repetitions (--flag-reps, shuffled),
-and each variant is compared with the default child of the same repetition (paired ratio of the child
-medians, < 1 = the flag makes it faster). The child also reports what the flag changed in the HLO.
+XLA flags: the flags of FLAG_VARIANTS exist in the installed jaxlib (each name is checked to be a string
+of jaxlib/libjax_common.so, as `strings libjax_common.so | grep xla_cpu_` shows; a missing one is
+skipped). Each variant compiles the conv lines and the training step again with the flag passed as a
+compiler option (`.compile(compiler_options)` sets the same DebugOptions field as XLA_FLAGS, per
+compilation), so the variants are timed in the same process, in the same interleaved repetitions as
+everything else, and compared with the default build of the same line (paired ratio, < 1 = the flag
+makes it faster). The report also says whether the flag changed the optimized HLO. For
+ynn_off, the ConvolutionThunk child is run a second time with the flag in XLA_FLAGS, as a cross-check
+of the compiler-option route.
 
   python benchmarks/profile_lenet5.py                  # torch with 1 and 2 threads, 15 repetitions
-  python benchmarks/profile_lenet5.py --reps 9 --threads 2 --flag-reps 2
+  python benchmarks/profile_lenet5.py --reps 9 --threads 2 --no-flags
 
-Writes benchmarks/results/profile_lenet5.json (--out): machine (platform, cpus, jax, torch, load
-average before and after), rows, ratios, conclusion, HLO implementation summary, flag results, table.
-Keep the run short: on 2 shared cores the defaults take about 3 minutes.
+Writes benchmarks/results/profile_lenet5.json (--out): machine (platform, cpus, jax and torch versions,
+load average before and after), rows, conclusion, the implementation evidence, the flag variants and
+the printed report. On 2 shared cores the defaults take about 2 minutes.
 """
 
 import argparse
@@ -80,18 +87,24 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BATCH = 32
 TARGET_BLOCK_SECONDS = 0.02
 
-# XLA:CPU flags that could change how the convolutions run (each checked to be in the jaxlib binary).
+# XLA:CPU flags that could change how the convolutions run: name -> (the XLA_FLAGS form, the same
+# DebugOptions field as a per-compilation compiler option). Each is checked to be in the jaxlib binary.
+YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 FLAG_VARIANTS = {
-    "default": "",
-    "ynn_off": "--xla_cpu_experimental_ynn_fusion_type=",
-    "ynn_conv_only": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution",
-    "onednn": "--xla_cpu_use_onednn=true",
-    "onednn_custom_call": "--xla_cpu_experimental_onednn_custom_call=true",
-    "xnnpack": "--xla_cpu_use_xnnpack=true",
-    "eigen_single_thread": "--xla_cpu_multi_thread_eigen=false",
+    "ynn_off": (f"--{YNN_TYPES}=", {YNN_TYPES: ""}),
+    "ynn_conv_only": (f"--{YNN_TYPES}=individual_convolution",
+                      {YNN_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}),
+    "onednn": ("--xla_cpu_use_onednn=true", {"xla_cpu_use_onednn": True}),
+    "onednn_custom_call": ("--xla_cpu_experimental_onednn_custom_call=true",
+                           {"xla_cpu_experimental_onednn_custom_call": True}),
+    "xnnpack": ("--xla_cpu_use_xnnpack=true", {"xla_cpu_use_xnnpack": True}),
+    "eigen_single_thread": ("--xla_cpu_multi_thread_eigen=false",
+                            {"xla_cpu_multi_thread_eigen": False}),
 }
-# The pieces a child times (a subset of the main lines: the convolutions and the step).
-CHILD_LINES = ("conv0 fwd", "conv1 fwd", "conv0 bwd dW", "conv1 bwd dX", "conv1 bwd dW", "train step")
+# Found in the binary but not measured: its help string says it is no longer supported.
+THUNK_RUNTIME_FLAG = "xla_cpu_use_thunk_runtime"
+# The JAX lines compiled again under each flag variant: the convolutions and the step.
+FLAG_LINES = ("conv0 fwd", "conv1 fwd", "conv0 bwd dW", "conv1 bwd dX", "conv1 bwd dW", "train step")
 
 # Lines in table order: (name, section). The step needs every line but "conv0 bwd dX" and "dispatch".
 LINES = [("conv0 fwd", "layer forward"), ("pool0 fwd", "layer forward"),
@@ -166,9 +179,9 @@ def conv_backward_fns(name: str):
   return {"dW": d_w, "dX": d_x}
 
 
-def build_jax(x_np, y_np, rng, only=None):
-  """Compile the JAX lines. Returns ({line: call}, params, layer inputs, cotangents, step HLO text);
-  each call runs one jitted call and waits for it. `only`: the subset of lines to build."""
+def prepare_jax(x_np, y_np, rng) -> dict:
+  """Params, the input each layer sees, conv cotangents, loss and step functions; checks that the
+  layers of `jax_layers` compose to models.LeNet5."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -177,16 +190,24 @@ def build_jax(x_np, y_np, rng, only=None):
 
   model = models.LeNet5()
   x, y = jnp.asarray(x_np), jnp.asarray(y_np)
-  params = model.init(jax.random.key(0), x[:1])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), x[:1])["params"]
   layers = jax_layers()
 
-  # The layer inputs the model sees, and a check that the layers compose to models.LeNet5.
-  inputs, a = {}, x
-  for name, key, fn in layers:
-    inputs[name] = a
-    a = fn(params[key] if key else None, a)
-  max_diff = float(jnp.abs(a - model.apply({"params": params}, x)).max())
+  def chain(p, a):
+    seen = {}
+    for name, key, fn in layers:
+      seen[name] = a
+      a = fn(p[key] if key else None, a)
+    return seen, a
+
+  inputs, logits = jax.jit(chain)(params, x)
+  max_diff = float(jnp.abs(logits - jax.jit(model.apply)({"params": params}, x)).max())
   assert max_diff < 1e-4, f"layers differ from models.LeNet5: max |logit diff| = {max_diff}"
+  cotangents = {}
+  for name, (_, features, _, _) in CONVS.items():
+    out_hw = 28 if name == "conv0" else 10
+    cotangents[name] = jnp.asarray(rng.standard_normal((BATCH, out_hw, out_hw, features),
+                                                       dtype=np.float32))
 
   def loss_fn(p, xb, yb):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xb), yb).mean()
@@ -198,30 +219,39 @@ def build_jax(x_np, y_np, rng, only=None):
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s, loss
 
-  want = lambda line: only is None or line in only
-  calls, cotangents = {}, {}
+  return {"model": model, "layers": layers, "x": x, "y": y, "params": params, "inputs": inputs,
+          "cotangents": cotangents, "loss_fn": loss_fn, "train_step": train_step, "tx": tx}
+
+
+def compile_jax(prep: dict, only=None, compiler_options=None):
+  """Compile the JAX lines (`only`: a subset) with XLA `compiler_options` (DebugOptions fields, the
+  same names as the XLA_FLAGS flags). Returns ({line: call}, optimized HLO text of the train step);
+  each call runs one jitted call and waits for it."""
+  import jax
+  import jax.numpy as jnp
+
+  params, x, y, inputs = prep["params"], prep["x"], prep["y"], prep["inputs"]
+  calls = {}
 
   def add(line, fn, *args):
-    if want(line):
-      compiled = jax.jit(fn).lower(*args).compile()
+    if only is None or line in only:
+      compiled = jax.jit(fn).lower(*args).compile(compiler_options)
       calls[line] = lambda: jax.block_until_ready(compiled(*args))
 
-  for name, key, fn in layers:
+  for name, key, fn in prep["layers"]:
     add(f"{name} fwd", fn, params[key] if key else None, inputs[name])
-  for name, (key, features, padding, _) in CONVS.items():
-    out_hw = 28 if name == "conv0" else 10
-    g = jnp.asarray(rng.standard_normal((BATCH, out_hw, out_hw, features), dtype=np.float32))
-    cotangents[name] = g
+  for name, (key, _, _, _) in CONVS.items():
     for kind, fn in conv_backward_fns(name).items():
-      add(f"{name} bwd {kind}", fn, params[key], inputs[name], g)
-  add("forward", lambda p, xb: model.apply({"params": p}, xb), params, x)
-  add("forward+backward", jax.value_and_grad(loss_fn), params, x, y)
-  tiny = jnp.zeros((8,), jnp.float32)
-  add("dispatch", lambda v: v + 1.0, tiny)
+      add(f"{name} bwd {kind}", fn, params[key], inputs[name], prep["cotangents"][name])
+  add("forward", lambda p, xb: prep["model"].apply({"params": p}, xb), params, x)
+  add("forward+backward", jax.value_and_grad(prep["loss_fn"]), params, x, y)
+  add("dispatch", lambda v: v + 1.0, jnp.zeros((8,), jnp.float32))
 
   step_text = None
-  if want("train step"):
-    step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, tx.init(params), x, y).compile()
+  if only is None or "train step" in only:
+    tx = prep["tx"]
+    step = jax.jit(prep["train_step"], donate_argnums=(0, 1)).lower(
+        params, tx.init(params), x, y).compile(compiler_options)
     step_text = step.as_text()
     copy = lambda tree: jax.tree.map(lambda v: jnp.array(v, copy=True), tree)
     state = [copy(params), tx.init(copy(params))]  # own buffers: the step donates them
@@ -231,7 +261,7 @@ def build_jax(x_np, y_np, rng, only=None):
       loss.block_until_ready()
 
     calls["train step"] = run_step
-  return calls, params, inputs, cotangents, step_text
+  return calls, step_text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,14 +269,14 @@ def build_jax(x_np, y_np, rng, only=None):
 
 
 def build_torch(params, inputs, cotangents, x_np, y_np):
-  """The torch lines, same weights, inputs and cotangents as JAX. Returns {line: call} and the max
-  |logit difference| against JAX."""
+  """The torch lines, same weights, inputs and cotangents as JAX. Returns ({line: call}, the logits of
+  the batch, to compare with JAX's)."""
   import numpy as np
   import torch
   import torch.nn.functional as F
   from throughput import load_flax_params, torch_modules
 
-  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
+  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.array(a).transpose(0, 3, 1, 2)))
   module_cls = torch_modules()["lenet5"]
   net = module_cls()
   load_flax_params(net, params, (5, 5, 16))
@@ -320,7 +350,9 @@ def calibrate(call) -> int:
 def measure(blocks: dict, reps: int, seed: int = 0) -> dict:
   """Time every block `reps` times, interleaved (a new random order each repetition).
 
-  blocks: {key: (setup, call, n)}; a block runs setup(), one untimed call, then n timed calls.
+  blocks: {key: (setup, call, n)}; a block runs setup(), one untimed call, then n timed calls (fewer,
+  but at least 2, if the block already lasted 2.5 x TARGET_BLOCK_SECONDS: a slowed-down block on a
+  loaded machine does not stretch the run).
   Returns {key: {"us": [per-call microseconds, one per repetition], "cores": [...]}}.
   """
   order = list(blocks)
@@ -333,10 +365,12 @@ def measure(blocks: dict, reps: int, seed: int = 0) -> dict:
       setup()
       call()
       c0, t0 = cpu_seconds(), time.perf_counter()
-      for _ in range(n):
+      done, deadline = 0, t0 + 2.5 * TARGET_BLOCK_SECONDS
+      while done < n and (done < 2 or time.perf_counter() < deadline):
         call()
+        done += 1
       t1, c1 = time.perf_counter(), cpu_seconds()
-      out[key]["us"].append(1e6 * (t1 - t0) / n)
+      out[key]["us"].append(1e6 * (t1 - t0) / done)
       out[key]["cores"].append((c1 - c0) / (t1 - t0))
       time.sleep(0.005)  # let torch's OpenMP workers stop spinning before the next block
   return out
@@ -411,113 +445,68 @@ def hlo_implementations(text: str) -> dict:
           "library_fusions": fusions}
 
 
-def flag_in_jaxlib(flag: str) -> bool:
-  """Whether the flag's name is a string of the installed jaxlib's shared library."""
+def flags_in_jaxlib(names) -> dict:
+  """{flag name: whether it is a string of the installed jaxlib's shared library} (like `strings`)."""
   import jaxlib
-  name = flag.lstrip("-").split("=")[0]
   lib = os.path.join(os.path.dirname(jaxlib.__file__), "libjax_common.so")
-  if not name or not os.path.exists(lib):
-    return not name
   with open(lib, "rb") as f:
-    return name.encode() in f.read()
+    blob = f.read()
+  return {name: name.encode() + b"\0" in blob for name in names}
 
 
-def conv_thunk_log(timeout: float = 120) -> dict:
-  """Run one training step in a child with TF_CPP_VMODULE=convolution_thunk=3: the convolutions that
-  XLA:CPU's ConvolutionThunk (Eigen) executed, with their sizes."""
+def hlo_signature(text: str) -> str:
+  """Optimized HLO without the module name and metadata: equal strings = the same program."""
+  text = re.sub(r", metadata=\{[^}]*\}", "", text.split("\n", 1)[1])
+  return re.sub(r"\s+", " ", text)
+
+
+def child_main():
+  """Child process: compile and run one training step (under this process's XLA_FLAGS and TF_CPP
+  logging), printing a marker on stderr just before the step and the HLO summary on stdout."""
+  x, y, rng = random_batch()
+  calls, step_text = compile_jax(prepare_jax(x, y, rng), only=("train step",))
+  sys.stderr.flush()
+  print("STEP_STARTS", file=sys.stderr, flush=True)
+  calls["train step"]()
+  print("CHILD_RESULT " + json.dumps(hlo_implementations(step_text)), flush=True)
+
+
+def conv_thunk_log(xla_flags: str = "", timeout: float = 120) -> dict:
+  """One training step in a child with TF_CPP_VMODULE=convolution_thunk=3 (and XLA_FLAGS + `xla_flags`):
+  the convolutions XLA:CPU's ConvolutionThunk (Eigen) executed during the step, and the HLO summary."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="convolution_thunk=3")
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--log-step"], env=env,
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
                         capture_output=True, text=True, timeout=timeout)
-  lines = [l.split("] ", 1)[1] for l in proc.stderr.splitlines()
-           if "convolution_thunk.cc" in l and "Convolution:" in l]
-  return {"distinct_convolutions": sorted(set(lines)), "logged_calls": len(lines),
-          "returncode": proc.returncode}
+  after = proc.stderr.split("STEP_STARTS", 1)[-1] if "STEP_STARTS" in proc.stderr else ""
+  logged = [l.split("] ", 1)[1] for l in after.splitlines()
+            if "convolution_thunk.cc" in l and "Convolution:" in l]
+  short = lambda s: re.sub(r" (strides|base_dilation|window_dilation|feature_group_count)=\S+", "",
+                           s.replace("Convolution: convolution_rank=2 ", ""))
+  result = next((json.loads(l[len("CHILD_RESULT "):]) for l in proc.stdout.splitlines()
+                 if l.startswith("CHILD_RESULT ")), None)
+  return {"xla_flags": env["XLA_FLAGS"], "returncode": proc.returncode,
+          "convolution_thunk_calls": [short(l) for l in logged],
+          "library_fusions": result["library_fusions"] if result else None,
+          "conv_runs_as": [c["runs_as"] for c in result["convolutions"]] if result else None}
 
 
 def torch_conv_impl(timeout: float = 120) -> list:
-  """Torch's convolution primitives for one training step (a child with ONEDNN_VERBOSE=1)."""
+  """Torch's convolution primitives in a training step (a child with ONEDNN_VERBOSE=1)."""
   code = ("import sys; sys.path.insert(0, %r); import torch, torch.nn.functional as F\n"
           "from throughput import torch_modules\n"
           "net = torch_modules()['lenet5'](); x = torch.randn(32, 1, 28, 28)\n"
-          "for _ in range(2): F.cross_entropy(net(x), torch.zeros(32, dtype=torch.long)).backward()\n"
+          "F.cross_entropy(net(x), torch.zeros(32, dtype=torch.long)).backward()\n"
           % os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, ONEDNN_VERBOSE="1")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=timeout)
-  prims = set()
+  proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ONEDNN_VERBOSE="1"),
+                        capture_output=True, text=True, timeout=timeout)
+  prims = []
   for line in proc.stdout.splitlines():
     parts = line.split(",")
-    if len(parts) > 8 and parts[2] == "primitive" and parts[3] == "exec" and parts[5] == "convolution":
+    if len(parts) > 8 and parts[3] == "exec" and parts[5] == "convolution":
       problem = next((p for p in parts if p.startswith("mb32")), "")
-      prims.add(f"oneDNN convolution {parts[6]} {parts[7]} {problem}")
-  return sorted(prims)
-
-
-# --------------------------------------------------------------------------------------------------
-# Child process: one XLA flag variant.
-
-
-def child_main(args):
-  """Time the conv pieces and the step under this process's XLA_FLAGS; print one JSON line."""
-  import jax
-  x, y, rng = random_batch()
-  only = ("train step",) if args.log_step else CHILD_LINES
-  calls, _, _, _, step_text = build_jax(x, y, rng, only=only)
-  if args.log_step:
-    calls["train step"]()
-    return
-  blocks = {line: ((lambda: None), calls[line], calibrate(calls[line])) for line in CHILD_LINES}
-  timed = measure(blocks, args.child_reps, seed=os.getpid())
-  impl = hlo_implementations(step_text)
-  print("CHILD_RESULT " + json.dumps({
-      "us": {line: statistics.median(timed[line]["us"]) for line in CHILD_LINES},
-      "conv_runs_as": sorted({c["runs_as"] for c in impl["convolutions"]}),
-      "library_fusions": impl["library_fusions"], "dots": impl["dots"],
-      "custom_call_targets": impl["custom_call_targets"], "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "jax": jax.__version__}))
-
-
-def run_flag_variants(reps: int, child_reps: int, timeout: float = 120) -> dict:
-  """Each flag variant in its own child process, `reps` interleaved repetitions (shuffled)."""
-  variants = {}
-  for name, flag in FLAG_VARIANTS.items():
-    if flag_in_jaxlib(flag):
-      variants[name] = flag
-    else:
-      print(f"  flag {flag} not in the installed jaxlib: skipped", flush=True)
-  results = {name: [] for name in variants}
-  order, rng = list(variants), random.Random(1)
-  for rep in range(reps):
-    rng.shuffle(order)
-    for name in order:
-      env = dict(os.environ)
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + variants[name]).strip()
-      proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--child-reps",
-                             str(child_reps)], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-      line = next((l for l in proc.stdout.splitlines() if l.startswith("CHILD_RESULT ")), None)
-      if line is None:
-        results[name].append({"error": proc.stderr[-2000:]})
-      else:
-        results[name].append(json.loads(line[len("CHILD_RESULT "):]))
-    print(f"  flag repetition {rep + 1}/{reps} done", flush=True)
-
-  summary = {}
-  for name, runs in results.items():
-    ok = [r for r in runs if "us" in r]
-    base = results["default"]
-    entry = {"flag": variants[name], "runs": len(ok), "errors": [r["error"] for r in runs
-                                                                 if "error" in r][:1]}
-    if ok:
-      entry.update({k: ok[0][k] for k in ("conv_runs_as", "library_fusions", "dots",
-                                          "custom_call_targets")})
-      entry["us"] = {line: common.spread([r["us"][line] for r in ok]) for line in CHILD_LINES}
-      pairs = [(r, b) for r, b in zip(runs, base) if "us" in r and "us" in b]
-      if name != "default" and pairs:
-        entry["vs_default"] = {line: common.spread([r["us"][line] / b["us"][line] for r, b in pairs])
-                               for line in CHILD_LINES}
-    summary[name] = entry
-  return summary
+      prims.append(f"oneDNN {parts[6]} {parts[7]} {problem.split('_ih')[0]}")
+  return prims
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,53 +514,97 @@ def run_flag_variants(reps: int, child_reps: int, timeout: float = 120) -> dict:
 
 
 def conclusion(rows: dict, torch_key: str) -> tuple:
-  """Attribute the step-time difference JAX - torch (torch_key) to the pieces. Returns (dict, lines)."""
+  """Attribute the step-time difference D = JAX - torch (torch_key) to the pieces of the step, each
+  timed alone. Returns (dict, printed lines)."""
   med = lambda line, fw: rows[line][fw]["median"]
   gap = med("train step", "jax") - med("train step", torch_key)
-  shares = {p: (med(p, "jax") - med(p, torch_key)) / gap for p in STEP_PIECES}
-  phases = {
-      "whole forward": (med("forward", "jax") - med("forward", torch_key)) / gap,
-      "backward (fwd+bwd - fwd)": ((med("forward+backward", "jax") - med("forward", "jax")) -
-                                   (med("forward+backward", torch_key) - med("forward", torch_key))) / gap,
-      "optimizer + step overhead (step - fwd+bwd)": (
-          (med("train step", "jax") - med("forward+backward", "jax")) -
-          (med("train step", torch_key) - med("forward+backward", torch_key))) / gap}
-  convs = sum(v for k, v in shares.items() if k.startswith("conv"))
-  others = sum(v for k, v in shares.items() if not k.startswith("conv"))
-  label = torch_key.replace("torch", "torch ") + " thread(s)"
-  lines = [f"Conclusion vs {label}: JAX step {med('train step', 'jax'):.0f} us, torch "
-           f"{med('train step', torch_key):.0f} us, gap D = {gap:.0f} us "
-           f"(ratio {rows['train step'][torch_key + '_ratio']['median']:.2f})."]
-  ranked = sorted(shares.items(), key=lambda kv: -kv[1])
-  lines.append("  share of D, piece timed alone ((jax - torch) / D): " +
-               ", ".join(f"{k} {100 * v:+.0f}%" for k, v in ranked))
-  lines.append(f"  the 3 convs' forward + the 3 conv backward pieces of the step: {100 * convs:+.0f}% "
-               f"of D; pools + dense layers forward: {100 * others:+.0f}%; not covered by the pieces: "
-               f"{100 * (1 - convs - others):+.0f}%")
-  lines.append("  by phase: " + ", ".join(f"{k} {100 * v:+.0f}%" for k, v in phases.items()))
-  return {"torch": torch_key, "gap_us": gap, "piece_share": shares, "phase_share": phases,
-          "conv_share": convs, "other_pieces_share": others,
-          "not_covered_share": 1 - convs - others}, lines
+  label = f"torch {torch_key[-1]} thread(s)"
+  head = (f"vs {label}: JAX step {med('train step', 'jax'):.0f} us, torch "
+          f"{med('train step', torch_key):.0f} us, D = {gap:+.0f} us (paired ratio "
+          f"{rows['train step'][torch_key + '_ratio']['median']:.2f})")
+  if gap <= 0:
+    return {"torch": torch_key, "gap_us": gap}, [head + ": JAX is not slower, nothing to attribute."]
+  diff = {p: med(p, "jax") - med(p, torch_key) for p in STEP_PIECES}
+  conv = sum(v for k, v in diff.items() if k.startswith("conv"))
+  other = sum(v for k, v in diff.items() if not k.startswith("conv"))
+  jax_bwd = med("forward+backward", "jax") - med("forward", "jax")
+  torch_bwd = med("forward+backward", torch_key) - med("forward", torch_key)
+  phases = {"forward": med("forward", "jax") - med("forward", torch_key),
+            "backward (fwd+bwd - fwd)": jax_bwd - torch_bwd,
+            "optimizer (step - fwd+bwd)": (med("train step", "jax") - med("forward+backward", "jax")) -
+                                          (med("train step", torch_key) -
+                                           med("forward+backward", torch_key))}
+  pct = lambda v: f"{100 * v / gap:+.0f}%"
+  lines = [head + ".",
+           "  (jax - torch) us of each step piece timed alone, and its share of D: " +
+           ", ".join(f"{k} {v:+.0f} ({pct(v)})" for k, v in sorted(diff.items(), key=lambda kv: -kv[1])),
+           f"  the conv pieces (conv0/conv1 fwd, conv0 dW, conv1 dX, conv1 dW): {conv:+.0f} us = {pct(conv)}"
+           f" of D; pools + dense forward: {other:+.0f} us = {pct(other)}; rest of D (ReLU/pool/dense"
+           f" backward, loss, optimizer, fusion and dispatch effects): {gap - conv - other:+.0f} us = "
+           f"{pct(gap - conv - other)}",
+           "  by phase (whole-model lines): " + ", ".join(f"{k} {v:+.0f} us ({pct(v)})"
+                                                          for k, v in phases.items())]
+  return {"torch": torch_key, "gap_us": gap, "piece_diff_us": diff,
+          "piece_share": {k: v / gap for k, v in diff.items()}, "conv_share": conv / gap,
+          "pools_dense_forward_share": other / gap, "rest_share": (gap - conv - other) / gap,
+          "phase_diff_us": phases, "phase_share": {k: v / gap for k, v in phases.items()}}, lines
+
+
+def fmt(s: dict, digits: int = 0) -> str:
+  return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
 
 
 def table(rows: dict, torch_keys: list) -> list:
-  """The printed table: one line per piece; microseconds median [min, max] and paired ratios."""
-  head = f"{'line':18} {'jax us':>22} {'cores':>5}"
+  """One line per piece: microseconds per call, median [min, max], and the paired ratios."""
+  head = f"{'line':17} {'jax us':>22} {'cores':>5}"
   for k in torch_keys:
-    head += f" {k + ' us':>24} {'jax/' + k:>21}"
-  lines = [head]
-  fmt = lambda s, d=0: f"{s['median']:.{d}f} [{s['min']:.{d}f}, {s['max']:.{d}f}]"
-  section = None
+    head += f" {'torch ' + k[-1] + 'thr us':>22} {'jax/torch' + k[-1]:>18}"
+  lines, section = [head], None
   for line, sec in LINES:
     if sec != section:
       lines.append(f"-- {sec}")
       section = sec
     r = rows[line]
-    text = f"{line:18} {fmt(r['jax']['us']):>22} {r['jax']['cores']:5.2f}"
+    text = f"{line:17} {fmt(r['jax']):>22} {r['jax_cores']:5.2f}"
     for k in torch_keys:
-      text += f" {fmt(r[k]):>24} {fmt(r[k + '_ratio'], 2):>21}"
+      text += f" {fmt(r[k]):>22} {fmt(r[k + '_ratio'], 2):>18}"
     lines.append(text)
   return lines
+
+
+def flag_table(flags: dict) -> list:
+  """One line per flag variant: paired ratio variant / default of each JAX line (< 1 = faster)."""
+  lines = [f"{'variant (time / default)':26} " + " ".join(f"{l:>19}" for l in FLAG_LINES)]
+  for name, entry in flags.items():
+    if "ratio" not in entry:
+      lines.append(f"{name:26} skipped: {entry.get('skipped')}")
+      continue
+    lines.append(f"{name:26} " + " ".join(f"{fmt(entry['ratio'][l], 2):>19}" for l in FLAG_LINES))
+    lines.append(f"  {entry['xla_flags']}: HLO "
+                 f"{'identical to default' if entry['hlo_identical_to_default'] else 'changed'}; "
+                 f"library fusions {entry['library_fusions'] or 'none'}; convs run as "
+                 f"{sorted(set(entry['conv_runs_as']))}")
+  return lines
+
+
+def implementation_lines(impl: dict, logs: list, torch_impl: list) -> list:
+  """What runs the convolutions: XLA's optimized HLO, ConvolutionThunk's log, torch's oneDNN log."""
+  lines = ["XLA:CPU, optimized HLO of the training step (one line per convolution):"]
+  for c in impl["convolutions"]:
+    lines.append(f"  {c['runs_as']:45} {c['shape'].split('{')[0]:18} {c['dim_labels']:17} "
+                 f"window {{{c['window']}}}  {c['op_name'].split('/', 1)[-1]}")
+  lines.append(f"  dots: {impl['dots']}; custom-calls: {impl['custom_call_targets'] or 'none'}; "
+               f"library fusions: {impl['library_fusions'] or 'none'}")
+  for log in logs:
+    lines.append(f"ConvolutionThunk calls logged in one step (TF_CPP_VMODULE=convolution_thunk=3, "
+                 f"XLA_FLAGS='{log['xla_flags']}'): {len(log['convolution_thunk_calls'])}; "
+                 f"library fusions {log['library_fusions'] or 'none'}")
+    lines += [f"  {c}" for c in log["convolution_thunk_calls"]]
+  lines.append("torch (ONEDNN_VERBOSE=1), one step: " + ("; ".join(torch_impl) or "no oneDNN conv"))
+  return lines
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def main():
@@ -579,15 +612,12 @@ def main():
   parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (default 15)")
   parser.add_argument("--threads", type=int, choices=[1, 2], default=None,
                       help="torch.set_num_threads for torch (default: both 1 and 2)")
-  parser.add_argument("--flag-reps", type=int, default=3,
-                      help="repetitions of the XLA-flag child processes (0: skip the flags)")
-  parser.add_argument("--child-reps", type=int, default=5, help="repetitions inside a flag child")
+  parser.add_argument("--no-flags", action="store_true", help="skip the XLA flag variants")
   parser.add_argument("--out", default=os.path.join(RESULTS, "profile_lenet5.json"))
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--log-step", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    return child_main(args)
+    return child_main()
 
   t_start = time.perf_counter()
   loadavg_before = os.getloadavg()
@@ -601,98 +631,104 @@ def main():
 
   x, y, rng = random_batch()
   t0 = time.perf_counter()
-  jax_calls, params, inputs, cotangents, step_text = build_jax(x, y, rng)
-  compile_seconds = time.perf_counter() - t0
-  torch_calls, torch_logits = build_torch(params, inputs, cotangents, x, y)
-  from psops_jax import models
-  jax_logits = np.asarray(models.LeNet5().apply({"params": params}, x))
+  prep = prepare_jax(x, y, rng)
+  jax_calls, step_text = compile_jax(prep)
+  torch_calls, torch_logits = build_torch(prep["params"], prep["inputs"], prep["cotangents"], x, y)
+  jax_logits = np.asarray(jax.jit(prep["model"].apply)({"params": prep["params"]}, prep["x"]))
   logit_diff = float(np.abs(torch_logits - jax_logits).max())
-  print(f"  compiled {len(jax_calls)} JAX functions in {compile_seconds:.1f} s; torch vs JAX logits: "
-        f"max |diff| {logit_diff:.1e}", flush=True)
+  print(f"  compiled {len(jax_calls)} JAX functions in {time.perf_counter() - t0:.1f} s; torch vs JAX "
+        f"logits: max |diff| {logit_diff:.1e}", flush=True)
+
+  # The flag variants: the conv lines and the step compiled again with compiler options.
+  present = flags_in_jaxlib([f.lstrip("-").split("=")[0] for f, _ in FLAG_VARIANTS.values()] +
+                            [THUNK_RUNTIME_FLAG])
+  flags, variant_calls = {}, {}
+  for name, (xla_flags, options) in ({} if args.no_flags else FLAG_VARIANTS).items():
+    if not present[xla_flags.lstrip("-").split("=")[0]]:
+      flags[name] = {"xla_flags": xla_flags, "skipped": "flag not in the installed jaxlib"}
+      continue
+    variant_calls[name], text = compile_jax(prep, only=FLAG_LINES, compiler_options=options)
+    impl = hlo_implementations(text)
+    flags[name] = {"xla_flags": xla_flags, "compiler_options": options,
+                   "hlo_identical_to_default": hlo_signature(text) == hlo_signature(step_text),
+                   "library_fusions": impl["library_fusions"],
+                   "conv_runs_as": [c["runs_as"] for c in impl["convolutions"]]}
+  if variant_calls:
+    print(f"  compiled {len(variant_calls)} flag variants x {len(FLAG_LINES)} lines "
+          f"({time.perf_counter() - t_start:.0f} s so far)", flush=True)
 
   blocks = {}
   for line, _ in LINES:
     blocks[(line, "jax")] = ((lambda: None), jax_calls[line], calibrate(jax_calls[line]))
+    torch.set_num_threads(thread_counts[0])
     n = calibrate(torch_calls[line])
     for t, key in zip(thread_counts, torch_keys):
       blocks[(line, key)] = ((lambda t=t: torch.set_num_threads(t)), torch_calls[line], n)
+  for name, calls in variant_calls.items():
+    for line in FLAG_LINES:
+      blocks[(line, name)] = ((lambda: None), calls[line], blocks[(line, "jax")][2])
   timed = measure(blocks, args.reps)
   print(f"  timed {len(blocks)} blocks x {args.reps} repetitions "
         f"({time.perf_counter() - t_start:.0f} s so far)", flush=True)
 
   rows = {}
   for line, section in LINES:
-    j = timed[(line, "jax")]
-    rows[line] = {"section": section, "n_calls_per_block": blocks[(line, "jax")][2],
-                  "jax": {"us": common.spread(j["us"]), "cores": statistics.median(j["cores"])}}
+    j = timed[(line, "jax")]["us"]
+    rows[line] = {"section": section, "calls_per_block": blocks[(line, "jax")][2],
+                  "jax": common.spread(j), "jax_cores": statistics.median(timed[(line, "jax")]["cores"])}
     for key in torch_keys:
       rows[line][key] = common.spread(timed[(line, key)]["us"])
-      rows[line][key + "_ratio"] = paired_ratio(j["us"], timed[(line, key)]["us"])
-  # the table reads rows[line]["jax"]["us"]; the conclusion reads medians
-  flat = {line: {"jax": r["jax"]["us"], **{k: r[k] for k in r if k.startswith("torch")}}
-          for line, r in rows.items()}
-  lines = table(rows, torch_keys)
+      rows[line][key + "_ratio"] = paired_ratio(j, timed[(line, key)]["us"])
+  for name in variant_calls:
+    flags[name]["us"] = {l: common.spread(timed[(l, name)]["us"]) for l in FLAG_LINES}
+    flags[name]["ratio"] = {l: paired_ratio(timed[(l, name)]["us"], timed[(l, "jax")]["us"])
+                            for l in FLAG_LINES}
+
   concl, concl_lines = {}, []
-  for key in torch_keys:
-    concl[key], text = conclusion(flat, key)
+  for key in sorted(torch_keys, key=lambda k: rows["train step"][k]["median"]):
+    concl[key], text = conclusion(rows, key)
     concl_lines += text
-
+  if {"torch1", "torch2"} <= set(torch_keys):
+    slowdown = rows["train step"]["torch2"]["median"] / rows["train step"]["torch1"]["median"]
+    concl["torch2_over_torch1_step"] = slowdown
+    if slowdown > 3:
+      concl_lines.append(f"Note: torch with 2 threads took {slowdown:.0f}x the 1-thread step: the cores are "
+                         "busy with other processes and torch's 2 OpenMP threads wait for each other "
+                         "(load average above); the 1-thread comparison is the meaningful one here.")
   impl = hlo_implementations(step_text)
-  print("  XLA:CPU convolution implementation (optimized HLO of the training step):", flush=True)
-  thunk_log = conv_thunk_log()
+  logs = [conv_thunk_log()]
+  if "ynn_off" in variant_calls:
+    logs.append(conv_thunk_log(FLAG_VARIANTS["ynn_off"][0]))
   torch_impl = torch_conv_impl()
-  impl_lines = [f"    {c['runs_as']:48} {c['shape']:22} {c['dim_labels']:18} window {{{c['window']}}}  "
-                f"{c['op_name'].split('/', 1)[-1]}" for c in impl["convolutions"]]
-  impl_lines.append(f"    dots: {impl['dots']}; custom-calls: {impl['custom_call_targets'] or 'none'}; "
-                    f"library fusions: {impl['library_fusions']}")
-  impl_lines.append(f"    ConvolutionThunk log (TF_CPP_VMODULE=convolution_thunk=3, one step): "
-                    f"{len(thunk_log['distinct_convolutions'])} distinct convolutions")
-  impl_lines += [f"      {c}" for c in thunk_log["distinct_convolutions"]]
-  impl_lines.append("    torch (ONEDNN_VERBOSE=1): " + ("; ".join(torch_impl) or "no oneDNN convolution"))
-  print("\n".join(impl_lines), flush=True)
-
-  flags = {}
-  if args.flag_reps:
-    print(f"  XLA flag variants, {args.flag_reps} repetitions of one child process each:", flush=True)
-    flags = run_flag_variants(args.flag_reps, args.child_reps)
-  flag_lines = []
-  for name, entry in flags.items():
-    if "us" not in entry:
-      flag_lines.append(f"    {name:20} {entry['flag']}: failed {entry['errors']}")
-      continue
-    if name == "default":
-      us = entry["us"]
-      flag_lines.append(f"    {'default':20} us: " + ", ".join(f"{l} {us[l]['median']:.0f}"
-                                                              for l in CHILD_LINES))
-      continue
-    vs = entry["vs_default"]
-    flag_lines.append(f"    {name:20} {entry['flag']}\n{'':25}vs default (paired, <1 = faster): " +
-                      ", ".join(f"{l} {vs[l]['median']:.2f} [{vs[l]['min']:.2f}, {vs[l]['max']:.2f}]"
-                                for l in CHILD_LINES) +
-                      f"\n{'':25}convs run as {entry['conv_runs_as']}; library fusions "
-                      f"{entry['library_fusions']}; custom-calls {entry['custom_call_targets'] or 'none'}")
-
   loadavg_after = os.getloadavg()
-  print("\n".join([""] + lines + [""] + concl_lines), flush=True)
-  if flag_lines:
-    print("\nXLA flags (each in its own process):\n" + "\n".join(flag_lines), flush=True)
-  print(f"\nload average before {loadavg_before[0]:.2f}, after {loadavg_after[0]:.2f}; "
-        f"{time.perf_counter() - t_start:.0f} s", flush=True)
+
+  lines = table(rows, torch_keys)
+  impl_lines = implementation_lines(impl, logs, torch_impl)
+  flag_lines = flag_table(flags) if flags else []
+  flag_lines.append(f"{THUNK_RUNTIME_FLAG}: in the jaxlib binary: {present[THUNK_RUNTIME_FLAG]}; not "
+                    "measured (its message in the binary: no longer supported, the thunk runtime is "
+                    "the only one)")
+  elapsed = time.perf_counter() - t_start
+  footer = (f"load average before {loadavg_before[0]:.2f}, after {loadavg_after[0]:.2f}; "
+            f"{os.cpu_count()} cores; {elapsed:.0f} s")
+  report = (["", *lines, "", "Conclusion (step-time gap D attributed to the pieces timed alone):",
+             *concl_lines, "", *impl_lines, "", "XLA flag variants (compiled with the flag as a "
+             "compiler option; paired ratio variant / default, median [min, max]):", *flag_lines, "",
+             footer])
+  print("\n".join(report), flush=True)
 
   machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
              "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-             "backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+             "backend": jax.default_backend(), "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
              "loadavg_before": loadavg_before, "loadavg_after": loadavg_after}
   result = {"command": common.command_line(), "machine": machine,
             "config": {"batch": BATCH, "reps": args.reps, "torch_threads": thread_counts,
-                       "flag_reps": args.flag_reps, "child_reps": args.child_reps,
                        "target_block_seconds": TARGET_BLOCK_SECONDS},
             "check": {"torch_vs_jax_max_logit_diff": logit_diff},
             "rows": rows, "conclusion": concl,
-            "xla_implementation": {"step_hlo": impl, "convolution_thunk_log": thunk_log},
+            "xla_implementation": {"train_step_hlo": impl, "convolution_thunk_logs": logs},
             "torch_convolution_primitives": torch_impl, "flags": flags,
-            "seconds": round(time.perf_counter() - t_start, 1),
-            "table": lines + [""] + concl_lines + [""] + impl_lines + [""] + flag_lines}
+            "flags_in_jaxlib": present, "seconds": round(elapsed, 1), "report": report}
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)

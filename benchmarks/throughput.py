@@ -374,6 +374,19 @@ def build_syncs(model, shape, particles, mesh, mean, std):
       jax.vmap(lambda f: sync_lib.all_gather_scalar(f, AXES), axis_name=LOCAL), mesh=mesh,
       in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
   gather_c = gather_fn.lower(state["fitness"]).compile()
+  # The PSO sync's two collectives with nothing else: the fitness all-gather, then a psum of the
+  # weights masked to the winner (its structural floor).
+  def collectives_only(params, fitness):
+    winner = jnp.argmin(sync_lib.all_gather_scalar(fitness, AXES))
+    mine = sync_lib.particle_index(AXES) == winner
+    return jax.tree.map(lambda p: lax.psum(jnp.where(mine, p, 0.0), AXES), params)
+
+  two_fn = jax.jit(jax.shard_map(jax.vmap(collectives_only, axis_name=LOCAL), mesh=mesh,
+                                 in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS), check_vma=False),
+                   donate_argnums=0)
+  two_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)(state["params"])
+  two_state = {"params": two_params}
+  two_c = two_fn.lower(two_params, state["fitness"]).compile()
   pso_c = pso_fn.lower(state["params"], state["sync"], state["fitness"], key).compile()
   pmean_c = pmean_fn.lower(state["params"]).compile()
   pmean_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)(state["params"])
@@ -400,6 +413,11 @@ def build_syncs(model, shape, particles, mesh, mean, std):
       pmean_state["params"] = pmean_c(pmean_state["params"])
       jax.block_until_ready(pmean_state["params"])
 
+  def run_two(rep):
+    for _ in range(calls["n"]):
+      two_state["params"] = two_c(two_state["params"], state["fitness"])
+      jax.block_until_ready(two_state["params"])
+
   def run_gather(rep):
     for _ in range(calls["n"]):
       jax.block_until_ready(gather_c(state["fitness"]))
@@ -418,7 +436,8 @@ def build_syncs(model, shape, particles, mesh, mean, std):
                            "peak = argument + output - alias + temp",
           "device_memory_stats": jax.devices()[0].memory_stats(),
           "calls_per_sample": calls["n"]}
-  return {"pso_sync": run_pso, "pmean": run_pmean, "gather_fitness": run_gather}, info
+  return {"pso_sync": run_pso, "pmean": run_pmean, "gather_fitness": run_gather,
+          "gather_then_masked_psum": run_two}, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -585,6 +604,13 @@ def main_mode(args):
   lines.append(f"{'all-gather of the N fitnesses alone':28} {g['median']:9.1f} us/call "
                f"[{g['min']:.1f}, {g['max']:.1f}]   (the PSO sync = this + one all-reduce + "
                "elementwise work)")
+  t = sync_rows["gather_then_masked_psum"]["us_per_call"]
+  floor_ratio = common.spread([a / b for a, b in zip(per_call["gather_then_masked_psum"],
+                                                      per_call["pmean"])])
+  ratios["pso_collectives_only_vs_pmean"] = floor_ratio
+  lines.append(f"{'the 2 collectives alone':28} {t['median']:9.1f} us/call [{t['min']:.1f}, "
+               f"{t['max']:.1f}]   (all-gather of fitnesses + masked psum; vs pmean "
+               f"{fmt(floor_ratio)})")
   lines.append(f"{'pso_sync_vs_pmean (time)':58} {fmt(ratios['pso_sync_vs_pmean'])}")
   lines.append(f"{'peak_bytes_pso_sync_vs_pmean (memory_analysis)':58} {peak_ratio}")
   lines.append(f"PSO-PS sync alone = {100 * sync_share:.1f}% of the median round; "
