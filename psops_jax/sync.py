@@ -68,6 +68,13 @@ def _identity(tree: PyTree) -> PyTree:
   return tree
 
 
+def map_floats(fn: Callable, tree: PyTree, *others: PyTree) -> PyTree:
+  """fn applied to the floating-point leaves of `tree` (with the matching leaves of `others`);
+  integer leaves (e.g. optax step counts) unchanged."""
+  return jax.tree.map(lambda a, *b: fn(a, *b) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      tree, *others)
+
+
 def _float_leaves(tree: PyTree) -> list:
   return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
 
@@ -119,8 +126,7 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
   """
 
   def reduce_opt_state(opt_state, state, key):
-    return jax.tree.map(
-        lambda a: lax.pmean(a, axis_name) if jnp.issubdtype(a.dtype, jnp.floating) else a, opt_state)
+    return map_floats(lambda a: lax.pmean(a, axis_name), opt_state)
 
   return SyncStrategy(
       init=lambda params: (),
@@ -357,20 +363,16 @@ def pso(inertia: Coefficient = 0.0,
     """The optimizer state after the sync `state` came from (see opt_state_on_move)."""
     if opt_state_on_move == "keep":
       return opt_state
-    floats = lambda fn: jax.tree.map(
-        lambda a: fn(a) if jnp.issubdtype(a.dtype, jnp.floating) else a, opt_state)
     if opt_state_on_move == "reset":
-      return floats(jnp.zeros_like)
+      return map_floats(jnp.zeros_like, opt_state)
     is_winner = particle_index(axis_name) == state.global_index
-    winners = floats(lambda a: lax.psum(jnp.where(is_winner, a, jnp.zeros_like(a)), axis_name))
-    _, r2 = jax.random.split(particle_key(key, axis_name))
-    r2 = jnp.ones(()) if random == "none" else jax.random.uniform(r2)
+    winners = map_floats(lambda a: lax.psum(jnp.where(is_winner, a, jnp.zeros_like(a)), axis_name),
+                         opt_state)
+    _, r2 = draw_r(particle_key(key, axis_name), jnp.zeros(()), random)  # the sync's r2
     c2 = value(social, state.count - 1)
-    moved = jax.tree.map(lambda a, b: a + c2 * r2 * (b - a) if jnp.issubdtype(a.dtype, jnp.floating)
-                         else a, opt_state, winners)
+    moved = map_floats(lambda a, b: a + c2 * r2 * (b - a), opt_state, winners)
     if mean_pull:
-      moved = jax.tree.map(lambda a, b: a + mean_pull * (lax.pmean(b, axis_name) - b)
-                           if jnp.issubdtype(a.dtype, jnp.floating) else a, moved, opt_state)
+      moved = map_floats(lambda a, b: a + mean_pull * (lax.pmean(b, axis_name) - b), moved, opt_state)
     return moved
 
   def bytes_per_round(params, period, opt_state=None):
