@@ -13,8 +13,9 @@ Scenarios:
   dirichlet_0.1, dirichlet_1, dirichlet_100
                        label-skewed shards, each class split ~ Dirichlet(alpha) between the workers
   lr_sweep             averaging alone at learning rates 0.1 / 0.2 / 0.4 / 0.8 (period 16, seed 0):
-                       finds the largest learning rate at which averaging still converges; the
-                       lr_edge and lr_2x grids then run every strategy at that rate and twice it
+                       finds the largest learning rate at which averaging still converges (0.1 of
+                       these: 0.2 and above collapse to chance, docs/RESULTS.md)
+  lr_edge, lr_2x       every strategy at that learning rate (0.1) and at twice it (0.2)
 """
 
 from configs import study_fashion_mnist
@@ -39,6 +40,7 @@ SCENARIOS = {
     "dirichlet_100": {"data.partition": "dirichlet", "data.dirichlet_alpha": 100.0},
 }
 LEARNING_RATES = (0.1, 0.2, 0.4, 0.8)
+EDGE_LEARNING_RATE = 0.1  # the largest of LEARNING_RATES at which averaging converged (lr_sweep)
 
 
 def get_config() -> dict:
@@ -49,5 +51,7 @@ def get_config() -> dict:
   study["lr_sweep"] = dict(base, periods=[16], seeds=[0], variants={
       f"average_lr{lr}": {"sync.strategy": "average", "optimizer.learning_rate": lr}
       for lr in LEARNING_RATES})
+  study["lr_edge"] = dict(base, overrides={"optimizer.learning_rate": EDGE_LEARNING_RATE})
+  study["lr_2x"] = dict(base, overrides={"optimizer.learning_rate": 2 * EDGE_LEARNING_RATE})
   study.update(study["nan"])  # the top-level grid: the NaN-worker scenario
   return study
