@@ -25,7 +25,8 @@ def machine() -> dict:
 
 
 def time_round(model_name: str, particles: int, devices: int, loop: str, layout: str, period: int,
-               rounds: int, batch_size: int = 32, strategy_name: str = "pso") -> dict:
+               rounds: int, batch_size: int = 32, strategy_name: str = "pso",
+               max_unroll: int = 0) -> dict:
   """Compile the project's round (PSO-PS sync by default, see `build_round`) and time `rounds` rounds
   after a warm-up.
 
@@ -33,7 +34,7 @@ def time_round(model_name: str, particles: int, devices: int, loop: str, layout:
   particle-step (that divided by the particle count).
   """
   run, info = build_round(model_name, particles, devices, period, batch_size, strategy_name,
-                          loop=loop, layout=layout, probe_size=256)
+                          loop=loop, layout=layout, probe_size=256, max_unroll=max_unroll)
   run(0)
   times = []
   for r in range(1, rounds + 1):
@@ -42,7 +43,7 @@ def time_round(model_name: str, particles: int, devices: int, loop: str, layout:
     times.append(time.perf_counter() - t0)
   ms_per_step = 1000 * statistics.median(times) / period
   return {"model": model_name, "particles": particles, "devices": devices, "loop": loop,
-          "layout": layout, "period": period, "batch_size": batch_size,
+          "layout": layout, "period": period, "batch_size": batch_size, "max_unroll": max_unroll,
           "compile_seconds": info["compile_seconds"], "ms_per_step": round(ms_per_step, 2),
           "ms_per_particle_step": round(ms_per_step / particles, 3)}
 
@@ -77,10 +78,11 @@ def spread(values) -> dict:
 def build_round(model_name: str, particles: int, devices: int, period: int, batch_size: int = 32,
                 strategy_name: str = "pso", shard_size: int = 1024, loop: str = "unroll",
                 layout: str = "unroll", fitness: str = "round_loss", probe_size: int = 1024,
-                seed: int = 0):
+                seed: int = 0, max_unroll: int = 0):
   """The project's compiled round on random uint8 data, ready to call.
 
-  Returns (run, info): `run(r)` executes round r (the swarm is carried and donated from call to call)
+  max_unroll > 0 splits an unrolled round into calls of at most that many steps plus a sync call, as
+  train.max_unroll does. Returns (run, info): `run(r)` executes round r (the swarm is carried and donated from call to call)
   and blocks until it is done; info holds the compile seconds.
   """
   import jax
@@ -100,15 +102,15 @@ def build_round(model_name: str, particles: int, devices: int, period: int, batc
   tx = optax.sgd(0.01, momentum=0.9)
   strategy = getattr(sync_lib, strategy_name)(axis_name=swarm_lib.AXES)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=batch_size, fitness=fitness,
-                              probe_size=probe_size, loop=loop, local_layout=layout, max_unroll=0,
+                              probe_size=probe_size, loop=loop, local_layout=layout, max_unroll=max_unroll,
                               augment=False, mean=(0.5,) * shape[-1],
                               std=(0.25,) * shape[-1])
   swarm = swarm_lib.init_swarm(model, tx, strategy, images[0], particles, seed, mesh, cfg.mean,
                                cfg.std)
   data = swarm_lib.put_data((images, labels), (probe_images, probe_labels), mesh)
   t0 = time.perf_counter()
-  round_fn = swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed).lower(
-      swarm, data, jnp.int32(0)).compile()
+  round_fn = swarm_lib.compile_round(swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed),
+                                     swarm, data)
   compile_seconds = time.perf_counter() - t0
   state = {"swarm": swarm}
 

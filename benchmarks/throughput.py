@@ -22,7 +22,9 @@ interleaved repetitions (the order shuffled each time; medians and spread report
                 with torch's default thread count and with 1 thread (the faster is compared).
   4. sync       the PSO-PS sync alone (`psops_jax.sync`, built from configs/digits_pso.py's `sync`
                 section, under shard_map over the particle mesh as in the round) against
-                `lax.pmean` of the same weights: time per call (one call after another, each waited
+                `lax.pmean` of the same weights (one all-reduce per leaf), and against the
+                framework's averaging sync (`sync.pmean_floats`: the leaves raveled into one
+                all-reduce, as every strategy's collectives are): time per call (one call after another, each waited
                 for, buffers donated) and peak bytes per device from `compiled.memory_analysis()`
                 (arguments + outputs - aliased + temporaries; XLA:CPU's device.memory_stats()
                 returns None).
@@ -369,6 +371,10 @@ def build_syncs(model, shape, particles, mesh, mean, std):
                    donate_argnums=(0, 1))
   pmean_fn = jax.jit(jax.shard_map(pmean_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
                                    check_vma=False), donate_argnums=0)
+  # What the framework's averaging does instead: one all-reduce of the raveled weights.
+  average_device = jax.vmap(lambda p: sync_lib.pmean_floats(p, AXES), axis_name=LOCAL)
+  average_fn = jax.jit(jax.shard_map(average_device, mesh=mesh, in_specs=P(AXIS),
+                                     out_specs=P(AXIS), check_vma=False), donate_argnums=0)
   # The PSO sync's one collective more than pmean: the all-gather of the N scalar fitnesses.
   gather_fn = jax.jit(jax.shard_map(
       jax.vmap(lambda f: sync_lib.all_gather_scalar(f, AXES), axis_name=LOCAL), mesh=mesh,
@@ -379,7 +385,7 @@ def build_syncs(model, shape, particles, mesh, mean, std):
   def collectives_only(params, fitness):
     winner = jnp.argmin(sync_lib.all_gather_scalar(fitness, AXES))
     mine = sync_lib.particle_index(AXES) == winner
-    return jax.tree.map(lambda p: lax.psum(jnp.where(mine, p, 0.0), AXES), params)
+    return sync_lib.psum_floats(jax.tree.map(lambda p: jnp.where(mine, p, 0.0), params), AXES)
 
   two_fn = jax.jit(jax.shard_map(jax.vmap(collectives_only, axis_name=LOCAL), mesh=mesh,
                                  in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS), check_vma=False),
@@ -391,6 +397,9 @@ def build_syncs(model, shape, particles, mesh, mean, std):
   pmean_c = pmean_fn.lower(state["params"]).compile()
   pmean_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)(state["params"])
   pmean_state = {"params": pmean_params}
+  average_c = average_fn.lower(state["params"]).compile()
+  average_state = {"params": jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                     out_shardings=sharded)(state["params"])}
 
   def memory(compiled):
     m = compiled.memory_analysis()
@@ -413,6 +422,11 @@ def build_syncs(model, shape, particles, mesh, mean, std):
       pmean_state["params"] = pmean_c(pmean_state["params"])
       jax.block_until_ready(pmean_state["params"])
 
+  def run_average(rep):
+    for _ in range(calls["n"]):
+      average_state["params"] = average_c(average_state["params"])
+      jax.block_until_ready(average_state["params"])
+
   def run_two(rep):
     for _ in range(calls["n"]):
       two_state["params"] = two_c(two_state["params"], state["fitness"])
@@ -432,11 +446,13 @@ def build_syncs(model, shape, particles, mesh, mean, std):
           "param_bytes_per_particle": sync_lib.tree_bytes(jax.tree.map(lambda a: a[0],
                                                                        state["params"])),
           "memory_per_device_pso": memory(pso_c), "memory_per_device_pmean": memory(pmean_c),
+          "memory_per_device_average": memory(average_c),
           "memory_source": "compiled.memory_analysis(), per device (the SPMD program's buffers); "
                            "peak = argument + output - alias + temp",
           "device_memory_stats": jax.devices()[0].memory_stats(),
           "calls_per_sample": calls["n"]}
-  return {"pso_sync": run_pso, "pmean": run_pmean, "gather_fitness": run_gather,
+  return {"pso_sync": run_pso, "pmean": run_pmean, "average_sync": run_average,
+          "gather_fitness": run_gather,
           "gather_then_masked_psum": run_two}, info
 
 
@@ -556,7 +572,9 @@ def main_mode(args):
                for k, v in per_call.items()}
   ratios["pso_sync_vs_pmean"] = common.spread([a / b for a, b in zip(per_call["pso_sync"],
                                                                       per_call["pmean"])])
-  peak = {k: sync_info[f"memory_per_device_{k}"]["peak"] for k in ("pso", "pmean")}
+  ratios["pso_sync_vs_average_sync"] = common.spread(
+      [a / b for a, b in zip(per_call["pso_sync"], per_call["average_sync"])])
+  peak = {k: sync_info[f"memory_per_device_{k}"]["peak"] for k in ("pso", "pmean", "average")}
   peak_ratio = round(peak["pso"] / peak["pmean"], 2)
   round_ms = rows["framework/pso"]["ms_per_round"]["median"]
   sync_share = sync_rows["pso_sync"]["us_per_call"]["median"] / 1000 / round_ms
@@ -594,9 +612,11 @@ def main_mode(args):
   if not torch_name:
     lines.append(TORCH_MISSING)
   lines.append("")
-  for k, label in (("pso_sync", "PSO-PS sync alone"), ("pmean", "lax.pmean of the weights")):
+  for k, mem_key, label in (("pso_sync", "pso", "PSO-PS sync alone"),
+                            ("pmean", "pmean", "lax.pmean of the weights"),
+                            ("average_sync", "average", "averaging's sync (1 all-reduce)")):
     s = sync_rows[k]["us_per_call"]
-    mem = sync_info[f"memory_per_device_{'pso' if k == 'pso_sync' else 'pmean'}"]
+    mem = sync_info[f"memory_per_device_{mem_key}"]
     lines.append(f"{label:28} {s['median']:9.1f} us/call [{s['min']:.1f}, {s['max']:.1f}]   peak "
                  f"{mem['peak']:>9,} B/device (arg {mem['argument']:,} out {mem['output']:,} "
                  f"alias {mem['alias']:,} temp {mem['temp']:,})")
@@ -613,6 +633,7 @@ def main_mode(args):
                f"{fmt(floor_ratio)})")
   lines.append(f"{'pso_sync_vs_pmean (time)':58} {fmt(ratios['pso_sync_vs_pmean'])}")
   lines.append(f"{'peak_bytes_pso_sync_vs_pmean (memory_analysis)':58} {peak_ratio}")
+  lines.append(f"{'pso_sync_vs_average_sync (time)':58} {fmt(ratios['pso_sync_vs_average_sync'])}")
   lines.append(f"PSO-PS sync alone = {100 * sync_share:.1f}% of the median round; "
                f"params {sync_info['param_bytes_per_particle']:,} B per particle")
   print("\n".join(lines), flush=True)
@@ -625,6 +646,7 @@ def main_mode(args):
       "framework_vs_torch": ratios["framework_vs_torch"]["median"] if torch_name else None,
       "pso_sync_vs_pmean": ratios["pso_sync_vs_pmean"]["median"],
       "peak_bytes_pso_sync_vs_pmean": peak_ratio,
+      "pso_sync_vs_average_sync": ratios["pso_sync_vs_average_sync"]["median"],
       "config": config, "machine": common.machine()}
   result = {"command": common.command_line(), **summary,
             "floor_variant": floor_name, "torch_variant": torch_name, "rows": rows, "ratios": ratios, "sync": sync_rows,
