@@ -3,7 +3,9 @@
 A study config (see configs/study_fashion_mnist.py) names a base run config and a grid of
 variants x periods x particle counts x seeds. Every cell is a normal `train.py` run in its own workdir
 (OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not re-run, and
-an interrupted cell resumes from its checkpoint, so the whole study is resumable. Every cell of a
+an interrupted cell resumes from its checkpoint, so the whole study is resumable. A cell being run holds
+a lock file (running.lock, with the pid), so several study.py processes over the same grid (e.g. one per
+core group) share the cells out instead of running the same cell twice. Every cell of a
 variant runs the same number of local steps per particle (`total_steps`).
 
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
@@ -90,17 +92,56 @@ def command(study, workdir, overrides):
   return args + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
+def is_finished(workdir: str) -> bool:
+  """A cell with a summary.json, or a diverged.json (a diverged run is a result too)."""
+  return any(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "diverged.json"))
+
+
+def take_cell(workdir: str) -> bool:
+  """Claim the cell for this process: create workdir/running.lock (O_EXCL) holding our pid. A lock
+  whose process is gone is taken over (the run resumes from its checkpoint). False when another live
+  process holds it, so that two study.py processes over the same grid share the cells out."""
+  os.makedirs(workdir, exist_ok=True)
+  lock = os.path.join(workdir, "running.lock")
+  for _ in range(2):
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        with open(lock) as f:
+          os.kill(int(f.read().strip() or 0), 0)  # signal 0: is that process alive?
+        return False
+      except (ProcessLookupError, ValueError):
+        os.remove(lock)  # stale: its process died
+        continue
+      except PermissionError:
+        return False  # alive, another user's
+    with os.fdopen(fd, "w") as f:
+      f.write(str(os.getpid()))
+    return True
+  return False
+
+
 def run_grid(study, out):
   todo = list(cells(study))
   for i, (name, _, _, _, _, overrides) in enumerate(todo):
     workdir = os.path.join(out, "runs", name)
-    if any(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "diverged.json")):
-      continue  # finished (diverged runs too: a result)
+    if is_finished(workdir):
+      continue
+    if not take_cell(workdir):
+      print(f"[{i + 1}/{len(todo)}] {name}: running in another process, skipped", flush=True)
+      continue
+    if is_finished(workdir):  # finished between the check and the lock
+      os.remove(os.path.join(workdir, "running.lock"))
+      continue
     print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
     t0 = time.time()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
-    result = subprocess.run(command(study, workdir, overrides), cwd=REPO, env=env,
-                            capture_output=True, text=True)
+    try:
+      result = subprocess.run(command(study, workdir, overrides), cwd=REPO, env=env,
+                              capture_output=True, text=True)
+    finally:
+      os.remove(os.path.join(workdir, "running.lock"))
     if result.returncode != 0:
       print(f"  failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
       continue

@@ -11,8 +11,9 @@ interleaved repetitions (the order shuffled each time; medians and spread report
   2. floor      the fastest plain JAX loop for ONE particle (same Flax model, same optax SGD with
                 momentum, same batch, batches sliced from a uint8 shard on the device and normalised
                 inside the step): a jitted step in a Python loop, and a jitted function with the T
-                steps unrolled; the faster one, run N times one after another (= one particle's time
-                x N). No mesh, no sharding, no sync. Two diagnostic variants draw the batches the way
+                steps unrolled, and (when the period exceeds --max-unroll, default train.max_unroll)
+                calls of max_unroll unrolled steps as the framework's round makes; the fastest,
+                run N times one after another (= one particle's time x N). No mesh, no sharding, no sync. Two diagnostic variants draw the batches the way
                 the framework does (`swarm.round_batch_indices`: one permutation per epoch the round
                 touches) and the way it did before (`swarm.batch_indices` at every step: a
                 permutation of the shard per step, see benchmarks/README.md).
@@ -95,8 +96,9 @@ def measure(runners: dict, reps: int, seed: int = 0, slow: tuple = (), slow_reps
 # 2. The plain-JAX floor: one particle, no framework.
 
 
-def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, std, device):
-  """One particle's local steps in plain JAX. Returns {variant: fn(first_step)} (each fn runs one
+def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, std, device,
+                max_unroll: int = 0):
+  """One particle's local steps in plain JAX (also in calls of at most `max_unroll` unrolled steps). Returns {variant: fn(first_step)} (each fn runs one
   round of `period` steps, carrying params and optimizer state, and blocks), the compile seconds,
   and a check that the two batch-drawing functions agree."""
   import jax
@@ -126,10 +128,10 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
   def one_step(params, opt_state, sx, sy, step):
     return train_step(params, opt_state, *sliced(sx, sy, step))
 
-  def unrolled(params, opt_state, sx, sy, first_step, draw="slice"):
+  def unrolled(params, opt_state, sx, sy, first_step, draw="slice", steps=period):
     if draw == "once":
       idx = swarm_lib.round_batch_indices(key, first_step, period, shard_size, batch_size)
-    for t in range(period):
+    for t in range(steps):
       if draw == "slice":
         x, y = sliced(sx, sy, first_step + t)
       elif draw == "per_step":  # what the framework did before round_batch_indices
@@ -142,10 +144,14 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
 
   p0 = model.init(jax.random.key(0), swarm_lib.normalize(jnp.asarray(images[:1]), mean, std))["params"]
   sx, sy = jax.device_put(images, device), jax.device_put(labels, device)
-  step_values = [jax.device_put(jnp.int32(t), device) for t in range(4 * period)]
+  step_values = [jax.device_put(jnp.int32(t), device) for t in range(5 * period)]
   jit_step = jax.jit(one_step, donate_argnums=(0, 1))
   jit_rounds = {draw: jax.jit(functools.partial(unrolled, draw=draw), donate_argnums=(0, 1))
                 for draw in ("slice", "per_step", "once")}
+  # The round as calls of `chunk` unrolled steps (what train.max_unroll does to the framework's round).
+  chunk = swarm_lib.chunk_length(period, "unroll", max_unroll)
+  if chunk < period:
+    jit_rounds["chunks"] = jax.jit(functools.partial(unrolled, steps=chunk), donate_argnums=(0, 1))
 
   compile_seconds = {}
   t0 = time.perf_counter()
@@ -172,8 +178,11 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
 
   variants["step_loop"] = step_loop
   for draw, fn in jit_rounds.items():
-    def run(first_step, fn=fn, state=fresh_state()):
-      params, opt_state, loss = fn(state[0], state[1], sx, sy, step_values[first_step])
+    calls = period // chunk if draw == "chunks" else 1
+    def run(first_step, fn=fn, calls=calls, state=fresh_state()):
+      params, opt_state = state
+      for c in range(calls):
+        params, opt_state, loss = fn(params, opt_state, sx, sy, step_values[first_step + c * chunk])
       jax.block_until_ready(loss)
       state[:] = params, opt_state
     variants[f"unrolled/{draw}"] = run
@@ -482,12 +491,12 @@ def main_mode(args):
   # The round on --devices devices; without quick, also with no sync (the sync's share of the round).
   for strategy_name in ("pso",) if args.quick else ("pso", "none"):
     run, info = common.build_round(args.model, n, args.devices, period, batch, strategy_name,
-                                   shard_size, fitness=args.fitness)
+                                   shard_size, fitness=args.fitness, max_unroll=args.max_unroll)
     runners[f"framework/{strategy_name}"] = functools.partial(lambda r, run: run(r + 2), run=run)
     compile_seconds[f"framework/{strategy_name}"] = info["compile_seconds"]
   # Like for like with the floor: a swarm of ONE particle on ONE device, its round run N times.
   run, info = common.build_round(args.model, 1, 1, period, batch, "pso", shard_size,
-                                 fitness=args.fitness)
+                                 fitness=args.fitness, max_unroll=args.max_unroll)
   runners["framework/1dev"] = functools.partial(
       lambda r, run: [run(r * n + i + 2 * n) for i in range(n)], run=run)
   compile_seconds["framework/1dev"] = info["compile_seconds"]
@@ -499,7 +508,7 @@ def main_mode(args):
   import optax
   tx = optax.sgd(0.01, momentum=0.9)
   floor, floor_compile, same_batches = build_floor(model, tx, images, labels, period, batch, mean,
-                                                   std, jax.devices()[0])
+                                                   std, jax.devices()[0], args.max_unroll)
   for variant, fn in floor.items():
     if args.quick and variant == "unrolled/per_step":
       continue  # the framework's former batch drawing: measured without --quick
@@ -544,7 +553,8 @@ def main_mode(args):
                   "ms_per_round": common.spread([1000 * s for s in t["seconds"]]),
                   "cpu_over_wall": round(statistics.median(t["cpu_over_wall"]), 2),
                   "compile_seconds": compile_seconds.get(name)}
-  floor_candidates = ("floor/step_loop", "floor/unrolled/slice")
+  floor_candidates = [k for k in ("floor/step_loop", "floor/unrolled/slice", "floor/unrolled/chunks")
+                      if k in rows]
   floor_name = min(floor_candidates,
                    key=lambda k: rows[k]["ms_per_round"]["median"])
   seconds = lambda k: timed[k]["seconds"]
@@ -558,6 +568,8 @@ def main_mode(args):
   if "floor/unrolled/per_step" in timed:
     ratios["former_per_step_permutation_vs_slice"] = paired("floor/unrolled/per_step",
                                                             "floor/unrolled/slice")
+  if "floor/unrolled/chunks" in timed:
+    ratios["chunked_round_vs_whole"] = paired("floor/unrolled/chunks", "floor/unrolled/slice")
   if "framework/none" in timed:
     ratios["framework_pso_vs_none"] = paired("framework/pso", "framework/none")
   torch_name = min((k for k in rows if k.startswith("torch/")),
@@ -587,6 +599,7 @@ def main_mode(args):
              "framework/1dev": "framework, 1 particle on 1 dev, xN",
              "floor/step_loop": "floor: jitted step, Python loop",
              "floor/unrolled/slice": "floor: jitted unrolled round",
+             "floor/unrolled/chunks": f"floor: unrolled, calls of {args.max_unroll} steps",
              "floor/unrolled/once": "  unrolled + framework's batches",
              "floor/unrolled/per_step": "  unrolled + former per-step perm.",
              f"torch/{torch_info.get('threads')}threads":
@@ -605,7 +618,7 @@ def main_mode(args):
   lines.append("")
   fmt = lambda s: f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
   for key in ("framework_vs_floor", "framework_1dev_vs_floor", "framework_vs_torch", "floor_vs_torch",
-              "framework_pso_vs_none", "unrolled_round_vs_step_loop",
+              "framework_pso_vs_none", "unrolled_round_vs_step_loop", "chunked_round_vs_whole",
               "framework_batch_drawing_vs_slice", "one_permutation_per_round_vs_slice"):
     if key in ratios:
       lines.append(f"{key + ' (samples/s)':58} {fmt(ratios[key])}")
@@ -640,7 +653,7 @@ def main_mode(args):
 
   config = {"model": args.model, "particles": n, "devices": args.devices, "period": period,
             "batch_size": batch, "shard_size": shard_size, "fitness": args.fitness,
-            "reps": args.reps, "quick": args.quick}
+            "reps": args.reps, "quick": args.quick, "max_unroll": args.max_unroll}
   summary = {
       "framework_vs_floor": ratios["framework_vs_floor"]["median"],
       "framework_vs_torch": ratios["framework_vs_torch"]["median"] if torch_name else None,
@@ -683,7 +696,8 @@ def scaling_mode(args):
     name = f"{particles}on{devices}"
     t0 = time.perf_counter()
     run, built = common.build_round(args.model, particles, devices, period, batch, "pso",
-                                    args.train_size // particles, fitness=args.fitness)
+                                    args.train_size // particles, fitness=args.fitness,
+                                    max_unroll=args.max_unroll)
     runners[name] = functools.partial(lambda r, run: run(r + 2), run=run)
     info[name] = {"particles": particles, "devices": devices, **built}
     print(f"  compiled {particles} particles on {devices} devices: {built['compile_seconds']} s",
@@ -737,7 +751,7 @@ def scaling_mode(args):
   plot_scaling(rows, floor_row, args, png)
   config = {"model": args.model, "particles": n, "period": period, "batch_size": batch,
             "train_size": args.train_size, "fitness": args.fitness, "reps": args.reps,
-            "quick": args.quick}
+            "quick": args.quick, "max_unroll": args.max_unroll}
   summary = {"scaling_samples_per_second": {
       f"{r['particles']}on{r['devices']}": r["samples_per_second"]["median"] for r in rows},
       "floor_samples_per_second": floor_row["samples_per_second"]["median"],
@@ -814,6 +828,9 @@ def main():
                       help="examples of the whole training set; shard = this // particles "
                            "(default: digits 1438 for small_cnn, 60000 for lenet5)")
   parser.add_argument("--fitness", default="round_loss", choices=["round_loss", "probe"])
+  parser.add_argument("--max-unroll", type=int, default=None,
+                      help="the round in calls of at most this many unrolled steps (default: "
+                           "train.max_unroll of configs/digits_pso.py; 0: one call)")
   parser.add_argument("--reps", type=int, default=0,
                       help="interleaved repetitions (default 21, --quick 7)")
   parser.add_argument("--quick", action="store_true",
@@ -824,6 +841,9 @@ def main():
   parser.add_argument("--out", default="", help="JSON path (the PNG of --scaling beside it)")
   args = parser.parse_args()
   args.devices = args.devices or args.particles
+  if args.max_unroll is None:
+    from configs import digits_pso
+    args.max_unroll = digits_pso.get_config().train.max_unroll
   args.train_size = args.train_size or common.TRAIN_SIZES[args.model]
   args.reps = args.reps or (7 if args.quick else 21)
   args.sync_reps = 15 if args.quick else 41

@@ -37,8 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 1         # rounds between lines of metrics.jsonl
   config.train.eval_every = 5        # rounds between test evaluations (0: only at the end)
   config.train.loop = "auto"         # auto | unroll | scan: how a round's local steps are compiled
-  config.train.max_unroll = 16       # unrolled rounds longer than this run as several calls of at
-                                     # most this many steps (compile time bounded); 0: one call
+  config.train.max_unroll = 4        # unrolled rounds longer than this run as several calls of at
+                                     # most this many steps (faster on CPU and compile time bounded:
+                                     # benchmarks/results/max_unroll.json); 0: one call
   config.train.local_layout = "unroll"  # unroll | vmap: passes of several particles on one device
   config.train.init = "shared"       # shared | independent: initial weights of the particles
   config.train.checkpoint_every = 10  # rounds between checkpoints (and one at the end)

@@ -1,4 +1,4 @@
-"""benchmarks/study.py end to end on a tiny digits grid: rows, tables, plots, and resumability."""
+"""benchmarks/study.py end to end on a tiny digits grid: rows, tables, plots, resumability, cell locks."""
 
 import csv
 import json
@@ -51,3 +51,17 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
   assert "[1/3]" not in second and "| pso |" in second
+
+
+def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import study
+  cell = tmp_path / "runs" / "pso_p4_n2_s0"
+  assert study.take_cell(str(cell))  # free: ours
+  assert (cell / "running.lock").read_text() == str(os.getpid())
+  assert not study.take_cell(str(cell))  # held by a live process (this one)
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (cell / "running.lock").write_text(str(dead.pid))  # its process is gone: stale
+  assert study.take_cell(str(cell))
+  assert (cell / "running.lock").read_text() == str(os.getpid())
