@@ -1,6 +1,8 @@
 """The study of benchmarks/study.py on Fashion-MNIST with LeNet-5 (configs/fashion_mnist_pso.py).
 
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist [--quick]
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuning \
+      --out benchmarks/results/study_fashion_mnist_tuning       # learning rates, validation split
 
 Every cell: 704 local steps of batch 32 per particle (3 passes over 7,500 examples with 8 particles),
 SGD lr 0.05 momentum 0.9, evaluated on the test split at 4 points. `variants` maps a name to the config
@@ -9,6 +11,7 @@ is a plain dict (the overrides' keys are dotted config paths).
 """
 
 STRATEGIES = ("pso", "pso_average", "average", "easgd", "diloco", "ssgd", "none")
+TUNING_LEARNING_RATES = (0.025, 0.05, 0.1)
 
 
 def get_config() -> dict:
@@ -25,4 +28,12 @@ def get_config() -> dict:
   }
   study["quick"] = dict(study, periods=[4, 16], num_particles=[8], seeds=[0], total_steps=256,
                         evals=2, one_big_worker=False)
+  # The same tuning budget for every strategy: its learning rate at 3 values (half, 1x, 2x the
+  # default 0.05), period 16, 8 particles, seed 0, on a validation split (5,000 training examples held
+  # out; the test split is never used to choose). PSO-PS's own coefficients and fitness options had
+  # their sweep in configs/study_pso_variants.py (--grid search).
+  study["tuning"] = dict(study, periods=[16], num_particles=[8], seeds=[0], evals=1,
+                         one_big_worker=False, overrides={"data.validation_size": 5000},
+                         variants={f"{s}_lr{lr}": {"sync.strategy": s, "optimizer.learning_rate": lr}
+                                   for s in STRATEGIES for lr in TUNING_LEARNING_RATES})
   return study
