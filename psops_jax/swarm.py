@@ -248,8 +248,9 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
 
   One jitted call per round, unless the steps are unrolled and `period` exceeds `cfg.max_unroll`:
   then the local steps run in calls of `chunk_length(...)` steps and the fitness and sync in one more
-  call (the compile time of an unrolled round grows with its length; the calls are queued without
-  a host sync, the data stays on the devices). Both give the same numbers.
+  call (the compile time of an unrolled round grows with its length, and on CPU LeNet-5's steps ran
+  faster in calls of 2-4 steps: benchmarks/results/max_unroll.json; the calls are queued without a
+  host sync, the data stays on the devices). Both give the same numbers.
   """
 
   def loss_fn(params, images, labels):
