@@ -5,7 +5,7 @@ Each scenario is its own study directory (benchmarks/results/robustness_<scenari
 
   robustness_p<period>.md    strategy x scenario: final test accuracy, mean +- std over the seeds that
                              finished, and how many runs diverged (every particle NaN: reported, not
-                             hidden); plus each strategy's gap to `average`, paired by seed
+                             hidden); plus each strategy's gap to `average` in points, paired by seed
   robustness_p<period>.png   the same as grouped bars (error bars: std over seeds; an x where every run of
                              the cell diverged)
   robustness_p<period>.json  the numbers
@@ -58,10 +58,12 @@ def gap_to_average(stats: dict, average: dict) -> str:
   counts as a win of whatever finished."""
   common = sorted(set(stats["accuracy_by_seed"]) & set(average["accuracy_by_seed"]))
   if not common:
-    return "average diverged" if stats["accuracy_by_seed"] and average["diverged_seeds"] else "-"
-  gaps = [stats["accuracy_by_seed"][s] - average["accuracy_by_seed"][s] for s in common]
-  spread = f" ± {statistics.stdev(gaps):.4f}" if len(gaps) > 1 else ""
-  return f"{statistics.mean(gaps):+.4f}{spread} ({len(gaps)} seeds)"
+    if stats["accuracy_by_seed"] and average["diverged_seeds"]:
+      return "average diverged"
+    return "both diverged" if stats["diverged_seeds"] and average["diverged_seeds"] else "-"
+  gaps = [100 * (stats["accuracy_by_seed"][s] - average["accuracy_by_seed"][s]) for s in common]
+  spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
+  return f"{statistics.mean(gaps):+.1f}{spread} (n={len(gaps)})"
 
 
 def plot(table: dict, scenarios: list, period: int, png: str) -> None:
@@ -107,7 +109,8 @@ def main():
            "| strategy | " + " | ".join(scenarios) + " |", "| --- |" + " --- |" * len(scenarios)]
   lines += [f"| {strategy} | " + " | ".join(describe(table[strategy][s]) for s in scenarios) + " |"
             for strategy in STRATEGIES]
-  lines += ["", "Gap to `average` (strategy - average, mean ± std over the seeds where both finished):",
+  lines += ["", "Gap to `average` in points (strategy - average, x 100, mean ± std over the seeds where "
+            "both finished; n = those seeds):",
             "", "| strategy | " + " | ".join(scenarios) + " |", "| --- |" + " --- |" * len(scenarios)]
   lines += [f"| {strategy} | " + " | ".join(gap_to_average(table[strategy][s], table["average"][s])
                                            for s in scenarios) + " |"
