@@ -82,8 +82,8 @@ def build_round(model_name: str, particles: int, devices: int, period: int, batc
   """The project's compiled round on random uint8 data, ready to call.
 
   max_unroll > 0 splits an unrolled round into calls of at most that many steps plus a sync call, as
-  train.max_unroll does. Returns (run, info): `run(r)` executes round r (the swarm is carried and donated from call to call)
-  and blocks until it is done; info holds the compile seconds.
+  train.max_unroll does. Returns (run, info): `run(r)` executes round r (the swarm is carried and
+  donated from call to call) and blocks until it is done; info holds the compile seconds.
   """
   import jax
   import jax.numpy as jnp
@@ -102,8 +102,8 @@ def build_round(model_name: str, particles: int, devices: int, period: int, batc
   tx = optax.sgd(0.01, momentum=0.9)
   strategy = getattr(sync_lib, strategy_name)(axis_name=swarm_lib.AXES)
   cfg = swarm_lib.RoundConfig(period=period, batch_size=batch_size, fitness=fitness,
-                              probe_size=probe_size, loop=loop, local_layout=layout, max_unroll=max_unroll,
-                              augment=False, mean=(0.5,) * shape[-1],
+                              probe_size=probe_size, loop=loop, local_layout=layout,
+                              max_unroll=max_unroll, augment=False, mean=(0.5,) * shape[-1],
                               std=(0.25,) * shape[-1])
   swarm = swarm_lib.init_swarm(model, tx, strategy, images[0], particles, seed, mesh, cfg.mean,
                                cfg.std)

@@ -98,12 +98,12 @@ def main():
   parser.add_argument("--period", type=int, default=16)
   parser.add_argument("--results", default=RESULTS, help="directory holding robustness_<scenario>/")
   args = parser.parse_args()
-  scenarios = [s for s in SCENARIOS if read_rows(args.results, s, args.period)]
+  rows = {s: read_rows(args.results, s, args.period) for s in SCENARIOS}
+  scenarios = [s for s in SCENARIOS if rows[s]]
   if not scenarios:
     raise SystemExit(f"no robustness results at period {args.period} in {args.results}")
-  table = {strategy: {s: cell_stats([r for r in read_rows(args.results, s, args.period)
-                                     if r["variant"] == strategy]) for s in scenarios}
-           for strategy in STRATEGIES}
+  table = {strategy: {s: cell_stats([r for r in rows[s] if r["variant"] == strategy])
+                      for s in scenarios} for strategy in STRATEGIES}
   lines = [f"Final test accuracy, period {args.period}, mean ± std over seeds (n = runs; diverged = "
            "every particle NaN/inf, the run stopped)", "",
            "| strategy | " + " | ".join(scenarios) + " |", "| --- |" + " --- |" * len(scenarios)]

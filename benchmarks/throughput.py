@@ -13,10 +13,11 @@ interleaved repetitions (the order shuffled each time; medians and spread report
                 inside the step): a jitted step in a Python loop, and a jitted function with the T
                 steps unrolled, and (when the period exceeds --max-unroll, default train.max_unroll)
                 calls of max_unroll unrolled steps as the framework's round makes; the fastest,
-                run N times one after another (= one particle's time x N). No mesh, no sharding, no sync. Two diagnostic variants draw the batches the way
-                the framework does (`swarm.round_batch_indices`: one permutation per epoch the round
-                touches) and the way it did before (`swarm.batch_indices` at every step: a
-                permutation of the shard per step, see benchmarks/README.md).
+                run N times one after another (= one particle's time x N). No mesh, no sharding,
+                no sync. Two diagnostic variants draw the batches the way the framework does
+                (`swarm.round_batch_indices`: one permutation per epoch the round touches) and the
+                way it did before (`swarm.batch_indices` at every step: a permutation of the shard
+                per step, see benchmarks/README.md).
   3. torch      PyTorch CPU (eager), the same architecture written as a torch.nn.Module layer by
                 layer (checked: given the Flax weights it gives the same logits), the same batch and
                 steps, torch.optim.SGD(momentum=0.9); the N particles trained one after another,
@@ -25,10 +26,10 @@ interleaved repetitions (the order shuffled each time; medians and spread report
                 section, under shard_map over the particle mesh as in the round) against
                 `lax.pmean` of the same weights (one all-reduce per leaf), and against the
                 framework's averaging sync (`sync.pmean_floats`: the leaves raveled into one
-                all-reduce, as every strategy's collectives are): time per call (one call after another, each waited
-                for, buffers donated) and peak bytes per device from `compiled.memory_analysis()`
-                (arguments + outputs - aliased + temporaries; XLA:CPU's device.memory_stats()
-                returns None).
+                all-reduce, as every strategy's collectives are): time per call (one call after
+                another, each waited for, buffers donated) and peak bytes per device from
+                `compiled.memory_analysis()` (arguments + outputs - aliased + temporaries; XLA:CPU's
+                device.memory_stats() returns None).
 
 Samples per second = N x T x B / (seconds for the whole swarm's round). Data: random uint8 images of
 the model's input shape (speed does not depend on pixel values); a particle's shard holds
@@ -98,9 +99,10 @@ def measure(runners: dict, reps: int, seed: int = 0, slow: tuple = (), slow_reps
 
 def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, std, device,
                 max_unroll: int = 0):
-  """One particle's local steps in plain JAX (also in calls of at most `max_unroll` unrolled steps). Returns {variant: fn(first_step)} (each fn runs one
-  round of `period` steps, carrying params and optimizer state, and blocks), the compile seconds,
-  and a check that the two batch-drawing functions agree."""
+  """One particle's local steps in plain JAX (also in calls of at most `max_unroll` unrolled steps).
+  Returns {variant: fn(first_step)} (each fn runs one round of `period` steps, carrying params and
+  optimizer state, and blocks), the compile seconds, and a check that the two batch-drawing functions
+  agree."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -144,7 +146,7 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
 
   p0 = model.init(jax.random.key(0), swarm_lib.normalize(jnp.asarray(images[:1]), mean, std))["params"]
   sx, sy = jax.device_put(images, device), jax.device_put(labels, device)
-  step_values = [jax.device_put(jnp.int32(t), device) for t in range(5 * period)]
+  step_values = [jax.device_put(jnp.int32(t), device) for t in range(4 * period)]
   jit_step = jax.jit(one_step, donate_argnums=(0, 1))
   jit_rounds = {draw: jax.jit(functools.partial(unrolled, draw=draw), donate_argnums=(0, 1))
                 for draw in ("slice", "per_step", "once")}
@@ -399,16 +401,11 @@ def build_syncs(model, shape, particles, mesh, mean, std):
   two_fn = jax.jit(jax.shard_map(jax.vmap(collectives_only, axis_name=LOCAL), mesh=mesh,
                                  in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS), check_vma=False),
                    donate_argnums=0)
-  two_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)(state["params"])
-  two_state = {"params": two_params}
-  two_c = two_fn.lower(two_params, state["fitness"]).compile()
   pso_c = pso_fn.lower(state["params"], state["sync"], state["fitness"], key).compile()
+  two_c = two_fn.lower(state["params"], state["fitness"]).compile()
   pmean_c = pmean_fn.lower(state["params"]).compile()
-  pmean_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)(state["params"])
-  pmean_state = {"params": pmean_params}
   average_c = average_fn.lower(state["params"]).compile()
-  average_state = {"params": jax.jit(lambda p: jax.tree.map(jnp.copy, p),
-                                     out_shardings=sharded)(state["params"])}
+  copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharded)
 
   def memory(compiled):
     m = compiled.memory_analysis()
@@ -426,20 +423,18 @@ def build_syncs(model, shape, particles, mesh, mean, std):
       state["params"], state["sync"] = pso_c(state["params"], state["sync"], state["fitness"], key)
       jax.block_until_ready((state["params"], state["sync"]))
 
-  def run_pmean(rep):
-    for _ in range(calls["n"]):
-      pmean_state["params"] = pmean_c(pmean_state["params"])
-      jax.block_until_ready(pmean_state["params"])
+  def runner(compiled, *extra):
+    """Calls `compiled(params, *extra)` on its own copy of the weights (donated from call to call)."""
+    held = {"params": copy_params(state["params"])}
 
-  def run_average(rep):
-    for _ in range(calls["n"]):
-      average_state["params"] = average_c(average_state["params"])
-      jax.block_until_ready(average_state["params"])
+    def run(rep):
+      for _ in range(calls["n"]):
+        held["params"] = compiled(held["params"], *extra)
+        jax.block_until_ready(held["params"])
+    return run
 
-  def run_two(rep):
-    for _ in range(calls["n"]):
-      two_state["params"] = two_c(two_state["params"], state["fitness"])
-      jax.block_until_ready(two_state["params"])
+  run_pmean, run_average = runner(pmean_c), runner(average_c)
+  run_two = runner(two_c, state["fitness"])
 
   def run_gather(rep):
     for _ in range(calls["n"]):

@@ -84,17 +84,18 @@ def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
   """lax.psum of the floating-point leaves of `tree` in ONE all-reduce; integer leaves unchanged.
 
   The float leaves are concatenated into one vector (ravel_pytree, in their common dtype) and split
-  back after the sum: the same sums as one psum per leaf, but one collective instead of one per leaf.
-  XLA:CPU does not combine per-leaf all-reduces itself, and there each collective costs about as much
-  as a weight-sized elementwise pass (benchmarks/throughput.py: a LeNet-5 pmean per leaf took 3x the
-  time of this). The concatenated vector replaces the per-leaf temporaries: peak memory is the same.
+  back after the sum: the same sums as one psum per leaf, but one collective instead of one per leaf,
+  which XLA:CPU does not combine itself (benchmarks/throughput.py: lax.pmean of the LeNet-5 weights
+  leaf by leaf took 3.1x the time of this). The price is the concatenated vector: one weight-sized
+  buffer more than a per-leaf all-reduce needs (where the caller builds a masked copy anyway, as the
+  PSO sync does, that copy becomes the vector).
   """
   floats = _float_leaves(tree)
   if not floats:
     return tree
   flat, unravel = ravel_pytree(floats)
   summed = iter(unravel(lax.psum(flat, axis_name)))
-  return jax.tree.map(lambda a: next(summed) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+  return map_floats(lambda a: next(summed), tree)
 
 
 def pmean_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
