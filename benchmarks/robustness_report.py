@@ -1,16 +1,20 @@
-"""One table and one plot over the robustness scenarios of configs/study_robustness.py (issue 9).
+"""Tables and plots over the robustness scenarios of configs/study_robustness.py (issue 9).
 
 Each scenario is its own study directory (benchmarks/results/robustness_<scenario>/, written by
-`benchmarks/study.py --grid <scenario>`); this reads their results.csv and writes, for one period:
+`benchmarks/study.py --grid <scenario>`); this reads their results.csv and writes, for each period:
 
   robustness_p<period>.md    strategy x scenario: final test accuracy, mean +- std over the seeds that
                              finished, and how many runs diverged (every particle NaN: reported, not
-                             hidden); plus each strategy's gap to `average` in points, paired by seed
-  robustness_p<period>.png   the same as grouped bars (error bars: std over seeds; an x where every run of
-                             the cell diverged)
+                             hidden); each strategy's gap in points to `average` and to the robust
+                             median, paired by seed; and the cost: bytes sent per worker, and training
+                             seconds relative to `average` (median over the scenario x seed pairs)
+  robustness_p<period>.png   the accuracies as grouped bars (error bars: std over seeds; an x where every
+                             run of the cell diverged)
   robustness_p<period>.json  the numbers
 
-  python benchmarks/robustness_report.py --period 16
+and with several periods, robustness_periods.md: PSO-PS's gap to both references, scenario x period.
+
+  python benchmarks/robustness_report.py --periods 4 16 64
 """
 
 import argparse
@@ -22,6 +26,7 @@ import statistics
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SCENARIOS = ("nan", "noise", "lr", "dirichlet_0.1", "dirichlet_1", "dirichlet_100", "lr_edge", "lr_2x")
 STRATEGIES = ("pso", "pso_average", "average", "robust_median", "robust_trimmed", "ssgd", "none")
+REFERENCES = ("average", "robust_median")
 
 
 def read_rows(results: str, scenario: str, period: int) -> list[dict]:
@@ -33,11 +38,14 @@ def read_rows(results: str, scenario: str, period: int) -> list[dict]:
 
 
 def cell_stats(rows: list[dict]) -> dict:
-  """Accuracy per seed of the runs that finished, and the seeds whose run diverged."""
-  finished = {int(r["seed"]): float(r["final_test_accuracy"]) for r in rows if r["diverged"] == "False"}
-  diverged = sorted(int(r["seed"]) for r in rows if r["diverged"] == "True")
-  values = list(finished.values())
-  return {"accuracy_by_seed": finished, "diverged_seeds": diverged,
+  """Accuracy and training seconds per seed of the runs that finished, and the seeds that diverged."""
+  finished = [r for r in rows if r["diverged"] == "False"]
+  accuracy = {int(r["seed"]): float(r["final_test_accuracy"]) for r in finished}
+  values = list(accuracy.values())
+  return {"accuracy_by_seed": accuracy,
+          "seconds_by_seed": {int(r["seed"]): float(r["train_seconds"]) for r in finished},
+          "bytes_per_worker": sorted({int(r["communicated_bytes_per_particle"]) for r in finished}),
+          "diverged_seeds": sorted(int(r["seed"]) for r in rows if r["diverged"] == "True"),
           "mean": statistics.mean(values) if values else None,
           "std": statistics.stdev(values) if len(values) > 1 else None}
 
@@ -53,17 +61,57 @@ def describe(stats: dict) -> str:
   return f"{text} (n={n}{extra})"
 
 
-def gap_to_average(stats: dict, average: dict) -> str:
-  """Mean over seeds of (strategy - average), on the seeds where both finished; a diverged average
-  counts as a win of whatever finished."""
-  common = sorted(set(stats["accuracy_by_seed"]) & set(average["accuracy_by_seed"]))
+def gap(stats: dict, reference: dict) -> str:
+  """Mean +- std over seeds of 100 (strategy - reference), on the seeds where both finished; with no
+  such seed, which of the two diverged."""
+  common = sorted(set(stats["accuracy_by_seed"]) & set(reference["accuracy_by_seed"]))
   if not common:
-    if stats["accuracy_by_seed"] and average["diverged_seeds"]:
-      return "average diverged"
-    return "both diverged" if stats["diverged_seeds"] and average["diverged_seeds"] else "-"
-  gaps = [100 * (stats["accuracy_by_seed"][s] - average["accuracy_by_seed"][s]) for s in common]
+    if stats["diverged_seeds"] and reference["diverged_seeds"]:
+      return "both diverged"
+    if stats["diverged_seeds"] and reference["accuracy_by_seed"]:
+      return "diverged"
+    return "reference diverged" if stats["accuracy_by_seed"] and reference["diverged_seeds"] else "-"
+  gaps = [100 * (stats["accuracy_by_seed"][s] - reference["accuracy_by_seed"][s]) for s in common]
   spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
   return f"{statistics.mean(gaps):+.1f}{spread} (n={len(gaps)})"
+
+
+def seconds_ratio(cells: list[dict], reference_cells: list[dict]) -> float | None:
+  """Median over (scenario, seed) pairs where both runs finished of seconds / reference seconds."""
+  ratios = [cell["seconds_by_seed"][s] / ref["seconds_by_seed"][s]
+            for cell, ref in zip(cells, reference_cells)
+            for s in set(cell["seconds_by_seed"]) & set(ref["seconds_by_seed"])]
+  return statistics.median(ratios) if ratios else None
+
+
+def table_lines(header: str, rows: dict) -> list[str]:
+  """A markdown table: `rows` maps a row label to its cells, in `header`'s order."""
+  columns = header.split(" | ")
+  return (["| " + header + " |", "| --- |" + " --- |" * (len(columns) - 1)]
+          + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows.items()])
+
+
+def period_report(table: dict, scenarios: list, period: int) -> list[str]:
+  header = "strategy | " + " | ".join(scenarios)
+  lines = [f"Final test accuracy, period {period}, mean ± std over seeds (n = runs; diverged = "
+           "every particle NaN/inf, the run stopped)", ""]
+  lines += table_lines(header, {st: [describe(table[st][s]) for s in scenarios] for st in STRATEGIES})
+  for ref in REFERENCES:
+    lines += ["", f"Gap to `{ref}` in points (strategy - {ref}, x 100, mean ± std over the seeds where "
+              "both finished; n = those seeds):", ""]
+    lines += table_lines(header, {st: [gap(table[st][s], table[ref][s]) for s in scenarios]
+                                  for st in STRATEGIES if st != ref})
+  lines += ["", "Cost: bytes each worker sends per run, and training seconds relative to `average` "
+            "(median over the scenario x seed pairs where both finished; the runs shared the machine, "
+            "so the seconds are rough):", ""]
+  cost = {}
+  for st in STRATEGIES:
+    sent = sorted({b for s in scenarios for b in table[st][s]["bytes_per_worker"]})
+    ratio = seconds_ratio([table[st][s] for s in scenarios], [table["average"][s] for s in scenarios])
+    cost[st] = [" / ".join(f"{b / 1e6:.1f} MB" for b in sent) or "-",
+                f"{ratio:.2f}x" if ratio is not None else "-"]
+  lines += table_lines("strategy | sent per worker | seconds vs average", cost)
+  return lines
 
 
 def plot(table: dict, scenarios: list, period: int, png: str) -> None:
@@ -93,36 +141,50 @@ def plot(table: dict, scenarios: list, period: int, png: str) -> None:
   plt.close(fig)
 
 
+def period_table(results: str, period: int) -> tuple[list, dict]:
+  """The scenarios that have runs at `period`, and strategy -> scenario -> cell_stats."""
+  rows = {s: read_rows(results, s, period) for s in SCENARIOS}
+  scenarios = [s for s in SCENARIOS if rows[s]]
+  return scenarios, {st: {s: cell_stats([r for r in rows[s] if r["variant"] == st]) for s in scenarios}
+                     for st in STRATEGIES}
+
+
+def periods_summary(tables: dict) -> list[str]:
+  """PSO-PS's gap to each reference, one row per scenario, one column pair per period."""
+  periods = sorted(tables)
+  header = "scenario | " + " | ".join(f"p{p}: pso - {ref}" for p in periods for ref in REFERENCES)
+  rows = {s: [gap(tables[p][1]["pso"][s], tables[p][1][ref][s]) if s in tables[p][0] else "not run"
+              for p in periods for ref in REFERENCES]
+          for s in SCENARIOS if any(s in tables[p][0] for p in periods)}
+  return (["PSO-PS's gap in points to `average` and to `robust_median`, per period (mean ± std over "
+           "the seeds where both finished; n = those seeds)", ""] + table_lines(header, rows))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--period", type=int, default=16)
+  parser.add_argument("--periods", type=int, nargs="+", default=[16])
   parser.add_argument("--results", default=RESULTS, help="directory holding robustness_<scenario>/")
   args = parser.parse_args()
-  rows = {s: read_rows(args.results, s, args.period) for s in SCENARIOS}
-  scenarios = [s for s in SCENARIOS if rows[s]]
-  if not scenarios:
-    raise SystemExit(f"no robustness results at period {args.period} in {args.results}")
-  table = {strategy: {s: cell_stats([r for r in rows[s] if r["variant"] == strategy])
-                      for s in scenarios} for strategy in STRATEGIES}
-  lines = [f"Final test accuracy, period {args.period}, mean ± std over seeds (n = runs; diverged = "
-           "every particle NaN/inf, the run stopped)", "",
-           "| strategy | " + " | ".join(scenarios) + " |", "| --- |" + " --- |" * len(scenarios)]
-  lines += [f"| {strategy} | " + " | ".join(describe(table[strategy][s]) for s in scenarios) + " |"
-            for strategy in STRATEGIES]
-  lines += ["", "Gap to `average` in points (strategy - average, x 100, mean ± std over the seeds where "
-            "both finished; n = those seeds):",
-            "", "| strategy | " + " | ".join(scenarios) + " |", "| --- |" + " --- |" * len(scenarios)]
-  lines += [f"| {strategy} | " + " | ".join(gap_to_average(table[strategy][s], table["average"][s])
-                                           for s in scenarios) + " |"
-            for strategy in STRATEGIES if strategy != "average"]
-  stem = os.path.join(args.results, f"robustness_p{args.period}")
-  with open(stem + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(stem + ".json", "w") as f:
-    json.dump({"period": args.period, "scenarios": scenarios, "table": table}, f, indent=2)
-  plot(table, scenarios, args.period, stem + ".png")
-  print("\n".join(lines))
-  print(f"wrote {stem}.md, .json, .png")
+  tables = {}
+  for period in args.periods:
+    scenarios, table = period_table(args.results, period)
+    if not scenarios:
+      raise SystemExit(f"no robustness results at period {period} in {args.results}")
+    tables[period] = (scenarios, table)
+    lines = period_report(table, scenarios, period)
+    stem = os.path.join(args.results, f"robustness_p{period}")
+    with open(stem + ".md", "w") as f:
+      f.write("\n".join(lines) + "\n")
+    with open(stem + ".json", "w") as f:
+      json.dump({"period": period, "scenarios": scenarios, "table": table}, f, indent=2)
+    plot(table, scenarios, period, stem + ".png")
+    print("\n".join(lines) + f"\nwrote {stem}.md, .json, .png\n")
+  if len(tables) > 1:
+    lines = periods_summary(tables)
+    path = os.path.join(args.results, "robustness_periods.md")
+    with open(path, "w") as f:
+      f.write("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\nwrote {path}")
 
 
 if __name__ == "__main__":
