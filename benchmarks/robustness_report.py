@@ -23,6 +23,8 @@ import json
 import os
 import statistics
 
+import study  # benchmarks/study.py: paired_gap
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SCENARIOS = ("nan", "noise", "lr", "dirichlet_0.1", "dirichlet_1", "dirichlet_100", "lr_edge", "lr_2x")
 STRATEGIES = ("pso", "pso_average", "average", "robust_median", "robust_trimmed", "ssgd", "none")
@@ -71,9 +73,7 @@ def gap(stats: dict, reference: dict) -> str:
     if stats["diverged_seeds"] and reference["accuracy_by_seed"]:
       return "diverged"
     return "reference diverged" if stats["accuracy_by_seed"] and reference["diverged_seeds"] else "-"
-  gaps = [100 * (stats["accuracy_by_seed"][s] - reference["accuracy_by_seed"][s]) for s in common]
-  spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
-  return f"{statistics.mean(gaps):+.1f}{spread} (n={len(gaps)})"
+  return study.paired_gap(stats["accuracy_by_seed"], reference["accuracy_by_seed"])
 
 
 def seconds_ratio(cells: list[dict], reference_cells: list[dict]) -> float | None:

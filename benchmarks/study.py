@@ -192,6 +192,31 @@ def mean_std(values):
   return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f}{note}"
 
 
+def paired_gap(accuracy: dict, reference: dict) -> str:
+  """Mean +- std over the seeds both have of 100 (accuracy - reference): {seed: accuracy} each."""
+  gaps = [100 * (accuracy[s] - reference[s]) for s in sorted(accuracy.keys() & reference.keys())]
+  if not gaps:
+    return "—"
+  spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
+  return f"{statistics.mean(gaps):+.1f}{spread} (n={len(gaps)})"
+
+
+def gap_lines(study, groups, particles) -> list:
+  """The table of each variant's gap to `study.reference` in points, paired by seed (finished runs)."""
+  def finished(variant, period):
+    return {r["seed"]: r["final_test_accuracy"] for r in groups.get((variant, period, particles), [])
+            if not r["diverged"]}
+  lines = [f"Gap to `{study.reference}` in points (variant - reference, x 100, mean ± std over the "
+           "seeds where both finished; n = those seeds):", "",
+           "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+           "| --- |" + " --- |" * len(study.periods)]
+  for variant in study.variants:
+    if variant != study.reference:
+      lines.append(f"| {variant} | " + " | ".join(
+          paired_gap(finished(variant, p), finished(study.reference, p)) for p in study.periods) + " |")
+  return lines + [""]
+
+
 def markdown(study, rows) -> str:
   groups = collections.defaultdict(list)
   for r in rows:
@@ -214,6 +239,8 @@ def markdown(study, rows) -> str:
       lines.append(f"| one big worker: 1 particle, {particles}x the steps (same samples) | "
                    f"{mean_std(big)} (n={len(big)}) |" + " |" * (len(study.periods) - 1))
     lines.append("")
+    if study.get("reference") in study.variants:
+      lines += gap_lines(study, groups, particles)
   lines.append(f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
                "mean ± std over seeds (n = number of seeds); "
                f"{study.total_steps} local steps per particle in every cell.")

@@ -34,6 +34,7 @@ def get_config() -> dict:
       "evals": 4,
       "overrides": {},
       "one_big_worker": True,
+      "reference": "average",  # results.md also gives every variant's gap to it, paired by seed
   }
   study["quick"] = dict(study, periods=[4, 16], num_particles=[8], seeds=[0], total_steps=256,
                         evals=2, one_big_worker=False)
@@ -44,11 +45,13 @@ def get_config() -> dict:
   # PSO-PS's own coefficients and fitness options had their sweep in configs/study_pso_variants.py
   # (--grid search).
   study["tuning"] = dict(study, periods=[16], num_particles=[8], seeds=[0], evals=1,
-                         one_big_worker=False, overrides={"data.validation_size": 5000},
+                         one_big_worker=False, reference=None,
+                         overrides={"data.validation_size": 5000},
                          variants={f"{s}_lr{lr}": {"sync.strategy": s, "optimizer.learning_rate": lr}
                                    for s in STRATEGIES for lr in TUNING_LEARNING_RATES})
   # Every strategy at the learning rate the tuning chose for it (and at FIRST_TUNED), test split, 3 seeds.
   study["tuned"] = dict(study, periods=[16], num_particles=[8], evals=1, one_big_worker=False,
+                        reference=f"average_lr{TUNED['average']}",
                         variants={f"{s}_lr{lr}": {"sync.strategy": s, "optimizer.learning_rate": lr}
                                   for s in STRATEGIES for lr in sorted({FIRST_TUNED, TUNED[s]})})
   # The tuned rates at the other periods, rare and frequent sync (the rates were chosen at period 16).

@@ -14,7 +14,7 @@ def get_config():
            "variants": {"pso": {"sync.strategy": "pso"}, "average": {"sync.strategy": "average"}},
            "periods": [4], "num_particles": [2], "seeds": [0], "total_steps": 16, "evals": 2,
            "overrides": {"model.name": "mlp", "sync.pso.probe_size": 64},
-           "one_big_worker": True}
+           "one_big_worker": True, "reference": "average"}
   study["quick"] = study
   return study
 '''
@@ -47,6 +47,9 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   assert int(big["steps"]) == 32  # 2 particles x 16 steps, as one worker
   table = (out / "results.md").read_text()
   assert "| pso |" in table and "| average |" in table and "one big worker" in table
+  accuracy = {r["variant"]: float(r["final_test_accuracy"]) for r in rows}
+  assert "Gap to `average`" in table  # one seed: the gap is pso - average, in points
+  assert f"| pso | {100 * (accuracy['pso'] - accuracy['average']):+.1f} (n=1) |" in table
   for key in ("steps", "bytes", "seconds"):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
