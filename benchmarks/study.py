@@ -296,19 +296,9 @@ def report(study, out):
   print(table)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--study", required=True, help="study config file (get_config())")
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="the study's small grid (= --grid quick)")
-  parser.add_argument("--grid", default="", help="a named sub-grid of the study config (e.g. tuning)")
-  parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
-  parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
-  parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
-  parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
-  parser.add_argument("--variants", nargs="+", help="run only these variants")
-  args = parser.parse_args()
-  study = load_study(args.study, "quick" if args.quick else args.grid)
+def sliced(study, args):
+  """The part of the grid that --periods/--num-particles/--seeds/--variants select (a copy)."""
+  study, longest = Study(study), max(study.periods)
   for field in ("periods", "num_particles", "seeds"):
     wanted = getattr(args, field)
     if wanted:
@@ -324,10 +314,29 @@ def main():
                        f"{list(study.variants)}")
     study["variants"] = {k: v for k, v in study.variants.items() if k in args.variants}
     study["one_big_worker"] = False
+  if longest not in study.periods:  # the big worker's cell belongs to the grid's longest period
+    study["one_big_worker"] = False
+  return study
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--study", required=True, help="study config file (get_config())")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--quick", action="store_true", help="the study's small grid (= --grid quick)")
+  parser.add_argument("--grid", default="", help="a named sub-grid of the study config (e.g. tuning)")
+  parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
+  parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
+  parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
+  parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
+  parser.add_argument("--variants", nargs="+", help="run only these variants")
+  args = parser.parse_args()
+  study = load_study(args.study, "quick" if args.quick else args.grid)
+  part = sliced(study, args)  # checks the slice's values even with --report-only
   os.makedirs(args.out, exist_ok=True)
   if not args.report_only:
-    run_grid(study, args.out)
-  report(study, args.out)
+    run_grid(part, args.out)
+  report(study, args.out)  # every finished cell of the grid, whatever slice this process ran
 
 
 if __name__ == "__main__":

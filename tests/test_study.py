@@ -20,10 +20,10 @@ def get_config():
 '''
 
 
-def run_study(study_file, out):
+def run_study(study_file, out, *flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = subprocess.run([sys.executable, "benchmarks/study.py", "--study", str(study_file),
-                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                           "--out", str(out), *flags], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
@@ -54,6 +54,9 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
   assert "[1/3]" not in second and "| pso |" in second
+  run_study(study_file, out, "--variants", "pso", "--report-only")  # a slice still reports it all
+  with open(out / "results.csv") as f:
+    assert sorted(r["variant"] for r in csv.DictReader(f)) == ["average", "one big worker", "pso"]
 
 
 def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(tmp_path):
