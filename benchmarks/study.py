@@ -13,11 +13,13 @@ variant runs the same number of local steps per particle (`total_steps`).
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist --report-only
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
       --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
-  python benchmarks/study.py ... --variants pso average   # only these variants (report: the slice)
+  python benchmarks/study.py ... --variants pso average   # only these variants
 
-Then writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over
-seeds per variant, period and particle count) and accuracy_vs_{steps,bytes,seconds}.png (one line per
-variant, mean over seeds, one panel per period).
+A slice limits what this process runs; the report always covers every finished cell of the grid. Then
+writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over seeds per
+variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line per variant,
+mean over seeds, one panel per period) and, with several periods, final_accuracy_vs_period.png (final
+accuracy against the period, mean +- std over seeds, one panel per particle count).
 """
 
 import argparse
@@ -272,11 +274,58 @@ def plot(study, curves, out):
         if key == "bytes":
           ax.set_xscale("symlog", linthresh=1.0)
       axes[0][0].set_ylabel("accuracy (exported model)")
-      axes[0][-1].legend(fontsize=7, loc="lower right")
+      if axes[0][-1].get_legend_handles_labels()[0]:  # a particle count with no finished run yet
+        axes[0][-1].legend(fontsize=7, loc="lower right")
       fig.suptitle(f"{particles} particles, mean over seeds")
       fig.tight_layout()
       fig.savefig(os.path.join(out, f"accuracy_vs_{key}_n{particles}.png"), dpi=110)
       plt.close(fig)
+
+
+def period_means(rows) -> dict:
+  """{(variant, particles): [(period, mean, std, n)]}: the final accuracy of the finished runs over seeds
+  (std 0 for one run), periods ascending; diverged runs are left out (results.md counts them)."""
+  runs = collections.defaultdict(list)
+  for r in rows:
+    if not r["diverged"] and r["variant"] != BIG_WORKER:
+      runs[(r["variant"], r["num_particles"], r["period"])].append(r["final_test_accuracy"])
+  means = collections.defaultdict(list)
+  for (variant, particles, period), values in sorted(runs.items(), key=lambda kv: kv[0][2]):
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    means[(variant, particles)].append((period, statistics.mean(values), std, len(values)))
+  return dict(means)
+
+
+def plot_periods(study, rows, out):
+  """final_accuracy_vs_period.png: one panel per particle count, one line per variant (error bars: std
+  over seeds), the one big worker as a horizontal band."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  means = period_means(rows)
+  fig, axes = plt.subplots(1, len(study.num_particles), figsize=(5.5 * len(study.num_particles), 4.2),
+                           squeeze=False, sharey=True)
+  for ax, particles in zip(axes[0], study.num_particles):
+    for variant in study.variants:
+      points = means.get((variant, particles), [])
+      if points:
+        periods, mean, std, _ = zip(*points)
+        ax.errorbar(periods, mean, yerr=std, marker="o", markersize=4, capsize=3, label=variant)
+    big = [r["final_test_accuracy"] for r in rows if r["variant"] == BIG_WORKER
+           and r["num_particles"] == particles and not r["diverged"]]
+    if big:
+      ax.axhline(statistics.mean(big), color="black", linestyle="--", linewidth=1,
+                 label="one big worker (same samples)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(study.periods, [str(p) for p in study.periods])
+    ax.set_xlabel("sync period (local steps between syncs)")
+    ax.set_title(f"{particles} particles")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("final accuracy (exported model), mean ± std over seeds")
+  axes[0][-1].legend(fontsize=7, loc="lower left")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "final_accuracy_vs_period.png"), dpi=110)
+  plt.close(fig)
 
 
 def report(study, out):
@@ -293,6 +342,8 @@ def report(study, out):
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(table + "\n")
   plot(study, curves, out)
+  if len(study.periods) > 1:
+    plot_periods(study, rows, out)
   print(table)
 
 

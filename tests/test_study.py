@@ -71,3 +71,25 @@ def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_ov
   (cell / "running.lock").write_text(str(dead.pid))  # its process is gone: stale
   assert study.take_cell(str(cell))
   assert (cell / "running.lock").read_text() == str(os.getpid())
+
+
+def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import study
+
+  def row(variant, period, seed, accuracy, diverged=False):
+    return {"variant": variant, "period": period, "num_particles": 8, "seed": seed,
+            "diverged": diverged, "final_test_accuracy": accuracy}
+
+  rows = [row("pso", 64, 0, 0.80), row("pso", 4, 0, 0.70), row("pso", 4, 1, 0.74),
+          row("pso", 4, 2, None, diverged=True), row(study.BIG_WORKER, 64, 0, 0.9),
+          row("average", 4, 0, 0.85)]
+  means = study.period_means(rows)
+  assert sorted(means) == [("average", 8), ("pso", 8)]  # the big worker is not a period line
+  (p4, mean4, std4, n4), (p64, mean64, std64, n64) = means[("pso", 8)]
+  assert (p4, n4, p64, n64) == (4, 2, 64, 1)
+  assert abs(mean4 - 0.72) < 1e-12 and abs(std4 - 0.04 / 2 ** 0.5) < 1e-12  # sample std of .70, .74
+  assert (mean64, std64) == (0.80, 0.0)
+  grid = study.Study(variants={"pso": {}, "average": {}}, periods=[4, 64], num_particles=[8])
+  study.plot_periods(grid, rows, str(tmp_path))
+  assert (tmp_path / "final_accuracy_vs_period.png").stat().st_size > 1000
