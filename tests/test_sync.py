@@ -478,22 +478,52 @@ def test_new_strategies_bytes_and_bad_options():
     sync_lib.pso(opt_state_on_move="follow", random="coordinate")
 
 
+def numpy_trimmed_mean(x, trim):
+  """Per coordinate: the finite values sorted, t = min(trim, (m - 1) // 2) dropped at each end."""
+  columns = x.reshape(x.shape[0], -1).T
+  out = []
+  for column in columns:
+    finite = np.sort(column[np.isfinite(column)])
+    t = min(trim, (len(finite) - 1) // 2)
+    out.append(finite[t:len(finite) - t].mean() if len(finite) else np.nan)
+  return np.array(out).reshape(x.shape[1:])
+
+
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 @pytest.mark.parametrize("n", [3, 8])
 def test_robust_average_matches_numpy(runner, n):
   x = random_params(np.random.RandomState(20 + n), n)
-  x["w"][0] = np.nan  # a NaN worker: ignored by the median, dropped by the trimmed mean
+  x["w"][0] = np.nan  # a NaN worker: ignored by the median, set aside by the trimmed mean
   x["b"][n - 1] = 1e6  # a worker gone wild
-  for method, trim in (("median", 1), ("trimmed_mean", 1)):
+  x["b"][0, ..., 0] = np.inf
+  trims = (1, 2) if n == 8 else (1,)
+  for method, trim in [("median", 1)] + [("trimmed_mean", t) for t in trims]:
     strategy, run = strategy_and_runner(runner, sync_lib.robust_average, method=method, trim=trim)
     new_x, _ = run(strategy.sync, x, (), jnp.zeros(n), jax.random.key(0), in_axes=(0, None, 0, None))
     for k in x:
       if method == "median":
-        expected = np.nanmedian(x[k], axis=0)
+        expected = np.nanmedian(x[k], axis=0)  # inf counts as a value, NaN does not
       else:
-        expected = np.sort(x[k], axis=0)[trim:n - trim].mean(0)  # NumPy sorts NaN last too
+        expected = numpy_trimmed_mean(x[k], trim)
       np.testing.assert_allclose(np.asarray(new_x[k]), np.broadcast_to(expected, x[k].shape),
                                  rtol=1e-5, atol=1e-6)
       assert np.isfinite(np.asarray(new_x[k])).all()
+
+
+def test_trimmed_mean_sets_non_finite_values_aside_and_keeps_the_plain_rule_when_all_are_finite():
+  rs = np.random.RandomState(3)
+  x = rs.randn(8, 40, 30).astype(np.float32)
+  plain = np.asarray(jax.jit(lambda v: jnp.sort(v, axis=0)[2:6].mean(axis=0))(x))
+  np.testing.assert_array_equal(np.asarray(jax.jit(sync_lib.trimmed_mean, static_argnums=1)(x, 2)),
+                                plain)  # bit for bit: runs without faults are unchanged
+  x[:2, 0, 0] = np.nan  # 2 NaN of 8: the 6 finite values, 2 dropped at each end (not 2 low + 2 NaN)
+  x[:7, 1, 0] = np.nan  # 1 finite value: it is the mean
+  x[:, 2, 0] = np.nan  # none finite: NaN
+  x[0, 3, 0], x[1, 3, 0] = np.inf, -np.inf
+  got = np.asarray(sync_lib.trimmed_mean(jnp.asarray(x), 2))
+  np.testing.assert_allclose(got, numpy_trimmed_mean(x, 2), rtol=1e-6)
+  assert got[1, 0] == x[7, 1, 0] and np.isnan(got[2, 0])
+  healthy = np.sort(x[2:, 0, 0])
+  assert abs(got[0, 0] - healthy[2:4].mean()) < 1e-6  # the old rule gave healthy[2:6].mean()
   with pytest.raises(ValueError, match=r"sync.robust.method='mode'.*median"):
     sync_lib.robust_average(method="mode")
