@@ -219,6 +219,22 @@ def gap_lines(study, groups, particles) -> list:
   return lines + [""]
 
 
+def cost_lines(study, groups, particles) -> list:
+  """The table of MB each particle sends per run and the median training seconds over seeds."""
+  lines = ["MB sent per particle per run, and median training seconds over the seeds (the seconds are "
+           "rough when cells shared the machine):", "",
+           "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+           "| --- |" + " --- |" * len(study.periods)]
+  for variant in study.variants:
+    texts = []
+    for period in study.periods:
+      done = [r for r in groups.get((variant, period, particles), []) if not r["diverged"]]
+      texts.append(f"{done[0]['communicated_bytes_per_particle'] / 1e6:.1f} MB, "
+                   f"{statistics.median(r['train_seconds'] for r in done):.0f} s" if done else "—")
+    lines.append(f"| {variant} | " + " | ".join(texts) + " |")
+  return lines + [""]
+
+
 def markdown(study, rows) -> str:
   groups = collections.defaultdict(list)
   for r in rows:
@@ -243,6 +259,7 @@ def markdown(study, rows) -> str:
     lines.append("")
     if study.get("reference") in study.variants:
       lines += gap_lines(study, groups, particles)
+    lines += cost_lines(study, groups, particles)
   lines.append(f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
                "mean ± std over seeds (n = number of seeds); "
                f"{study.total_steps} local steps per particle in every cell.")

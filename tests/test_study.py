@@ -50,6 +50,9 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   accuracy = {r["variant"]: float(r["final_test_accuracy"]) for r in rows}
   assert "Gap to `average`" in table  # one seed: the gap is pso - average, in points
   assert f"| pso | {100 * (accuracy['pso'] - accuracy['average']):+.1f} (n=1) |" in table
+  pso = next(r for r in rows if r["variant"] == "pso")
+  assert (f"| pso | {int(pso['communicated_bytes_per_particle']) / 1e6:.1f} MB, "
+          f"{float(pso['train_seconds']):.0f} s |") in table  # one seed: its own seconds
   for key in ("steps", "bytes", "seconds"):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
