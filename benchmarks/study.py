@@ -253,10 +253,10 @@ def markdown(study, rows) -> str:
       lines.append(f"| {variant} | " + " | ".join(cells_text) + " |")
     big = [r["final_test_accuracy"] for r in rows
            if r["variant"] == BIG_WORKER and r["num_particles"] == particles]
-    if big:
-      lines.append(f"| one big worker: 1 particle, {particles}x the steps (same samples) | "
-                   f"{mean_std(big)} (n={len(big)}) |" + " |" * (len(study.periods) - 1))
     lines.append("")
+    if big:  # no sync: the period does not apply
+      lines += [f"The one big worker (1 particle, {particles}x the steps: the same samples, no sync): "
+                f"{mean_std(big)} (n={len(big)}).", ""]
     if study.get("reference") in study.variants:
       lines += gap_lines(study, groups, particles)
     lines += cost_lines(study, groups, particles)

@@ -46,7 +46,8 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   big = next(r for r in rows if r["variant"] == "one big worker")
   assert int(big["steps"]) == 32  # 2 particles x 16 steps, as one worker
   table = (out / "results.md").read_text()
-  assert "| pso |" in table and "| average |" in table and "one big worker" in table
+  assert "| pso |" in table and "| average |" in table
+  assert f"the same samples, no sync): {float(big['final_test_accuracy']):.4f} (n=1)." in table
   accuracy = {r["variant"]: float(r["final_test_accuracy"]) for r in rows}
   assert "Gap to `average`" in table  # one seed: the gap is pso - average, in points
   assert f"| pso | {100 * (accuracy['pso'] - accuracy['average']):+.1f} (n=1) |" in table
