@@ -313,21 +313,35 @@ def period_means(rows) -> dict:
   return dict(means)
 
 
+ZOOM = 0.1  # final_accuracy_vs_period.png shows this much accuracy below the best cell
+
+
 def plot_periods(study, rows, out):
   """final_accuracy_vs_period.png: one panel per particle count, one line per variant (error bars: std
-  over seeds), the one big worker as a horizontal band."""
+  over seeds), the one big worker as a horizontal line; cells more than ZOOM below the best are
+  marked at the bottom edge with their value."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   means = period_means(rows)
-  fig, axes = plt.subplots(1, len(study.num_particles), figsize=(5.5 * len(study.num_particles), 4.2),
+  fig, axes = plt.subplots(1, len(study.num_particles), figsize=(5.5 * len(study.num_particles) + 2.2, 4.2),
                            squeeze=False, sharey=True)
+  tops = [m + sd for points in means.values() for _, m, sd, _ in points]
+  bottom = max(min(m - sd for points in means.values() for _, m, sd, _ in points),
+               max(tops) - ZOOM) if tops else 0.0
   for ax, particles in zip(axes[0], study.num_particles):
     for variant in study.variants:
       points = means.get((variant, particles), [])
       if points:
         periods, mean, std, _ = zip(*points)
-        ax.errorbar(periods, mean, yerr=std, marker="o", markersize=4, capsize=3, label=variant)
+        line = ax.errorbar(periods, mean, yerr=std, marker="o", markersize=4, capsize=3, label=variant)
+        for period, m, _, _ in points:  # a collapsed cell would squash the others: marked at the edge
+          if m < bottom:
+            ax.annotate(f"{m:.2f}", (period, bottom), textcoords="offset points", xytext=(0, 4),
+                        ha="center", fontsize=7, color=line[0].get_color(),
+                        arrowprops={"arrowstyle": "->", "color": line[0].get_color()})
+    if tops:
+      ax.set_ylim(bottom, max(tops) + 0.005)
     big = [r["final_test_accuracy"] for r in rows if r["variant"] == BIG_WORKER
            and r["num_particles"] == particles and not r["diverged"]]
     if big:
@@ -339,7 +353,7 @@ def plot_periods(study, rows, out):
     ax.set_title(f"{particles} particles")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("final accuracy (exported model), mean ± std over seeds")
-  axes[0][-1].legend(fontsize=7, loc="lower left")
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
   fig.savefig(os.path.join(out, "final_accuracy_vs_period.png"), dpi=110)
   plt.close(fig)
