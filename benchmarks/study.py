@@ -14,6 +14,8 @@ variant runs the same number of local steps per particle (`total_steps`).
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
       --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
   python benchmarks/study.py ... --variants pso average   # only these variants
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
+      --base configs/mnist_pso.py --set data.source=tfds --out results/mnist   # the same grid on MNIST
 
 A slice limits what this process runs; the report always covers every finished cell of the grid. Then
 writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over seeds per
@@ -378,6 +380,22 @@ def report(study, out):
   print(table)
 
 
+def with_base(study, base, settings) -> Study:
+  """The grid on another base run config and with KEY=VALUE overrides for every cell (a copy): the
+  same study on MNIST or CIFAR-10 (`--base configs/mnist_pso.py --set data.source=tfds`)."""
+  study = Study(study, overrides=dict(study.overrides))
+  if base:
+    if not os.path.exists(base):
+      raise SystemExit(f"--base {base}: no such run config")
+    study["base"] = os.path.relpath(os.path.abspath(base), REPO)
+  for setting in settings:
+    key, sep, value = setting.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--set {setting!r}: expected KEY=VALUE, e.g. data.source=tfds")
+    study["overrides"][key] = value
+  return study
+
+
 def sliced(study, args):
   """The part of the grid that --periods/--num-particles/--seeds/--variants select (a copy)."""
   study, longest = Study(study), max(study.periods)
@@ -412,8 +430,11 @@ def main():
   parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
   parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
   parser.add_argument("--variants", nargs="+", help="run only these variants")
+  parser.add_argument("--base", help="another base run config for the grid, e.g. configs/mnist_pso.py")
+  parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="overrides for every cell, e.g. data.source=tfds")
   args = parser.parse_args()
-  study = load_study(args.study, "quick" if args.quick else args.grid)
+  study = with_base(load_study(args.study, "quick" if args.quick else args.grid), args.base, args.set)
   part = sliced(study, args)  # checks the slice's values even with --report-only
   os.makedirs(args.out, exist_ok=True)
   if not args.report_only:

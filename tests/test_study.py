@@ -97,3 +97,22 @@ def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_p
   grid = study.Study(variants={"pso": {}, "average": {}}, periods=[4, 64], num_particles=[8])
   study.plot_periods(grid, rows, str(tmp_path))
   assert (tmp_path / "final_accuracy_vs_period.png").stat().st_size > 1000
+
+
+def test_the_same_grid_runs_on_another_base_config_with_overrides_for_every_cell():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import pytest
+  import study
+  grid = study.Study(base="configs/fashion_mnist_pso.py", overrides={"data.validation_size": 0},
+                     variants={"pso": {"sync.strategy": "pso"}}, periods=[16], num_particles=[8],
+                     seeds=[0], total_steps=32, evals=1, one_big_worker=False)
+  mnist = study.with_base(grid, os.path.join(REPO, "configs", "mnist_pso.py"), ["data.source=tfds"])
+  assert grid.base == "configs/fashion_mnist_pso.py" and "data.source" not in grid.overrides
+  (_, _, _, _, _, overrides), = study.cells(mnist)
+  args = study.command(mnist, "/tmp/w", overrides)
+  assert args[args.index("--config") + 1] == os.path.join(REPO, "configs", "mnist_pso.py")
+  assert "--config.data.source=tfds" in args and "--config.data.validation_size=0" in args
+  with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+    study.with_base(grid, None, ["data.source"])
+  with pytest.raises(SystemExit, match="no such run config"):
+    study.with_base(grid, "configs/nope.py", [])
