@@ -505,8 +505,8 @@ def robust_average(method: str = "median", trim: int = 1,
 def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
   """The trimmed mean over axis 0 of the finite values (robust_average's rule). A coordinate whose n
   values are all finite takes the plain formula mean(sort(x)[trim:n - trim]): the same value as the
-  masked sum, whose float rounding differs by an ulp, so runs without faults stay bit-identical to
-  the plain rule."""
+  masked sum, whose float rounding may differ in the last bit, so runs without faults stay
+  bit-identical to the plain rule."""
   n = stacked.shape[0]
   finite = jnp.isfinite(stacked)
   ordered = jnp.sort(jnp.where(finite, stacked, jnp.nan), axis=0)  # the finite ascending, then NaN
