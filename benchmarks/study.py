@@ -205,11 +205,15 @@ def paired_gap(accuracy: dict, reference: dict) -> str:
   return f"{statistics.mean(gaps):+.1f}{spread} (n={len(gaps)})"
 
 
+def finished_runs(groups, variant, period, particles) -> list:
+  """The runs of one cell (groups: {(variant, period, particles): [row]}) that did not diverge."""
+  return [r for r in groups.get((variant, period, particles), []) if not r["diverged"]]
+
+
 def gap_lines(study, groups, particles) -> list:
   """The table of each variant's gap to `study.reference` in points, paired by seed (finished runs)."""
   def finished(variant, period):
-    return {r["seed"]: r["final_test_accuracy"] for r in groups.get((variant, period, particles), [])
-            if not r["diverged"]}
+    return {r["seed"]: r["final_test_accuracy"] for r in finished_runs(groups, variant, period, particles)}
   lines = [f"Gap to `{study.reference}` in points (variant - reference, x 100, mean ± std over the "
            "seeds where both finished; n = those seeds):", "",
            "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
@@ -230,7 +234,7 @@ def cost_lines(study, groups, particles) -> list:
   for variant in study.variants:
     texts = []
     for period in study.periods:
-      done = [r for r in groups.get((variant, period, particles), []) if not r["diverged"]]
+      done = finished_runs(groups, variant, period, particles)
       texts.append(f"{done[0]['communicated_bytes_per_particle'] / 1e6:.1f} MB, "
                    f"{statistics.median(r['train_seconds'] for r in done):.0f} s" if done else "—")
     lines.append(f"| {variant} | " + " | ".join(texts) + " |")
