@@ -20,8 +20,9 @@ variant runs the same number of local steps per particle (`total_steps`).
 A slice limits what this process runs; the report always covers every finished cell of the grid. Then
 writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over seeds per
 variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line per variant,
-mean over seeds, one panel per period) and, with several periods, final_accuracy_vs_period.png (final
-accuracy against the period, mean +- std over seeds, one panel per particle count).
+mean over seeds, one panel per period) and, when finished runs span several periods,
+final_accuracy_vs_period.png (final accuracy against the period, mean +- std over seeds, one panel per
+particle count).
 """
 
 import argparse
@@ -379,7 +380,7 @@ def report(study, out):
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(table + "\n")
   plot(study, curves, out)
-  if len(study.periods) > 1:
+  if len({r["period"] for r in rows}) > 1:  # finished runs at several periods
     plot_periods(study, rows, out)
   print(table)
 

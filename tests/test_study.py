@@ -61,6 +61,11 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   run_study(study_file, out, "--variants", "pso", "--report-only")  # a slice still reports it all
   with open(out / "results.csv") as f:
     assert sorted(r["variant"] for r in csv.DictReader(f)) == ["average", "one big worker", "pso"]
+  two_periods = tmp_path / "two_periods.py"
+  two_periods.write_text(TINY_STUDY.replace('"periods": [4]', '"periods": [4, 8]'))
+  run_study(two_periods, out, "--report-only")  # period 8 never ran: no plot against the period
+  assert "| pso | 0." in (out / "results.md").read_text()
+  assert not (out / "final_accuracy_vs_period.png").exists()
 
 
 def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(tmp_path):
