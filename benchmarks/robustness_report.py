@@ -12,7 +12,8 @@ Each scenario is its own study directory (benchmarks/results/robustness_<scenari
                              run of the cell diverged)
   robustness_p<period>.json  the numbers
 
-and with several periods, robustness_periods.md: PSO-PS's gap to both references, scenario x period.
+and with several periods, robustness_periods.md (PSO-PS's gap to both references, scenario x period)
+and robustness_periods.png (one panel per scenario: each strategy's accuracy against the period).
 
   python benchmarks/robustness_report.py --periods 4 16 64
 """
@@ -141,6 +142,51 @@ def plot(table: dict, scenarios: list, period: int, png: str) -> None:
   plt.close(fig)
 
 
+def plot_periods(tables: dict, png: str) -> None:
+  """One panel per scenario: each strategy's final accuracy against the period, mean +- std over the
+  seeds that finished; an x at the bottom where every run of the cell diverged."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
+  periods = sorted(tables)
+  scenarios = [s for s in SCENARIOS if any(s in tables[p][0] for p in periods)]
+  columns = min(4, len(scenarios))
+  rows = -(-len(scenarios) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows + 0.6), squeeze=False,
+                           sharey=True)
+  for ax, scenario in zip(axes.flat, scenarios):
+    for k, strategy in enumerate(STRATEGIES):
+      dodge = 2 ** (0.05 * (k - (len(STRATEGIES) - 1) / 2))  # side by side around each period
+      cells = [(p * dodge, tables[p][1][strategy][scenario]) for p in periods if scenario in tables[p][0]]
+      done = [(p, c) for p, c in cells if c["mean"] is not None]
+      if done:
+        ax.errorbar([p for p, _ in done], [c["mean"] for _, c in done],
+                    yerr=[c["std"] or 0.0 for _, c in done], color=f"C{k}", marker="o", markersize=3,
+                    capsize=2, linewidth=1)
+      dead = [p for p, c in cells if c["mean"] is None and c["diverged_seeds"]]
+      ax.plot(dead, [0.03] * len(dead), "x", color=f"C{k}", markersize=6, mew=2)
+    ax.set_title(scenario, fontsize=10)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(periods, [str(p) for p in periods])
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(scenarios):]:
+    ax.set_visible(False)
+  for ax in axes[:, 0]:
+    ax.set_ylabel("final test accuracy")
+  for ax in axes[-1]:
+    ax.set_xlabel("sync period")
+  handles = [Line2D([], [], color=f"C{k}", marker="o", markersize=3, label=st)
+             for k, st in enumerate(STRATEGIES)]
+  fig.legend(handles=handles, ncol=len(STRATEGIES), fontsize=8, loc="lower center")
+  fig.suptitle("Fashion-MNIST, LeNet-5, 8 workers: accuracy against the sync period "
+               "(mean ± std over seeds; x = every run diverged)", fontsize=10)
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  fig.savefig(png, dpi=110)
+  plt.close(fig)
+
+
 def period_table(results: str, period: int) -> tuple[list, dict]:
   """The scenarios that have runs at `period`, and strategy -> scenario -> cell_stats."""
   rows = {s: read_rows(results, s, period) for s in SCENARIOS}
@@ -184,7 +230,8 @@ def main():
     path = os.path.join(args.results, "robustness_periods.md")
     with open(path, "w") as f:
       f.write("\n".join(lines) + "\n")
-    print("\n".join(lines) + f"\nwrote {path}")
+    plot_periods(tables, os.path.join(args.results, "robustness_periods.png"))
+    print("\n".join(lines) + f"\nwrote {path} and robustness_periods.png")
 
 
 if __name__ == "__main__":
