@@ -24,7 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.dirichlet_alpha = 1.0  # dirichlet: 0.1 nearly one class per particle, 100 ~ iid
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "small_cnn"    # mlp | lenet5 | small_cnn | vgg_small
+  config.model.name = "small_cnn"    # mlp | lenet5 | small_cnn | vgg_small | resnet20 (BatchNorm)
+  config.model.dtype = "float32"     # float32 | bfloat16: the computation's dtype (mixed precision);
+                                     # params, optimizer state and the sync stay float32
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"      # sgd | adam

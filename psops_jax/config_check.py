@@ -64,6 +64,7 @@ def validate(config) -> None:
                       f"{(config.num_particles - 1) // 2} (2 * trim < num_particles)")
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.name", models.MODELS)
+  _choice(config, "model.dtype", models.DTYPES)
   _choice(config, "optimizer.name", OPTIMIZERS)
   _number(config, "optimizer.learning_rate", 0.0, strict=True)
   _number(config, "optimizer.momentum", 0.0)

@@ -9,7 +9,7 @@ d * L + l is local particle l of device d.
 
 The expensive part, each particle's forward and backward pass, is laid out by `local_layout`:
 "unroll" writes the L passes one after another in the program; "vmap" vmaps them, which XLA:CPU compiles
-into grouped convolutions (DESIGN.md measured them 10x slower). `benchmarks/particles_per_device.py`
+into grouped convolutions (10x slower on CPU, docs/DESIGN.md). `benchmarks/particles_per_device.py`
 compares the layouts.
 
 Loop structure of the local steps (`loop`): "unroll" writes the `period` steps out in the jitted
@@ -39,8 +39,10 @@ PyTree = Any
 
 
 class Swarm(NamedTuple):
-  """All particles' state; every leaf has a leading particle axis of size N."""
+  """All particles' state; every leaf has a leading particle axis of size N. `batch_stats` holds the
+  models' running statistics (BatchNorm; `{}` for a model without them)."""
   params: PyTree
+  batch_stats: PyTree
   opt_state: PyTree
   sync_state: PyTree
 
@@ -91,7 +93,7 @@ class RoundConfig(NamedTuple):
   loop: str           # "unroll" or "scan"
   local_layout: str   # "unroll" or "vmap": the forward/backward passes of a device's particles
   max_unroll: int     # unrolled rounds longer than this run in several calls (0: one call)
-  augment: bool       # random crop (4-pixel pad) and horizontal flip, for CIFAR-10
+  augment: bool       # random crop (4-pixel pad) and horizontal flip (key stream seed + 4)
   mean: tuple
   std: tuple
   fault: Fault | None = None  # faulty workers injected into the run (None: none)
@@ -162,6 +164,19 @@ def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: 
   return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
+def apply_model(model, params, batch_stats, images, train: bool):
+  """(logits, new batch_stats) of a model on normalised images. `train`: BatchNorm normalises with
+  the batch's statistics and updates the running ones; otherwise it uses the running ones. A model
+  without batch statistics gets `{}` and returns it."""
+  if not jax.tree.leaves(batch_stats):
+    return model.apply({"params": params}, images, train=train), batch_stats
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not train:
+    return model.apply(variables, images, train=False), batch_stats
+  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  return logits, updates["batch_stats"]
+
+
 def swarm_metrics(params, new_params, sync_state) -> dict:
   """What the swarm did at this sync, for one particle (PSO strategies only, no extra communication):
   global_best = index of the global best's particle, distance_to_global_best = ||x_i' - g|| (x_i'
@@ -196,12 +211,13 @@ def round_batch_indices(key: jax.Array, first_step: jax.Array, period: int, shar
   return jax.vmap(lambda r, s: lax.dynamic_slice(orders[r], (s,), (batch_size,)))(rows, starts)
 
 
-def gather_batch(key, step, idx, images, labels, augment: bool):
+def gather_batch(augment_key, step, idx, images, labels, augment: bool):
   """The mini-batch of global step `step` at indices `idx` of one particle's shard, augmented if
-  asked (the augmentation key is fold_in(fold_in(key, -1), step))."""
+  asked with the key fold_in(augment_key, step); `augment_key` is the particle's own augmentation
+  stream, fold_in(key(seed + 4), particle), apart from the streams of batches, sync and probe."""
   x, y = images[idx], labels[idx]
   if augment:
-    x = augment_batch(jax.random.fold_in(jax.random.fold_in(key, -1), step), x)
+    x = augment_batch(jax.random.fold_in(augment_key, step), x)
   return x, y
 
 
@@ -253,27 +269,29 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
   host sync, the data stays on the devices). Both give the same numbers.
   """
 
-  def loss_fn(params, images, labels):
-    return cross_entropy(model.apply({"params": params}, normalize(images, cfg.mean, cfg.std)), labels)
+  def loss_fn(params, batch_stats, images, labels, train=True):
+    logits, batch_stats = apply_model(model, params, batch_stats,
+                                      normalize(images, cfg.mean, cfg.std), train)
+    return cross_entropy(logits, labels), batch_stats
 
-  grad_fn = per_particle(jax.value_and_grad(loss_fn), cfg.local_layout)
+  grad_fn = per_particle(jax.value_and_grad(loss_fn, has_aux=True), cfg.local_layout)
   over_local = lambda fn, in_axes=0: jax.vmap(fn, in_axes=in_axes, axis_name=LOCAL)
   batch_fn = over_local(functools.partial(gather_batch, augment=cfg.augment),
                         in_axes=(0, None, 0, 0, 0))
 
   fault = cfg.fault if cfg.fault is not None and cfg.fault.kind != "none" else None
 
-  def local_step(carry, step_and_idx, images, labels, data_keys, faulty):
-    params, opt_state = carry
+  def local_step(carry, step_and_idx, images, labels, augment_keys, faulty):
+    params, batch_stats, opt_state = carry
     step, idx = step_and_idx  # idx: (L, B), this step's indices into each local particle's shard
-    x, y = batch_fn(data_keys, step, idx, images, labels)
-    loss, grads = grad_fn(params, x, y)
+    x, y = batch_fn(augment_keys, step, idx, images, labels)
+    (loss, batch_stats), grads = grad_fn(params, batch_stats, x, y)
     grads = over_local(strategy.reduce_grads)(grads)
     updates, opt_state = over_local(tx.update)(grads, opt_state, params)
     if fault is not None and fault.kind == "lr":  # the faulty particles' updates, scale x larger
       factor = jnp.where(faulty & (step >= fault.round * cfg.period), fault.scale, 1.0)
       updates = over_local(lambda u, f: jax.tree.map(lambda a: a * f, u))(updates, factor)
-    return (optax.apply_updates(params, updates), opt_state), loss
+    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
   def inject_fault(params, index, faulty, first_step):
     """At the first step of the fault's round: faulty particles' weights NaN or noise."""
@@ -283,17 +301,19 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
       return jax.tree.map(lambda b, a: jnp.where(hit, b, a), broken, p)
     return over_local(one)(params, index, faulty)
 
-  def sync_one(params, opt_state, sync_state, fitness, key):
-    new_params, sync_state = strategy.sync(params, sync_state, fitness, key)
-    return (new_params, strategy.reduce_opt_state(opt_state, sync_state, key), sync_state,
-            swarm_metrics(params, new_params, sync_state))
+  def sync_one(params, batch_stats, opt_state, sync_state, fitness, key):
+    new_params, batch_stats, sync_state = sync_lib.sync_variables(
+        strategy, params, batch_stats, sync_state, fitness, key)
+    return (new_params, batch_stats, strategy.reduce_opt_state(opt_state, sync_state, key),
+            sync_state, swarm_metrics(params, new_params, sync_state))
 
-  def device_steps(params, opt_state, data: DeviceData, first_step, count: int):
+  def device_steps(params, batch_stats, opt_state, data: DeviceData, first_step, count: int):
     """`count` local steps of the device's particles from global step `first_step`;
     losses (count, L)."""
     local_count = data.train_labels.shape[0]
     index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
-    data_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), index)
+    keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(stream, index)
+    data_keys, augment_keys = keys_of(jax.random.key(seed)), keys_of(jax.random.key(seed + 4))
     faulty = (is_faulty(index, local_count * mesh.devices.size, fault) if fault is not None
               else jnp.zeros(local_count, bool))
     if fault is not None and fault.kind in ("nan", "noise"):
@@ -304,38 +324,40 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
     indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
     step_fn = functools.partial(local_step, images=data.train_images, labels=data.train_labels,
-                                data_keys=data_keys, faulty=faulty)
-    carry = (params, opt_state)
+                                augment_keys=augment_keys, faulty=faulty)
+    carry = (params, batch_stats, opt_state)
     if cfg.loop == "scan":
-      (params, opt_state), losses = lax.scan(step_fn, carry, (steps, indices))
-      return params, opt_state, losses
+      carry, losses = lax.scan(step_fn, carry, (steps, indices))
+      return (*carry, losses)
     losses = []
     for t in range(count):
       carry, loss = step_fn(carry, (steps[t], indices[t]))
       losses.append(loss)
-    return carry[0], carry[1], jnp.stack(losses)
+    return (*carry, jnp.stack(losses))
 
   def device_sync(swarm: Swarm, data: DeviceData, round_index, losses):
     """Fitness, sync and metrics at the end of round `round_index`; losses (period, L)."""
-    params, opt_state, sync_state = swarm
-    if cfg.fitness == "probe":
+    params, batch_stats, opt_state, sync_state = swarm
+    if cfg.fitness == "probe":  # running statistics (BatchNorm in evaluation mode)
       probe_x, probe_y = round_probe(data, cfg.probe_size, jax.random.key(seed + 2), round_index)
-      probe_loss = per_particle(lambda p: loss_fn(p, probe_x, probe_y), cfg.local_layout)
-      fitness = probe_loss(params)
+      probe_loss = per_particle(lambda p, s: loss_fn(p, s, probe_x, probe_y, train=False)[0],
+                                cfg.local_layout)
+      fitness = probe_loss(params, batch_stats)
       if strategy.reevaluates_best:  # f(p_i) on this round's probe batch, before the comparison
-        sync_state = sync_state._replace(personal_fitness=probe_loss(sync_state.personal_best))
+        sync_state = sync_state._replace(
+            personal_fitness=probe_loss(sync_state.personal_best, batch_stats))
     else:  # mean mini-batch loss over the last half of the round
       fitness = losses[cfg.period // 2:].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
-    params, opt_state, sync_state, extra = over_local(sync_one, in_axes=(0, 0, 0, 0, None))(
-        params, opt_state, sync_state, fitness, sync_key)
+    *swarm, extra = over_local(sync_one, in_axes=(0, 0, 0, 0, 0, None))(
+        params, batch_stats, opt_state, sync_state, fitness, sync_key)
     metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
-    return Swarm(params, opt_state, sync_state), metrics
+    return Swarm(*swarm), metrics
 
   def device_round(swarm: Swarm, data: DeviceData, round_index):
-    params, opt_state, losses = device_steps(swarm.params, swarm.opt_state, data,
-                                             round_index * cfg.period, cfg.period)
-    return device_sync(Swarm(params, opt_state, swarm.sync_state), data, round_index, losses)
+    *state, losses = device_steps(swarm.params, swarm.batch_stats, swarm.opt_state, data,
+                                  round_index * cfg.period, cfg.period)
+    return device_sync(Swarm(*state, swarm.sync_state), data, round_index, losses)
 
   data_spec = DeviceData(P(AXIS), P(AXIS), P(), P())
   # check_vma=False: collectives over (mesh axis, vmap axis) need it with jax 0.10 (DESIGN.md)
@@ -346,8 +368,9 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
                            out_specs=(P(AXIS), P(AXIS))), donate_argnums=0)
 
   steps_fn = jax.jit(on_mesh(functools.partial(device_steps, count=chunk),
-                             in_specs=(P(AXIS), P(AXIS), data_spec, P()),
-                             out_specs=(P(AXIS), P(AXIS), P(None, AXIS))), donate_argnums=(0, 1))
+                             in_specs=(P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
+                             out_specs=(P(AXIS), P(AXIS), P(AXIS), P(None, AXIS))),
+                     donate_argnums=(0, 1, 2))
   sync_fn = jax.jit(on_mesh(device_sync, in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)),
                             out_specs=(P(AXIS), P(AXIS))), donate_argnums=0)
 
@@ -360,13 +383,11 @@ def chain_calls(steps_fn, sync_fn, period: int, chunk: int):
   """A round made of period / chunk calls of `steps_fn` and one of `sync_fn` (see make_round)."""
 
   def round_fn(swarm: Swarm, data: DeviceData, round_index):
-    params, opt_state, losses = swarm.params, swarm.opt_state, []
+    state, losses = (swarm.params, swarm.batch_stats, swarm.opt_state), []
     for c in range(period // chunk):
-      params, opt_state, chunk_losses = steps_fn(params, opt_state, data,
-                                                 jnp.int32(round_index * period + c * chunk))
+      *state, chunk_losses = steps_fn(*state, data, jnp.int32(round_index * period + c * chunk))
       losses.append(chunk_losses)
-    return sync_fn(Swarm(params, opt_state, swarm.sync_state), data, round_index,
-                   jnp.concatenate(losses))
+    return sync_fn(Swarm(*state, swarm.sync_state), data, round_index, jnp.concatenate(losses))
 
   return round_fn
 
@@ -380,7 +401,8 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   sharding = jax.tree.leaves(swarm.params)[0].sharding
   losses = jax.ShapeDtypeStruct((period, num_particles), jnp.float32,
                                 sharding=NamedSharding(sharding.mesh, P(None, AXIS)))
-  steps_c = steps_fn.lower(swarm.params, swarm.opt_state, data, jnp.int32(0)).compile()
+  steps_c = steps_fn.lower(swarm.params, swarm.batch_stats, swarm.opt_state, data,
+                           jnp.int32(0)).compile()
   sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses).compile()
   return chain_calls(steps_c, sync_c, period, chunk)
 
@@ -394,17 +416,21 @@ def init_swarm(model, tx, strategy, sample_images: np.ndarray, num_particles: in
   """The swarm on the mesh: every particle from the same initial weights ("shared"), or each from its
   own key fold_in(seed, particle index) ("independent")."""
   x = normalize(jnp.asarray(sample_images[:1]), mean, std)
-  init_one = lambda key: model.init(key, x)["params"]
+
+  def init_one(key):
+    variables = model.init(key, x)
+    return variables["params"], variables.get("batch_stats", {})
 
   def build():
     if init == "shared":
       one = init_one(jax.random.key(seed))
-      params = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one)
+      params, batch_stats = jax.tree.map(
+          lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one)
     else:
       keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
           jnp.arange(num_particles))
-      params = jax.vmap(init_one)(keys)
-    return Swarm(params, jax.vmap(tx.init)(params), jax.vmap(strategy.init)(params))
+      params, batch_stats = jax.vmap(init_one)(keys)
+    return Swarm(params, batch_stats, jax.vmap(tx.init)(params), jax.vmap(strategy.init)(params))
 
   # Built by jit: every leaf gets a buffer of its own (the round donates them all).
   return jax.jit(build, out_shardings=NamedSharding(mesh, P(AXIS)))()
@@ -427,27 +453,47 @@ def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
 # Evaluation.
 
 
-def accuracy_and_loss(model, params, images, labels, mean, std):
-  """(accuracy, mean cross-entropy) of one model over a whole split, in unrolled chunks of EVAL_CHUNK."""
+def accuracy_and_loss(model, params, batch_stats, images, labels, mean, std):
+  """(accuracy, mean cross-entropy) of one model (BatchNorm with its running statistics) over a whole
+  split, in unrolled chunks of EVAL_CHUNK."""
   correct, total_loss = 0.0, 0.0
   for start in range(0, labels.shape[0], EVAL_CHUNK):
     x, y = images[start:start + EVAL_CHUNK], labels[start:start + EVAL_CHUNK]
-    logits = model.apply({"params": params}, normalize(x, mean, std))
+    logits, _ = apply_model(model, params, batch_stats, normalize(x, mean, std), train=False)
     correct += jnp.sum(jnp.argmax(logits, -1) == y)
     total_loss += optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
   return correct / labels.shape[0], total_loss / labels.shape[0]
 
 
-def make_evaluators(model, mesh, mean, std):
-  """(evaluate_particles, evaluate_one): accuracy and loss of every particle (each device evaluates
-  its own particles) and of a single model (on one device)."""
+class Evaluators(NamedTuple):
+  """Evaluation functions, compiled once for a run.
+
+  particles(params, batch_stats, images, labels) -> (accuracies (N,), losses (N,)): every particle,
+      each device evaluating its own;
+  one(params, batch_stats, images, labels) -> (accuracy, loss): a single model on one device;
+  mean(params, batch_stats) -> their means over the particles (the averaged weights).
+  """
+  particles: Any
+  one: Any
+  mean: Any
+
+
+def compile_evaluators(model, swarm: Swarm, test: tuple, test_one: tuple, mean, std) -> Evaluators:
+  """Evaluators for `swarm`'s shapes, compiled ahead of time: `test` is the split replicated on the
+  mesh, `test_one` the same split on one device."""
   fn = functools.partial(accuracy_and_loss, model, mean=mean, std=std)
+  mesh = jax.tree.leaves(swarm.params)[0].sharding.mesh
 
-  def device_particles(params, images, labels):
-    return per_particle(lambda p: fn(p, images, labels), "unroll")(params)
+  def device_particles(params, batch_stats, images, labels):
+    return per_particle(lambda p, s: fn(p, s, images, labels), "unroll")(params, batch_stats)
 
-  evaluate_particles = jax.jit(jax.shard_map(device_particles, mesh=mesh,
-                                             in_specs=(P(AXIS), P(), P()),
-                                             out_specs=(P(AXIS), P(AXIS))))
-  evaluate_one = jax.jit(fn)
-  return evaluate_particles, evaluate_one
+  particles = jax.jit(jax.shard_map(device_particles, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()),
+                                    out_specs=(P(AXIS), P(AXIS))))
+  on_device = test_one[0].sharding
+  one_model = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=on_device),
+                           (swarm.params, swarm.batch_stats))
+  average = lambda params, batch_stats: jax.tree.map(lambda a: a.mean(0), (params, batch_stats))
+  return Evaluators(
+      particles=particles.lower(swarm.params, swarm.batch_stats, *test).compile(),
+      one=jax.jit(fn).lower(*one_model, *test_one).compile(),
+      mean=jax.jit(average).lower(swarm.params, swarm.batch_stats).compile())

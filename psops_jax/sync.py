@@ -16,6 +16,13 @@ particles per device (a mesh axis times a vmap axis): the particles are then num
 optimizer state after every sync (identity except for `average(average_opt_state=True)` and pso's
 `opt_state_on_move`).
 
+Models with BatchNorm carry running statistics beside the weights. `sync_with_stats(params,
+batch_stats, state, fitness, key) -> (params, batch_stats, state)` is the sync that also decides a
+particle's batch statistics, in the same collective as the weights (a ravelled all-reduce carries both):
+averaging strategies average them, selecting strategies take them from the particles they select,
+`none` keeps them local, the robust average takes their median (or trimmed mean). `sync` is that
+function with no statistics; every strategy's docstring says what it does with them.
+
 `bytes_per_round(params, period, opt_state=None)` is the communication model: the bytes ONE particle
 puts into collectives during one round of `period` local steps (the payload of each all-reduce or
 all-gather that particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of the
@@ -57,6 +64,40 @@ class SyncStrategy(NamedTuple):
   export: str  # the model a run exports: "global_best", "center", "mean" or "best_particle"
   reduce_opt_state: Callable[[PyTree, PyTree, jax.Array], PyTree] = keep_opt_state
   reevaluates_best: bool = False  # the round re-measures f(p_i) on its probe batch before `sync`
+  # (params, batch_stats, state, fitness, key) -> (params, batch_stats, state); None: no statistics
+  sync_with_stats: Callable[..., tuple[PyTree, PyTree, PyTree]] | None = None
+  shares_batch_stats: bool = True  # the batch statistics travel in the sync's collective
+
+
+def make_strategy(init, sync_with_stats, reduce_grads, bytes_per_round, export,
+                  **kwargs) -> SyncStrategy:
+  """A SyncStrategy from its `sync_with_stats`; `sync` is the same function without statistics."""
+
+  def sync(params, state, fitness, key):
+    params, _, state = sync_with_stats(params, (), state, fitness, key)
+    return params, state
+
+  return SyncStrategy(init, sync, reduce_grads, bytes_per_round, export,
+                      sync_with_stats=sync_with_stats, **kwargs)
+
+
+def sync_variables(strategy: SyncStrategy, params, batch_stats, state, fitness, key):
+  """(params, batch_stats, state) after `strategy`'s sync; a strategy without `sync_with_stats`
+  works for models without batch statistics only."""
+  if strategy.sync_with_stats is not None:
+    return strategy.sync_with_stats(params, batch_stats, state, fitness, key)
+  if jax.tree.leaves(batch_stats):
+    raise ValueError("this sync strategy has no sync_with_stats: it cannot sync a model with batch "
+                     "statistics (BatchNorm)")
+  params, state = strategy.sync(params, state, fitness, key)
+  return params, batch_stats, state
+
+
+def round_bytes(strategy: SyncStrategy, params, period: int, opt_state=None, batch_stats=()) -> int:
+  """Bytes one particle puts into collectives per round: the strategy's model, plus the batch
+  statistics once per round when the strategy shares them."""
+  stats = tree_bytes(batch_stats) if strategy.shares_batch_stats else 0
+  return strategy.bytes_per_round(params, period, opt_state) + stats
 
 
 def tree_bytes(tree: PyTree) -> int:
@@ -133,14 +174,16 @@ def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
 
 
 def none(axis_name: AxisName = "particles") -> SyncStrategy:
-  """Independent particles: no communication at all (a lower bound for every sync method)."""
+  """Independent particles: no communication at all (a lower bound for every sync method).
+  Batch statistics stay local."""
   del axis_name
-  return SyncStrategy(
+  return make_strategy(
       init=lambda params: (),
-      sync=lambda params, state, fitness, key: (params, state),
+      sync_with_stats=lambda params, stats, state, fitness, key: (params, stats, state),
       reduce_grads=_identity,
       bytes_per_round=lambda params, period, opt_state=None: 0,
       export="best_particle",
+      shares_batch_stats=False,
   )
 
 
@@ -148,15 +191,20 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
   """Parameter averaging (local SGD): x_i := (1/N) sum_k x_k at every sync.
 
   The optimizer state stays local unless `average_opt_state`, which also averages its floating-point
-  leaves (e.g. momentum buffers), one more all-reduce of their size.
+  leaves (e.g. momentum buffers), one more all-reduce of their size. Batch statistics are averaged
+  in the weights' all-reduce.
   """
 
   def reduce_opt_state(opt_state, state, key):
     return pmean_floats(opt_state, axis_name)
 
-  return SyncStrategy(
+  def sync_with_stats(params, stats, state, fitness, key):
+    params, stats = pmean_floats((params, stats), axis_name)
+    return params, stats, state
+
+  return make_strategy(
       init=lambda params: (),
-      sync=lambda params, state, fitness, key: (pmean_floats(params, axis_name), state),
+      sync_with_stats=sync_with_stats,
       reduce_grads=_identity,
       bytes_per_round=lambda params, period, opt_state=None: tree_bytes(params) + (
           tree_bytes(_float_leaves(opt_state)) if average_opt_state and opt_state is not None else 0),
@@ -168,11 +216,13 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
 def ssgd(axis_name: AxisName = "particles") -> SyncStrategy:
   """Synchronous SGD: gradients all-reduced every step, g := (1/N) sum_k g_k; no sync between rounds.
 
-  Particles that start identical stay identical (same gradient, same optimizer update).
+  Particles that start identical stay identical (same gradient, same optimizer update). Batch
+  statistics (each particle's own batches) are averaged at the end of every round, one all-reduce.
   """
-  return SyncStrategy(
+  return make_strategy(
       init=lambda params: (),
-      sync=lambda params, state, fitness, key: (params, state),
+      sync_with_stats=lambda params, stats, state, fitness, key: (
+          params, pmean_floats(stats, axis_name), state),
       reduce_grads=lambda grads: pmean_floats(grads, axis_name),
       bytes_per_round=lambda params, period, opt_state=None: period * tree_bytes(params),
       export="mean",
@@ -215,7 +265,8 @@ def sanitize_fitness(fitness: jax.Array) -> jax.Array:
 
 
 def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_name: AxisName):
-  """g := p_j with j = argmin_k f(p_k) (ties: lowest index), fetched with ONE masked all-reduce.
+  """g := p_j with j = argmin_k f(p_k) (ties: lowest index), fetched with ONE masked all-reduce
+  (`personal_best` may be any pytree: the weights, or the weights and the batch statistics).
 
   The N scalar fitnesses are all-gathered; the weights are psum(where(i == j, p_i, 0)), so no device ever
   holds more than one other particle's weights. `where` (not a multiply) keeps a NaN in a losing
@@ -306,7 +357,8 @@ def pso(inertia: Coefficient = 0.0,
   w = inertia, c1 = cognitive, c2 = social: numbers, or schedules (callables of the sync count, e.g.
   `optax.linear_schedule`). c3 = mean_pull (c3 > 0 is `pso_average`, one more all-reduce);
   r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never becomes a
-  personal or global best.
+  personal or global best. Batch statistics: every particle takes those of particle j (its current
+  running statistics), fetched in the same masked all-reduce as g.
 
   memory: how long a best counts. "forever" (textbook PSO: f(p_i) compared as stored), "round" (f(p_i)
   reset to +inf at every sync, i.e. p_i := x_i'), "decay" (f(p_i) := f(p_i) (1 + memory_decay) at
@@ -355,15 +407,15 @@ def pso(inertia: Coefficient = 0.0,
       return state.personal_fitness * (1.0 + memory_decay)
     return sanitize_fitness(state.personal_fitness)  # forever; reevaluate: measured by the round
 
-  def sync(params, state: PSOState, fitness, key):
+  def sync_with_stats(params, stats, state: PSOState, fitness, key):
     fitness = sanitize_fitness(fitness)
     remembered = remembered_fitness(state)
     improved = fitness < remembered
     personal_best = (jax.tree.map(lambda x, p: jnp.where(improved, x, p), params, state.personal_best)
                      if keeps_personal_best else params)
     personal_fitness = jnp.where(improved, fitness, remembered)
-    global_best, global_fitness, winner = fetch_global_best(personal_best, personal_fitness,
-                                                            axis_name)
+    (global_best, stats), global_fitness, winner = fetch_global_best(
+        (personal_best, stats), personal_fitness, axis_name)
     r1, r2 = draw_r(particle_key(key, axis_name), params, random)
     w, c1, c2 = (value(c, state.count) for c in (inertia, cognitive, social))
     to_best = jax.tree.map(jnp.subtract, global_best, params)
@@ -383,7 +435,7 @@ def pso(inertia: Coefficient = 0.0,
                          maybe(keeps_personal_best, personal_best), personal_fitness,
                          maybe(keeps_global_best, global_best), global_fitness,
                          winner.astype(jnp.int32), optax.tree.norm(to_best), state.count + 1)
-    return new_params, new_state
+    return new_params, stats, new_state
 
   def move_opt_state(opt_state, state: PSOState, key):
     """The optimizer state after the sync `state` came from (see opt_state_on_move)."""
@@ -408,9 +460,8 @@ def pso(inertia: Coefficient = 0.0,
     extra = num_allreduce * moved if opt_state_on_move == "follow" else 0
     return num_allreduce * tree_bytes(params) + extra + 4  # + the fitness in the all-gather
 
-  return SyncStrategy(init, sync, _identity, bytes_per_round, export="global_best",
-                      reduce_opt_state=move_opt_state,
-                      reevaluates_best=memory == "reevaluate")
+  return make_strategy(init, sync_with_stats, _identity, bytes_per_round, export="global_best",
+                       reduce_opt_state=move_opt_state, reevaluates_best=memory == "reevaluate")
 
 
 def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> SyncStrategy:
@@ -434,19 +485,21 @@ def best_pull(pull: float = 0.25, axis_name: AxisName = "particles") -> SyncStra
 
   c = 0 is parameter averaging, c = 1 is "everyone jumps to the best" (PSO-PS with w = c1 = 0,
   c2 = 1, r2 = 1). One all-gather of N scalars and ONE all-reduce of the weights:
-  psum((1 - c)/N x_i + c [i = j] x_i). Every particle leaves the sync with the same weights.
+  psum((1 - c)/N x_i + c [i = j] x_i). Every particle leaves the sync with the same weights. Batch
+  statistics get the same rule, in the same all-reduce.
   """
 
-  def sync(params, state, fitness, key):
+  def sync_with_stats(params, stats, state, fitness, key):
     is_best = _ranks(fitness, axis_name) == 0
     n = lax.psum(1, axis_name)
     best_share = lambda x: jnp.where(is_best, pull * x, jnp.zeros_like(x))
     share = (lambda x: (1.0 - pull) / n * x + best_share(x)) if pull < 1 else best_share
-    return psum_floats(jax.tree.map(share, params), axis_name), state
+    params, stats = psum_floats(jax.tree.map(share, (params, stats)), axis_name)
+    return params, stats, state
 
-  return SyncStrategy(lambda params: (), sync, _identity,
-                      lambda params, period, opt_state=None: tree_bytes(params) + 4,
-                      export="mean")
+  return make_strategy(lambda params: (), sync_with_stats, _identity,
+                       lambda params, period, opt_state=None: tree_bytes(params) + 4,
+                       export="mean")
 
 
 def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
@@ -454,17 +507,19 @@ def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
 
   k = N is parameter averaging; k = 1 is "everyone jumps to the best". One all-gather of N scalars
   and ONE all-reduce of the weights (psum of where(rank_i < k, x_i, 0), where keeping a NaN in a
-  particle outside the top k out of the sum).
+  particle outside the top k out of the sum). Batch statistics: the mean of the same k, in the same
+  all-reduce.
   """
 
-  def sync(params, state, fitness, key):
+  def sync_with_stats(params, stats, state, fitness, key):
     chosen = _ranks(fitness, axis_name) < k
-    masked = jax.tree.map(lambda x: jnp.where(chosen, x, jnp.zeros_like(x)), params)
-    return jax.tree.map(lambda s: s / k, psum_floats(masked, axis_name)), state
+    masked = jax.tree.map(lambda x: jnp.where(chosen, x, jnp.zeros_like(x)), (params, stats))
+    params, stats = jax.tree.map(lambda s: s / k, psum_floats(masked, axis_name))
+    return params, stats, state
 
-  return SyncStrategy(lambda params: (), sync, _identity,
-                      lambda params, period, opt_state=None: tree_bytes(params) + 4,
-                      export="mean")
+  return make_strategy(lambda params: (), sync_with_stats, _identity,
+                       lambda params, period, opt_state=None: tree_bytes(params) + 4,
+                       export="mean")
 
 
 ROBUST_METHODS = ("median", "trimmed_mean")
@@ -483,6 +538,7 @@ def robust_average(method: str = "median", trim: int = 1,
   The obvious defence against faulty workers, for comparison with selection (PSO-PS). It needs every
   particle's weights on every device: an all-gather of the weights (N x the memory and received
   bytes of an all-reduce; bytes_per_round counts the payload each particle sends, its params).
+  Batch statistics get the same rule, coordinate by coordinate.
   """
   if method not in ROBUST_METHODS:
     raise ValueError(f"sync.robust.method={method!r}: accepted values are {ROBUST_METHODS}")
@@ -497,9 +553,12 @@ def robust_average(method: str = "median", trim: int = 1,
                        "particles (2 * trim < num_particles)")
     return trimmed_mean(stacked, trim)
 
-  return SyncStrategy(lambda params: (), lambda params, state, fitness, key: (
-      jax.tree.map(combine, params), state), _identity,
-                      lambda params, period, opt_state=None: tree_bytes(params), export="mean")
+  def sync_with_stats(params, stats, state, fitness, key):
+    params, stats = jax.tree.map(combine, (params, stats))
+    return params, stats, state
+
+  return make_strategy(lambda params: (), sync_with_stats, _identity,
+                       lambda params, period, opt_state=None: tree_bytes(params), export="mean")
 
 
 def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
@@ -541,18 +600,20 @@ def easgd(alpha: float = 0.1, axis_name: AxisName = "particles") -> SyncStrategy
       c   := c + alpha sum_k (x_k - c)          (both from the values before the sync)
 
   alpha = 0 is independent training; N alpha <= 1 keeps the center between itself and the mean.
-  The exported model is the center c.
+  The exported model is the center c. Batch statistics are averaged (the center has none of its
+  own), in the same all-reduce.
   """
 
-  def sync(params, state: CenterState, fitness, key):
+  def sync_with_stats(params, stats, state: CenterState, fitness, key):
     diff = jax.tree.map(jnp.subtract, params, state.center)
-    total = psum_floats(diff, axis_name)
+    total, stats_sum = psum_floats((diff, stats), axis_name)
+    n = lax.psum(1, axis_name)
     new_params = jax.tree.map(lambda x, d: x - alpha * d, params, diff)
     center = jax.tree.map(lambda c, t: c + alpha * t, state.center, total)
-    return new_params, state._replace(center=center)
+    return new_params, map_floats(lambda s: s / n, stats_sum), state._replace(center=center)
 
-  return SyncStrategy(_center_init, sync, _identity,
-                      lambda params, period, opt_state=None: tree_bytes(params), export="center")
+  return make_strategy(_center_init, sync_with_stats, _identity,
+                       lambda params, period, opt_state=None: tree_bytes(params), export="center")
 
 
 def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = True,
@@ -566,18 +627,19 @@ def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = T
       x_i   := theta
 
   eta = learning_rate, mu = momentum. eta = 1, mu = 0 is parameter averaging. The inner optimizers'
-  states stay local.
+  states stay local. Batch statistics are averaged (no outer step), in the same all-reduce.
   """
 
-  def sync(params, state: CenterState, fitness, key):
-    delta = jax.tree.map(jnp.subtract, state.center, pmean_floats(params, axis_name))
+  def sync_with_stats(params, stats, state: CenterState, fitness, key):
+    mean, stats = pmean_floats((params, stats), axis_name)
+    delta = jax.tree.map(jnp.subtract, state.center, mean)
     m = jax.tree.map(lambda m, d: momentum * m + d, state.momentum, delta)
     step = jax.tree.map(lambda d, m: d + momentum * m, delta, m) if nesterov else m
     theta = jax.tree.map(lambda t, s: t - learning_rate * s, state.center, step)
-    return theta, CenterState(theta, m)
+    return theta, stats, CenterState(theta, m)
 
-  return SyncStrategy(_center_init, sync, _identity,
-                      lambda params, period, opt_state=None: tree_bytes(params), export="mean")
+  return make_strategy(_center_init, sync_with_stats, _identity,
+                       lambda params, period, opt_state=None: tree_bytes(params), export="mean")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ in progress and raise `Preempted`.
 """
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -90,14 +91,20 @@ def first_particle(tree):
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)[0]), tree)
 
 
-def global_best(swarm) -> dict:
-  """g of a PSO swarm, as NumPy: the stored copy, or (when the options make g the params of the
-  particle that holds it, and the state does not store it) that particle's params."""
+def particle(tree, j: int):
+  """Particle j's slice of every leaf, as NumPy."""
+  return jax.tree.map(lambda a: to_host(a)[j], tree)
+
+
+def global_best(swarm) -> tuple:
+  """(g, its batch statistics) of a PSO swarm, as NumPy: the stored copy of g, or (when the options
+  make g the params of the particle that holds it, and the state does not store it) that particle's
+  params; the statistics are those the sync gave every particle (the winner's)."""
   state = swarm.sync_state
-  if jax.tree.leaves(state.global_best):
-    return first_particle(state.global_best)
   j = max(int(first_particle(state.global_index)), 0)
-  return jax.tree.map(lambda a: to_host(a)[j], swarm.params)
+  if jax.tree.leaves(state.global_best):
+    return first_particle(state.global_best), particle(swarm.batch_stats, j)
+  return particle(swarm.params, j), particle(swarm.batch_stats, j)
 
 
 def params_fingerprint(params) -> str:
@@ -108,25 +115,48 @@ def params_fingerprint(params) -> str:
   return digest.hexdigest()
 
 
+ACCELERATOR_PACKAGES = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm7-plugin", "libtpu")
+
+
+def accelerator_note(backend: str, installed=None) -> str | None:
+  """A warning when JAX runs on CPU although a GPU/TPU build of JAX is installed (a driver or plugin
+  that did not load), unless JAX_PLATFORMS asks for the CPU; None otherwise."""
+  if backend != "cpu" or "cpu" in os.environ.get("JAX_PLATFORMS", "").split(","):
+    return None
+  if installed is None:
+    installed = []
+    for name in ACCELERATOR_PACKAGES:
+      try:
+        importlib.metadata.version(name)
+        installed.append(name)
+      except importlib.metadata.PackageNotFoundError:
+        pass
+  if not installed:
+    return None
+  return (f"psops_jax: WARNING: JAX is running on the CPU although {', '.join(installed)} is "
+          "installed: the accelerator did not load (see the messages above). Set JAX_PLATFORMS=cuda "
+          "(or tpu) to make that an error, or JAX_PLATFORMS=cpu to silence this.")
+
+
 def _finite_or_none(value) -> float | None:
   """JSON has no NaN/inf: a non-finite number is written as null."""
   value = float(value)
   return value if np.isfinite(value) else None
 
 
-def evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one):
+def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, test, test_one):
   """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
   the exported model (global best for PSO-PS, the center for EASGD, averaged weights for the other
-  averaging-type strategies, the best particle for independent training). The best particle is the one
-  with the lowest final fitness (a training-split quantity: the test split never chooses). `test` is
-  replicated on the mesh (for the particles), `test_one` lies on one local device (single models)."""
-  evaluate_particles, evaluate_one = evaluators
-  accuracies = to_host(evaluate_particles(swarm.params, *test)[0]).astype(np.float64)
+  averaging-type strategies, the best particle for independent training), each with its batch
+  statistics. The best particle is the one with the lowest final fitness (a training-split quantity:
+  the test split never chooses). `test` is replicated on the mesh (for the particles), `test_one` lies
+  on one local device (single models)."""
+  accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
+  accuracies = accuracies.astype(np.float64)
   best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
   device = test_one[0].devices().pop()
-  accuracy_of = lambda params: float(evaluate_one(jax.device_put(params, device), *test_one)[0])
-  averaged = jax.tree.map(to_host, jax.jit(lambda p: jax.tree.map(lambda a: a.mean(0), p))(
-      swarm.params))
+  accuracy_of = lambda model: float(evaluators.one(*jax.device_put(model, device), *test_one)[0])
+  averaged = jax.tree.map(to_host, evaluators.mean(swarm.params, swarm.batch_stats))
   result = {
       "test_accuracy_particles": accuracies.tolist(),
       "test_accuracy_best_particle": float(accuracies[best]),
@@ -136,8 +166,9 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators, test, test_one):
   }
   if strategy.export == "global_best":
     result["final_test_accuracy"] = accuracy_of(global_best(swarm))
-  elif strategy.export == "center":
-    result["final_test_accuracy"] = accuracy_of(first_particle(swarm.sync_state.center))
+  elif strategy.export == "center":  # the statistics are averaged: equal on every particle
+    result["final_test_accuracy"] = accuracy_of((first_particle(swarm.sync_state.center),
+                                                 first_particle(swarm.batch_stats)))
   elif strategy.export == "mean":
     result["final_test_accuracy"] = result["test_accuracy_averaged_weights"]
   else:
@@ -196,6 +227,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary."""
   config_check.validate(config)
   is_main = jax.process_index() == 0
+  note = accelerator_note(jax.default_backend())
+  if note and is_main:
+    print(note, flush=True)
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.check_config(workdir, config.to_dict(), config.train.allow_config_change)
   n = config.num_particles
@@ -216,7 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
   probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels, probe_pool, config.seed)
 
-  model = models.create(config.model.name, dataset.num_classes)
+  model = models.create(config.model.name, dataset.num_classes, config.model.dtype)
   tx = make_optimizer(config)
   strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
   uses_probe = config.sync.strategy in sync_lib.SELECTING and config.sync.pso.fitness == "probe"
@@ -239,7 +273,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   local_device = jax.local_devices()[0]
   test_one = (jax.device_put(dataset.test_images, local_device),
               jax.device_put(dataset.test_labels, local_device))
-  evaluators = swarm_lib.make_evaluators(model, mesh, dataset.mean, dataset.std)
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   start, spent = 0, {"train_seconds": 0.0, "compile_seconds": 0.0}
@@ -253,11 +286,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   round_fn = swarm_lib.make_round(model, tx, strategy, round_cfg, mesh, config.seed)
   t0 = time.perf_counter()
   compiled_round = swarm_lib.compile_round(round_fn, swarm, device_data)
+  evaluators = swarm_lib.compile_evaluators(model, swarm, test, test_one, dataset.mean, dataset.std)
   compile_seconds = spent["compile_seconds"] + time.perf_counter() - t0
 
   one_particle = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-  bytes_per_round = strategy.bytes_per_round(one_particle(swarm.params), config.sync.period,
-                                             one_particle(swarm.opt_state))
+  bytes_per_round = sync_lib.round_bytes(strategy, one_particle(swarm.params), config.sync.period,
+                                         one_particle(swarm.opt_state),
+                                         one_particle(swarm.batch_stats))
   samples_per_round = n * config.sync.period * config.train.batch_size
   rounds = config.train.rounds
   if is_main:
@@ -297,8 +332,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       done = r + 1
       checkpoint_now = done % config.train.checkpoint_every == 0 or done == rounds
       evaluate_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
-      stop = sigterm.any_process()
-      if done % config.train.log_every == 0 or checkpoint_now or evaluate_now or stop:
+      logged = done % config.train.log_every == 0 or checkpoint_now or evaluate_now
+      # Several processes agree on a stop only at logged rounds: the agreement is a host sync.
+      stop = sigterm.any_process() if logged or jax.process_count() == 1 else False
+      if logged or stop:
         host_metrics = {k: to_host(v).astype(np.float64) for k, v in round_metrics.items()}
         train_seconds += time.perf_counter() - t0
         record = round_record(r, host_metrics, config, samples_per_round, bytes_per_round,
