@@ -1,36 +1,15 @@
 """Data loaders on files the tests write, TFDS through its mock, sharding and augmentation."""
 
-import gzip
 import os
-import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fake_data import write_cifar10_dir, write_mnist_dir
 from psops_jax import data as data_lib
 from psops_jax import swarm as swarm_lib
-
-
-def write_idx(path, array):
-  """An IDX file of uint8 data: magic 0,0,8,ndim; big-endian uint32 sizes; the bytes."""
-  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-  payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "wb") as f:
-    f.write(payload)
-
-
-def write_mnist_dir(directory, n_train=40, n_test=10, gz=True, seed=0):
-  rng = np.random.RandomState(seed)
-  arrays = {"train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28)),
-            "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
-            "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)),
-            "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test)}
-  for stem, array in arrays.items():
-    write_idx(os.path.join(directory, stem + (".gz" if gz else "")), array.astype(np.uint8))
-  return arrays
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -79,20 +58,13 @@ def test_unknown_names_list_the_accepted_values():
 
 
 def test_cifar10_python_batches(tmp_path):
-  rng = np.random.RandomState(0)
-  expected = []
-  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-    chw = rng.randint(0, 256, (4, 3, 32, 32)).astype(np.uint8)
-    labels = rng.randint(0, 10, 4).tolist()
-    with open(tmp_path / name, "wb") as f:
-      pickle.dump({b"data": chw.reshape(4, -1), b"labels": labels}, f)
-    expected.append((chw.transpose(0, 2, 3, 1), labels))
+  expected = write_cifar10_dir(str(tmp_path), per_batch=4, learnable=False)
   ds = data_lib.load("cifar10", "files", str(tmp_path))
   assert ds.train_images.shape == (20, 32, 32, 3)
   np.testing.assert_array_equal(ds.train_images[4:8], expected[1][0])
   np.testing.assert_array_equal(ds.test_labels, expected[5][1])
   # pixel (row 5, col 7) of image 0 channel 2 is chw[0, 2, 5, 7]
-  assert ds.test_images[0, 5, 7, 2] == expected[5][0][0, 5, 7, 2]
+  assert ds.test_images[0, 5, 7, 2] == expected[5][2][0, 2, 5, 7]
 
 
 def test_digits_split_is_disjoint_and_complete():

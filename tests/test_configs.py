@@ -1,0 +1,118 @@
+"""Every file in configs/ runs: each run config through train_and_evaluate for a few rounds on small
+data of its real format (IDX files, CIFAR-10 python batches, TFDS through its mock), and every cell of
+every study grid is a valid config whose distinct settings run too."""
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+
+import fake_data
+from psops_jax import config_check
+from psops_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso")
+STUDY_CONFIGS = ("study_digits", "study_fashion_mnist", "study_pso_variants", "study_robustness")
+
+
+def test_every_config_file_is_tested_here():
+  names = {f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
+           if f.endswith(".py") and f != "__init__.py"}
+  assert names == set(RUN_CONFIGS) | set(STUDY_CONFIGS)
+
+
+def set_field(config, dotted, value):
+  node = config
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def toy(config, data_dir, rounds=2):
+  """The config at toy size: 2 rounds of 2 steps of batch 8, a small probe, the data in data_dir."""
+  for dotted, value in {"train.rounds": rounds, "sync.period": 2, "train.batch_size": 8,
+                        "sync.pso.probe_size": 32, "train.eval_every": 1, "train.log_every": 1,
+                        "data.validation_size": min(config.data.validation_size, 20)}.items():
+    set_field(config, dotted, value)
+  if config.data.source == "files":
+    config.data.dir = data_dir
+  return config
+
+
+def write_data(name, directory):
+  if name == "cifar10":
+    fake_data.write_cifar10_dir(directory, per_batch=40)
+  elif name in ("mnist", "fashion_mnist"):
+    fake_data.write_mnist_dir(directory, n_train=200, n_test=40, learnable=True)
+
+
+def check_summary(summary, config):
+  assert summary["rounds"] == config.train.rounds
+  assert summary["steps"] == config.train.rounds * config.sync.period
+  assert 0.0 <= summary["final_test_accuracy"] <= 1.0
+  assert all(np.isfinite(v) for v in summary["final_train_loss_particles"])
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_run_config_trains_on_data_of_its_format(name, tmp_path):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  if config.data.source == "tfds":  # the files path here; TFDS below
+    config.data.source = "files"
+  write_data(config.data.name, str(tmp_path / "data"))
+  config = toy(config, str(tmp_path / "data"))
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  check_summary(summary, config)
+  assert summary["config"]["model"]["name"] == importlib.import_module(
+      f"configs.{name}").get_config().model.name
+
+
+def test_cifar10_config_through_tfds_mock(tmp_path):
+  """The config's own source, TFDS, through tfds.testing.mock_data (the MLP: ResNet-20 ran above)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = toy(importlib.import_module("configs.cifar10_pso").get_config(), "", rounds=1)
+  assert config.data.source == "tfds"
+  config.model.name = "mlp"
+  with tfds.testing.mock_data(num_examples=96):
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  check_summary(summary, config)
+
+
+def study_cells(name):
+  """(grid name, cell name, config) of every cell of every grid of the study config `name`."""
+  from benchmarks import study as study_lib
+  spec = importlib.import_module(f"configs.{name}").get_config()
+  grids = [""] + [k for k, v in spec.items() if isinstance(v, dict) and "variants" in v]
+  for grid in grids:
+    study = study_lib.load_study(os.path.join(REPO, "configs", f"{name}.py"), grid)
+    base = importlib.import_module(
+        "configs." + os.path.splitext(os.path.basename(study.base))[0]).get_config()
+    for cell, _, _, _, _, overrides in study_lib.cells(study):
+      config = base.copy_and_resolve_references()
+      for dotted, value in overrides.items():
+        set_field(config, dotted, value)
+      yield grid, cell, config
+
+
+def test_study_cells_are_valid_and_their_scenarios_run(tmp_path):
+  """Every cell of every grid validates; one cell per distinct scenario (data set, partition, fault,
+  validation split) runs at toy size with the MLP (the configs' own models run in the test above;
+  every strategy in tests/test_train.py)."""
+  seen = set()
+  for name in STUDY_CONFIGS:
+    for grid, cell, config in study_cells(name):
+      config_check.validate(config)
+      key = (config.data.name, config.data.partition, config.faults.kind,
+             config.data.validation_size > 0)
+      if key in seen:
+        continue
+      seen.add(key)
+      write_data(config.data.name, str(tmp_path / "data"))
+      config = toy(config, str(tmp_path / "data"))
+      config.model.name = "mlp"
+      config.faults.step = 2  # the fault strikes in the second round
+      summary = train.train_and_evaluate(config, str(tmp_path / "runs" / f"{name}_{grid}_{cell}"))
+      assert summary["config"]["faults"]["kind"] == key[2], (name, grid, cell)
+  assert len(seen) >= 7  # digits; fashion_mnist plain, validation, nan, noise, lr, dirichlet
