@@ -107,10 +107,11 @@ def global_best(swarm) -> tuple:
   return particle(swarm.params, j), particle(swarm.batch_stats, j)
 
 
-def params_fingerprint(params) -> str:
-  """sha256 of every particle's weights (bytes in tree order): equal fingerprints, equal weights."""
+def params_fingerprint(params, batch_stats=()) -> str:
+  """sha256 of every particle's weights, then batch statistics (bytes in tree order): equal
+  fingerprints, equal models. A model without statistics hashes its weights only."""
   digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(params):
+  for leaf in jax.tree.leaves((params, batch_stats)):
     digest.update(np.ascontiguousarray(to_host(leaf)).tobytes())
   return digest.hexdigest()
 
@@ -385,7 +386,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "compile_seconds": compile_seconds,
       "samples_per_second": rounds * samples_per_round / train_seconds,
       "final_train_loss_particles": [_finite_or_none(v) for v in host_metrics["loss"]],
-      "params_fingerprint": params_fingerprint(swarm.params),
+      "params_fingerprint": params_fingerprint(swarm.params, swarm.batch_stats),
       "resumed_from_round": start,
       "evaluated_on": "validation" if config.data.validation_size else "test",
       "config": config.to_dict(),

@@ -1,0 +1,113 @@
+"""The paths users are promised, through train_and_evaluate: ResNet-20 with BatchNorm on CIFAR-10
+batches, mixed precision, and the scan loop (what GPUs and TPUs run) against the unrolled one."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fake_data
+from configs import cifar10_pso, digits_pso
+from psops_jax import checkpoint as checkpoint_lib
+from psops_jax import models
+from psops_jax import swarm as swarm_lib
+from psops_jax import sync as sync_lib
+from psops_jax import train
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("cifar10"))
+  fake_data.write_cifar10_dir(directory, per_batch=64)
+  return directory
+
+
+def cifar_config(cifar_dir, **fields):
+  config = cifar10_pso.get_config()
+  config.data.source, config.data.dir = "files", cifar_dir
+  config.num_particles, config.num_devices = 4, 2
+  config.train.batch_size, config.sync.pso.probe_size = 16, 64
+  config.train.eval_every, config.train.log_every = 0, 1
+  for dotted, value in fields.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_resnet20_learns_on_cifar_batches(cifar_dir, tmp_path):
+  """Class-coloured synthetic CIFAR-10 batches (learnable), 4 particles, averaging: 40 steps take
+  the test accuracy well above chance (0.1; 0.44 when this test was written)."""
+  config = cifar_config(cifar_dir, **{"sync.strategy": "average", "sync.period": 4,
+                                      "train.rounds": 10})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["final_test_accuracy"] > 0.3, summary["final_test_accuracy"]
+  assert summary["config"]["model"]["name"] == "resnet20"
+
+
+def test_checkpoints_hold_the_batch_stats(tmp_path):
+  """A swarm of ResNet-20 particles with distinct statistics restores exactly."""
+  mesh = swarm_lib.make_mesh(2, 2)
+  model, tx = models.create("resnet20"), optax.sgd(0.1)
+  images = np.zeros((4, 32, 32, 3), np.uint8)
+  mean, std = (0.5,) * 3, (0.25,) * 3
+  swarm = swarm_lib.init_swarm(model, tx, sync_lib.average(swarm_lib.AXES), images, 2, 0, mesh,
+                               mean, std, init="independent")
+  stats = jax.tree.map(lambda a: a + jnp.arange(2, dtype=a.dtype).reshape((2,) + (1,) * (a.ndim - 1)),
+                       swarm.batch_stats)
+  swarm = swarm._replace(batch_stats=stats)
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=1)
+  checkpointer.save(1, swarm, {"train_seconds": 0.0})
+  checkpointer.wait()
+  like = jax.tree.map(jnp.zeros_like, swarm)
+  restored, _ = checkpointer.restore(1, like=like)
+  checkpointer.close()
+  assert jax.tree.leaves(restored.batch_stats)
+  for a, b in zip(jax.tree.leaves(restored.batch_stats), jax.tree.leaves(swarm.batch_stats)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bfloat16_run_trains_and_syncs_float32(tmp_path):
+  config = digits_pso.get_config()
+  config.model.dtype = "bfloat16"
+  config.num_particles, config.sync.period, config.train.rounds = 4, 4, 8
+  config.train.eval_every = 0
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["final_test_accuracy"] > 0.6, summary["final_test_accuracy"]
+  # The sync saw float32: the bytes counted are those of float32 weights.
+  model = models.create("small_cnn")
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
+  assert summary["communicated_bytes_per_particle"] == 8 * (sync_lib.tree_bytes(params) + 4)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("strategy", ["pso", "average", "ssgd"])
+def test_scan_loop_gives_the_unrolled_numbers(cifar_dir, tmp_path, strategy):
+  """loop=scan against loop=unroll (in calls of 2 steps) through train_and_evaluate: CIFAR-10 with
+  augmentation, a probe (pso), 2 particles per device; every particle's loss and fitness of every
+  round and the final accuracies agree to float tolerance."""
+  runs = {}
+  for loop in ("scan", "unroll"):
+    config = cifar_config(cifar_dir, **{"sync.strategy": strategy, "sync.period": 4,
+                                        "train.rounds": 3, "train.loop": loop,
+                                        "train.max_unroll": 2, "model.name": "mlp"})
+    summary = train.train_and_evaluate(config, str(tmp_path / loop))
+    runs[loop] = (summary, read_metrics(str(tmp_path / loop)))
+  (scan, scan_metrics), (unroll, unroll_metrics) = runs["scan"], runs["unroll"]
+  assert len(scan_metrics) == len(unroll_metrics) == 3
+  for a, b in zip(scan_metrics, unroll_metrics):
+    np.testing.assert_allclose(a["train_loss_particles"], b["train_loss_particles"], rtol=1e-4)
+    np.testing.assert_allclose(a["fitness_particles"], b["fitness_particles"], rtol=1e-4)
+  np.testing.assert_allclose(scan["test_accuracy_particles"], unroll["test_accuracy_particles"],
+                             atol=1.5 / 64)
