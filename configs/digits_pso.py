@@ -16,7 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"        # digits | mnist | fashion_mnist | cifar10
-  config.data.source = "sklearn"     # sklearn (digits) | files | tfds
+  config.data.source = "sklearn"     # sklearn (digits) | files | tfds | synthetic (random
+                                     # class-coloured images of the data set's shape)
+  config.data.synthetic_size = 0     # synthetic: training examples (0: the real set's size)
   config.data.dir = ""               # files: the directory of the files; tfds: data_dir ("" = default)
   config.data.validation_size = 0    # > 0: hold out this many training examples and evaluate on
                                      # them instead of the test split (for tuning)

@@ -49,6 +49,7 @@ def validate(config) -> None:
   _choice(config, "data.name", data_lib.NAMES)
   _choice(config, "data.source", data_lib.SOURCES)
   _choice(config, "data.partition", data_lib.PARTITIONS)
+  _number(config, "data.synthetic_size", 0, integer=True)
   _number(config, "data.dirichlet_alpha", 0.0, strict=True)
   _choice(config, "faults.kind", swarm_lib.FAULT_KINDS)
   _number(config, "faults.step", 0, integer=True)

@@ -8,6 +8,9 @@ Sources:
   files    MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, ...) for mnist / fashion_mnist, or
            CIFAR-10's python batches (`data_batch_1..5`, `test_batch`) for cifar10, in `data.dir`.
   tfds     tensorflow-datasets (`tfds.data_source`): mnist, fashion_mnist, cifar10.
+  synthetic  random images of the data set's shape whose mean brightness depends on the class (so a
+           model can learn them), `synthetic_size` training examples (0: the real set's size) and a
+           fifth of that for testing: for smoke tests and benchmarks of a machine without the data.
 """
 
 import gzip
@@ -18,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 NAMES = ("digits", "mnist", "fashion_mnist", "cifar10")
-SOURCES = ("sklearn", "files", "tfds")
+SOURCES = ("sklearn", "files", "tfds", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
 
 # Per-channel mean and std of the training images scaled to [0, 1].
@@ -28,6 +31,10 @@ NORMALIZATION = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+
+SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+          "cifar10": (32, 32, 3)}
+TRAIN_SIZES = {"digits": 1437, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 DEFAULT_DIRS = {
     "mnist": "/usr/share/datasets/mnist",
@@ -167,7 +174,23 @@ def load_tfds(name: str, directory: str | None) -> tuple[np.ndarray, ...]:
   return tuple(arrays)
 
 
-def load(name: str, source: str, directory: str | None = None, seed: int = 0) -> Dataset:
+def synthetic_images(rng: np.random.RandomState, n: int, shape: tuple):
+  """n uint8 images of `shape` and their labels: uniform noise in 0..63 plus 20 x the label."""
+  labels = rng.randint(0, 10, n)
+  images = rng.randint(0, 64, (n,) + shape) + 20 * labels.reshape((n,) + (1,) * len(shape))
+  return images.astype(np.uint8), labels.astype(np.int32)
+
+
+def load_synthetic(name: str, size: int, seed: int) -> tuple[np.ndarray, ...]:
+  """`size` (0: the real set's size) synthetic training examples of data set `name`, size // 5 test."""
+  rng = np.random.RandomState(seed)
+  size = size or TRAIN_SIZES[name]
+  return (*synthetic_images(rng, size, SHAPES[name]),
+          *synthetic_images(rng, max(1, size // 5), SHAPES[name]))
+
+
+def load(name: str, source: str, directory: str | None = None, seed: int = 0,
+         synthetic_size: int = 0) -> Dataset:
   """The data set `name` from `source` (see the module docstring)."""
   if name not in NAMES:
     raise DataError(f"data.name={name!r}: accepted values are {NAMES}")
@@ -178,6 +201,8 @@ def load(name: str, source: str, directory: str | None = None, seed: int = 0) ->
       raise DataError(f"data.source='sklearn' only has 'digits', not {name!r}; "
                       "use data.source='files' or 'tfds'")
     arrays = load_digits(seed=seed)
+  elif source == "synthetic":
+    arrays = load_synthetic(name, synthetic_size, seed)
   elif source == "files":
     if name == "digits":
       raise DataError("data.name='digits' comes from data.source='sklearn'")

@@ -236,7 +236,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   n = config.num_particles
   mesh = swarm_lib.make_mesh(n, config.num_devices)
 
-  dataset = data_lib.load(config.data.name, config.data.source, config.data.dir or None, config.seed)
+  dataset = data_lib.load(config.data.name, config.data.source, config.data.dir or None, config.seed,
+                          config.data.synthetic_size)
   if config.data.validation_size:  # evaluate on a held-out part of the training split
     dataset = data_lib.carve_validation(dataset, config.data.validation_size, config.seed)
   if config.data.partition == "dirichlet":

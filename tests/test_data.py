@@ -58,7 +58,7 @@ def test_unknown_names_list_the_accepted_values():
 
 
 def test_cifar10_python_batches(tmp_path):
-  expected = write_cifar10_dir(str(tmp_path), per_batch=4, learnable=False)
+  expected = write_cifar10_dir(str(tmp_path), per_batch=4)
   ds = data_lib.load("cifar10", "files", str(tmp_path))
   assert ds.train_images.shape == (20, 32, 32, 3)
   np.testing.assert_array_equal(ds.train_images[4:8], expected[1][0])

@@ -1,5 +1,6 @@
-"""The paths users are promised, through train_and_evaluate: ResNet-20 with BatchNorm on CIFAR-10
-batches, mixed precision, and the scan loop (what GPUs and TPUs run) against the unrolled one."""
+"""The paths users are promised, through train_and_evaluate: checkpoints of BatchNorm models, mixed
+precision, and the scan loop (what GPUs and TPUs run) against the unrolled one. (ResNet-20 learning on
+CIFAR-10 batches: tests/test_configs.py.)"""
 
 import json
 import os
@@ -29,7 +30,8 @@ def cifar_dir(tmp_path_factory):
 def cifar_config(cifar_dir, **fields):
   config = cifar10_pso.get_config()
   config.data.source, config.data.dir = "files", cifar_dir
-  config.num_particles, config.num_devices = 4, 2
+  config.num_particles = 4
+  config.num_devices = min(2, len(jax.devices()))  # 2 particles per device (4 on one accelerator)
   config.train.batch_size, config.sync.pso.probe_size = 16, 64
   config.train.eval_every, config.train.log_every = 0, 1
   for dotted, value in fields.items():
@@ -39,16 +41,6 @@ def cifar_config(cifar_dir, **fields):
       node = node[p]
     node[leaf] = value
   return config
-
-
-def test_resnet20_learns_on_cifar_batches(cifar_dir, tmp_path):
-  """Class-coloured synthetic CIFAR-10 batches (learnable), 4 particles, averaging: 40 steps take
-  the test accuracy well above chance (0.1; 0.44 when this test was written)."""
-  config = cifar_config(cifar_dir, **{"sync.strategy": "average", "sync.period": 4,
-                                      "train.rounds": 10})
-  summary = train.train_and_evaluate(config, str(tmp_path))
-  assert summary["final_test_accuracy"] > 0.3, summary["final_test_accuracy"]
-  assert summary["config"]["model"]["name"] == "resnet20"
 
 
 def test_checkpoints_hold_the_batch_stats(tmp_path):
