@@ -7,6 +7,7 @@ the end, and writes (process 0 only):
 
   workdir/config.json    the run's config (a resumed run must match it)
   workdir/metrics.jsonl  one JSON object per logged round
+  workdir/events.out.tfevents.*  the same scalars for TensorBoard (`tensorboard --logdir workdir`)
   workdir/summary.json   the final report (keys: SUMMARY_KEYS and more)
   workdir/checkpoints/   orbax checkpoints (see psops_jax/checkpoint.py)
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from psops_jax import checkpoint as checkpoint_lib
@@ -196,6 +198,33 @@ def round_record(r, metrics, config, samples_per_round, bytes_per_round, train_s
   return record
 
 
+def tensorboard_scalars(record: dict) -> dict:
+  """The scalars of a metrics.jsonl record that TensorBoard shows: losses, accuracies, bytes, seconds
+  (per-particle lists and indices left out)."""
+  return {k: v for k, v in record.items()
+          if k not in ("round", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+          and k != "best_particle" and k != "global_best_particle"}
+
+
+class EventsWriter:
+  """TensorBoard event files in the workdir (tensorboardX: no TensorFlow needed), process 0 only; a
+  resumed run purges the events logged after its checkpoint's step."""
+
+  def __init__(self, workdir: str, enabled: bool, purge_step: int | None):
+    self.writer = SummaryWriter(workdir, purge_step=purge_step) if enabled else None
+
+  def write(self, record: dict) -> None:
+    """The record's scalars at its step, flushed (a run that stops on an error keeps them)."""
+    if self.writer is not None:
+      for name, value in tensorboard_scalars(record).items():
+        self.writer.add_scalar(name, value, record["step"])
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
 class SigtermFlag:
   """Context manager: while inside, SIGTERM sets `.raised` instead of killing the process."""
 
@@ -325,6 +354,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "loss": [_finite_or_none(v) for v in host_metrics["loss"]],
         "fitness": [_finite_or_none(v) for v in host_metrics["fitness"]]})
 
+  events = EventsWriter(workdir, is_main, start * config.sync.period + 1 if start else None)
   with open(metrics_path, "a") if is_main else open(os.devnull, "w") as metrics_file, \
        tqdm(total=rounds, initial=start, unit="round", disable=not is_main) as bar, \
        SigtermFlag() as sigterm:
@@ -359,6 +389,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        test_one))
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
+        events.write(record)
         bar.set_postfix(loss=record["train_loss"], refresh=False)
         if checkpoint_now or stop:
           save(done)
@@ -371,6 +402,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpointer.wait()
 
   final = evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test, test_one)
+  events.write({"step": rounds * config.sync.period, **final})
+  events.close()
   summary = {
       **final,
       "strategy": config.sync.strategy,

@@ -103,3 +103,37 @@ def test_scan_loop_gives_the_unrolled_numbers(cifar_dir, tmp_path, strategy):
     np.testing.assert_allclose(a["fitness_particles"], b["fitness_particles"], rtol=1e-4)
   np.testing.assert_allclose(scan["test_accuracy_particles"], unroll["test_accuracy_particles"],
                              atol=1.5 / 64)
+
+
+def read_events(workdir):
+  """(tag, step, value) of every scalar in the workdir's TensorBoard event files: TFRecord framing
+  (uint64 length, uint32 crc, payload, uint32 crc) around Event protos."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  scalars = []
+  for name in sorted(os.listdir(workdir)):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    with open(os.path.join(workdir, name), "rb") as f:
+      raw = f.read()
+    offset = 0
+    while offset < len(raw):
+      (length,) = struct.unpack("<Q", raw[offset:offset + 8])
+      event = event_pb2.Event.FromString(raw[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      scalars += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+  return scalars
+
+
+def test_tensorboard_events_hold_the_metrics(tmp_path):
+  config = digits_pso.get_config()
+  config.num_particles, config.sync.period, config.train.rounds = 2, 2, 4
+  config.train.eval_every, config.model.name = 2, "mlp"
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  events = read_events(str(tmp_path))
+  metrics = read_metrics(str(tmp_path))
+  loss = {step: value for tag, step, value in events if tag == "train_loss"}
+  assert loss == pytest.approx({m["step"]: m["train_loss"] for m in metrics})
+  accuracy = [(step, value) for tag, step, value in events if tag == "final_test_accuracy"]
+  assert accuracy[-1] == (8, pytest.approx(summary["final_test_accuracy"]))
+  assert (4, pytest.approx(metrics[1]["final_test_accuracy"])) in accuracy  # the evaluation at round 2
