@@ -13,7 +13,9 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 # Fields that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_FIELDS = ("train.rounds", "train.log_every", "train.eval_every", "train.checkpoint_every",
@@ -22,6 +24,13 @@ RESUMABLE_FIELDS = ("train.rounds", "train.log_every", "train.eval_every", "trai
 
 class CheckpointError(RuntimeError):
   """A checkpoint or workdir that cannot be used; the message names it."""
+
+
+def all_processes(ok: bool) -> bool:
+  """True when `ok` is true in every process (an all-gather when there are several)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).all())
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
