@@ -11,8 +11,9 @@ the end, and writes (process 0 only):
   workdir/checkpoints/   orbax checkpoints (see psops_jax/checkpoint.py)
   workdir/run.lock       held while the run lasts: a second run is refused (see workdir.py)
 
-A workdir that holds checkpoints is resumed from the latest; SIGTERM makes the run checkpoint the round
-in progress and raise `Preempted`.
+A workdir that holds checkpoints is resumed from the newest one that restores (damaged newer ones
+are moved to workdir/checkpoints_damaged/); SIGTERM makes the run checkpoint the round in progress
+and raise `Preempted`.
 """
 
 import hashlib
@@ -253,10 +254,9 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   start, spent = 0, {"train_seconds": 0.0, "compile_seconds": 0.0}
-  latest = checkpointer.latest_round()
-  if latest is not None:
-    swarm, spent = checkpointer.restore(latest, like=swarm)
-    start = latest
+  restored = checkpointer.restore_latest(like=swarm)  # damaged newer checkpoints are set aside
+  if restored is not None:
+    start, swarm, spent = restored
   elif is_main:
     write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
 
