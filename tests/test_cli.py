@@ -132,3 +132,14 @@ def test_an_internal_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path):
   assert "Traceback (most recent call last)" in result.stderr
   assert "KeyError: 'planted bug'" in result.stderr
   assert result.stderr.strip().splitlines()[-1] == INTERNAL_ERROR
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--timeout", "nan", "'nan': must be a finite number > 0"),
+    ("--processes", "0", "'0': must be an integer > 0"),
+])
+def test_launch_local_refuses_bad_numbers(tmp_path, flag, value, message):
+  result = subprocess.run([sys.executable, "scripts/launch_local.py", flag, value, "--",
+                           "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
