@@ -170,7 +170,7 @@ class Checkpointer:
     older = f", nor can the {len(failures) - 1} before it" if len(failures) > 1 else ""
     raise CheckpointError(
         f"{failures[0][1]}{older}. {'They are' if older else 'It is'} damaged or from another "
-        "config: use a new --workdir (or the config they were written with).")
+        "config: use a new --workdir, or resume with the config of the run that wrote it.")
 
   def set_aside(self, failures, used: int) -> None:
     """Move the checkpoints of `failures` [(step, error)] to DAMAGED_DIR (process 0), saying so."""
