@@ -3,38 +3,160 @@
   python train.py --config configs/digits_pso.py --workdir /tmp/digits_pso [--config.sync.period=4 ...]
 
 Writes WORKDIR/metrics.jsonl (one line per logged round), WORKDIR/summary.json and checkpoints in
-WORKDIR/checkpoints; rerunning the same command on the same WORKDIR resumes from the last checkpoint.
+WORKDIR/checkpoints; rerunning the same command on the same WORKDIR resumes from the newest
+checkpoint that restores (a damaged newer one is moved to WORKDIR/checkpoints_damaged/). A run
+holds WORKDIR/run.lock: a second run on a WORKDIR that a live run holds is refused.
 
 Multi-host (JAX's multi-controller runtime): one process per host, each started with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 or --distributed to let jax.distributed.initialize() read a cluster's environment (SLURM, TPU pod).
 On CPU, processes talk over gloo. scripts/launch_local.py starts N such processes on this machine.
 
-Exit codes: 0 done; 2 bad config, data or workdir; 3 all particles diverged; 75 preempted by SIGTERM
-(checkpoint written: rerun to resume).
+Exit codes: 0 done; 2 bad input: a flag, a config field or file, the data, the workdir (or another
+live run on it), with a short message that names it and no traceback; 3 all particles diverged;
+75 preempted by SIGTERM (checkpoint written: rerun to resume); 1 an internal error (a bug): its
+traceback, then a line that says so.
 """
 
+import contextlib
 import os
+import re
 import sys
+import traceback
 
+import ml_collections
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits_pso.py", "Path to a config file.")
+DEFAULT_CONFIG = "configs/digits_pso.py"
+BAD_INPUT_EXIT_CODE = 2
+INTERNAL_ERROR = "psops_jax: internal error (a bug): please report it with the traceback above"
+# absl's reasons for a flag value it cannot parse, and what the message says instead
+FLAG_REASONS = (("invalid literal for int()", "must be an integer"),
+                ("could not convert string to float", "must be a number"),
+                ("Non-boolean argument", "must be True or False"))
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, summary and checkpoints.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "Multi-host: HOST:PORT of process 0's coordinator.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.",
+                                      lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.",
+                                   lower_bound=0)
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Multi-host: jax.distributed.initialize() from the cluster's "
                                  "environment (SLURM, TPU pod, ...).")
 _LOCAL_DEVICES = flags.DEFINE_integer("local_cpu_devices", None,
                                       "CPU devices of this process (default: as many as the "
-                                      "config needs, in a single process).")
-flags.mark_flags_as_required(["workdir"])
+                                      "config needs, in a single process).", lower_bound=1)
+# --config: define_config_flag() below, where an error in the config file can be reported
+
+
+def fail(message: str):
+  """Exit with code 2 and `message`: a problem with what the user typed or pointed at."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(BAD_INPUT_EXIT_CODE)
+
+
+def config_path(argv) -> str:
+  """The config file that argv names with --config (without a `:argument`), or the default."""
+  path = DEFAULT_CONFIG
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+  return path.split(":", 1)[0]
+
+
+def missing_config_message(path: str) -> str | None:
+  """Why `path` cannot be a config file (not a readable file), or None."""
+  if not os.path.isfile(path):
+    return (f"--config {path}: no such file; pass a Python file that defines get_config(), "
+            f"e.g. {DEFAULT_CONFIG}")
+  if not os.access(path, os.R_OK):
+    return f"--config {path}: not readable by this user"
+  return None
+
+
+def config_code_message(path: str, error: BaseException) -> str | None:
+  """`--config PATH: line N: Error: message` when `error` was raised by the config file's code (a
+  frame of its traceback, or a syntax error, lies in the file), else None."""
+  same = lambda f: bool(f) and os.path.abspath(f) == os.path.abspath(path)
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if same(frame.filename)]
+  if isinstance(error, SyntaxError) and same(error.filename):
+    return f"--config {path}: line {error.lineno}: SyntaxError: {error.msg}"
+  if not lines:
+    return None
+  return f"--config {path}: line {lines[-1]}: {type(error).__name__}: {error}"
+
+
+def flag_error_message(error: flags.Error, path: str) -> str:
+  """absl's complaint about a flag, as `--flag=value: what is accepted`."""
+  if isinstance(error, flags.UnrecognizedFlagError):  # absl may add "Did you mean: workdir ?"
+    return (f"{str(error).replace(' ?', '?')}; train.py's flags: --config, "
+            "--config.FIELD=VALUE, --workdir, --coordinator_address, --num_processes, "
+            "--process_id, --distributed, --local_cpu_devices (--helpfull explains them)")
+  match = re.match(r"flag --([^=]+)=(.*?): (.*)", str(error), re.DOTALL)
+  if not match:
+    return str(error).strip().splitlines()[0]
+  name, value, reason = match.groups()
+  if name == "config":  # get_config() raised TypeError or ValueError: absl gives its traceback
+    where = re.findall(rf'File "[^"]*{re.escape(os.path.basename(path))}", line (\d+)', reason)
+    line = f"line {where[-1]}: " if where else ""
+    return f"--config {path}: cannot be loaded: {line}{reason.strip().splitlines()[-1]}"
+  for said, meant in FLAG_REASONS:
+    reason = meant if said in reason else reason
+  return f"--{name}={value}: {reason}"
+
+
+def parse_error_message(error: Exception, path: str) -> str | None:
+  """The message for an error in the flags or in the config file `path`, or None when the error
+  is neither (a bug)."""
+  if isinstance(error, flags.Error):
+    return flag_error_message(error, path)
+  message = missing_config_message(path) or config_code_message(path, error)
+  if message is None and isinstance(error, (AttributeError, KeyError)):  # --config.typo=...
+    message = str(error).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    message = f"unknown config field in the command line: {message}"
+  return message
+
+
+@contextlib.contextmanager
+def user_input_errors(path: str):
+  """Inside: an error in the flags or the config file exits with code 2 and its message."""
+  try:
+    yield
+  except Exception as e:
+    message = parse_error_message(e, path)
+    if message is None:
+      raise
+    fail(message)
+
+
+def define_config_flag():
+  """--config. Without --config on the command line, ml_collections loads the default config here,
+  at import, with the command line's overrides: their errors are reported here too."""
+  with user_input_errors(config_path(sys.argv)):
+    return config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Path to a config file.")
+
+
+_CONFIG = define_config_flag()
+
+
+def parse_flags(argv):
+  """absl flag parsing; a bad flag, config field, value or config file exits with code 2 and one
+  message that names it."""
+  path = config_path(argv)
+  with user_input_errors(path):
+    rest = flags.FLAGS(argv)
+  if not isinstance(flags.FLAGS["config"].value, ml_collections.ConfigDict):
+    fail(missing_config_message(path) or  # a load error, or get_config() returned something else
+         f"--config {path}: get_config() must return an ml_collections.ConfigDict")
+  return rest
 
 
 def ensure_host_devices(count: int) -> None:
@@ -47,6 +169,23 @@ def ensure_host_devices(count: int) -> None:
     os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={count}".strip()
 
 
+def check_distributed_flags() -> None:
+  """Refuse multi-host flags that do not go together, before JAX starts."""
+  address, count, index = _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  if address is None:
+    if count is not None or index is not None:
+      fail("--num_processes and --process_id go with --coordinator_address=HOST:PORT")
+    return
+  if count is None or index is None:
+    fail("--coordinator_address needs --num_processes and --process_id")
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    fail(f"--coordinator_address={address}: must be HOST:PORT with a port in 1..65535, "
+         "e.g. 10.0.0.1:12345")
+  if index >= count:
+    fail(f"--process_id={index}: must be in 0..{count - 1} (--num_processes={count})")
+
+
 def initialize_distributed() -> None:
   """jax.distributed.initialize from the flags (CPU collectives over gloo), if asked."""
   import jax
@@ -54,35 +193,72 @@ def initialize_distributed() -> None:
   if not (explicit or _DISTRIBUTED.value):
     return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if explicit:
-    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
-      raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  else:
-    jax.distributed.initialize()
+  try:
+    if explicit:
+      jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                 num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    else:
+      jax.distributed.initialize()
+  except (ValueError, RuntimeError) as e:  # no cluster environment, coordinator unreachable
+    flag = "--coordinator_address" if explicit else "--distributed"
+    fail(f"{flag}: jax.distributed.initialize() failed: {str(e).strip().splitlines()[0]}")
+
+
+def bad_input_message(error: Exception, workdir: str) -> str | None:
+  """The message of an error in what the user pointed at (a config field, the data, the workdir or
+  its checkpoints), or None for an internal error."""
+  import psops_jax
+  from psops_jax import checkpoint, config_check, data
+  from psops_jax import workdir as workdir_lib
+  if isinstance(error, (config_check.ConfigError, data.DataError, checkpoint.CheckpointError,
+                        workdir_lib.WorkdirError)):
+    return str(error)
+  innermost = traceback.extract_tb(error.__traceback__)[-1].filename
+  if isinstance(error, ValueError) and is_inside(innermost, os.path.dirname(psops_jax.__file__)):
+    return str(error)  # psops_jax raises ValueError for a config value only (sync.py, swarm.py)
+  if isinstance(error, OSError) and error.filename and is_inside(str(error.filename), workdir):
+    return f"{error.filename}: {error.strerror} (in --workdir={workdir})"
+  return None
+
+
+def is_inside(path: str, directory: str) -> bool:
+  """Whether `path` lies in `directory`."""
+  path, directory = os.path.abspath(path), os.path.abspath(directory)
+  return os.path.commonpath([path, directory]) == directory
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    fail(f"unexpected arguments {argv[1:]}: train.py takes flags only, as --name=value "
+         "(--helpfull lists them)")
+  if not _WORKDIR.value:
+    fail("--workdir is required: the directory of the run's metrics, summary and checkpoints "
+         "(created if missing), e.g. --workdir /tmp/digits_pso")
+  check_distributed_flags()
+  from psops_jax import workdir as workdir_lib  # no JAX: a bad workdir is refused before it starts
+  try:
+    workdir_lib.prepare(_WORKDIR.value)
+  except workdir_lib.WorkdirError as e:
+    fail(str(e))
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   wanted = _LOCAL_DEVICES.value or config.get("num_devices") or config.get("num_particles")
   ensure_host_devices(wanted if isinstance(wanted, int) and wanted > 0 else 1)
   initialize_distributed()  # JAX starts here, after XLA_FLAGS is set
-  from psops_jax import checkpoint, config_check, data, train
+  from psops_jax import train
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
-  except (config_check.ConfigError, data.DataError, checkpoint.CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   except train.Diverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
   except train.Preempted as e:
     print(f"psops_jax: {e}", file=sys.stderr)
     sys.exit(train.PREEMPTED_EXIT_CODE)
+  except Exception as e:
+    message = bad_input_message(e, _WORKDIR.value)
+    if message is None:
+      raise
+    fail(message)
   import jax
   if jax.process_index() == 0:
     print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
@@ -93,15 +269,16 @@ def main(argv):
           f"summary in {os.path.join(_WORKDIR.value, 'summary.json')}")
 
 
-def parse_flags(argv):
-  """absl flag parsing, with an unknown --config.field (a typo) reported in one line."""
+def run() -> None:
+  """app.run with the exit codes above: an error that no message explains is a bug, shown with its
+  traceback and a line that says so."""
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-    print(f"error: unknown config field in the command line: {message}", file=sys.stderr)
-    sys.exit(2)
+    app.run(main, flags_parser=parse_flags)
+  except Exception:  # not SystemExit: the exits above are not errors
+    traceback.print_exc()
+    print(INTERNAL_ERROR, file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

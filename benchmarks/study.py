@@ -3,10 +3,11 @@
 A study config (see configs/study_fashion_mnist.py) names a base run config and a grid of
 variants x periods x particle counts x seeds. Every cell is a normal `train.py` run in its own workdir
 (OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not re-run, and
-an interrupted cell resumes from its checkpoint, so the whole study is resumable. A cell being run holds
-a lock file (running.lock, with the pid), so several study.py processes over the same grid (e.g. one per
-core group) share the cells out instead of running the same cell twice. Every cell of a
-variant runs the same number of local steps per particle (`total_steps`).
+an interrupted cell resumes from its checkpoint, so the whole study is resumable. A cell being run
+is locked with the lock of its workdir (psops_jax/workdir.py: study.py takes it and hands it to the
+cell's train.py), so several study.py processes over the same grid (e.g. one per core group) share
+the cells out instead of running the same cell twice. Every cell of a variant runs the same number
+of local steps per particle (`total_steps`).
 
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_quick --quick
@@ -38,6 +39,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # study configs import configs/*
+from psops_jax import workdir as workdir_lib  # noqa: E402  (after the path; no JAX in it)
+
 BIG_WORKER = "one big worker"
 ROW_KEYS = ("variant", "period", "num_particles", "seed", "diverged", "final_test_accuracy",
             "test_accuracy_best_particle", "test_accuracy_mean_particle",
@@ -102,29 +105,14 @@ def is_finished(workdir: str) -> bool:
   return any(os.path.exists(os.path.join(workdir, f)) for f in ("summary.json", "diverged.json"))
 
 
-def take_cell(workdir: str) -> bool:
-  """Claim the cell for this process: create workdir/running.lock (O_EXCL) holding our pid. A lock
-  whose process is gone is taken over (the run resumes from its checkpoint). False when another live
-  process holds it, so that two study.py processes over the same grid share the cells out."""
-  os.makedirs(workdir, exist_ok=True)
-  lock = os.path.join(workdir, "running.lock")
-  for _ in range(2):
-    try:
-      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      try:
-        with open(lock) as f:
-          os.kill(int(f.read().strip() or 0), 0)  # signal 0: is that process alive?
-        return False
-      except (ProcessLookupError, ValueError):
-        os.remove(lock)  # stale: its process died
-        continue
-      except PermissionError:
-        return False  # alive, another user's
-    with os.fdopen(fd, "w") as f:
-      f.write(str(os.getpid()))
-    return True
-  return False
+def take_cell(workdir: str):
+  """The lock of the cell's workdir, or None when a live run holds it (another study.py process, or
+  a train.py run on that workdir), so that study.py processes over the same grid share the cells
+  out. A lock whose holder is gone is taken over (the cell resumes from its checkpoint)."""
+  try:
+    return workdir_lib.Lock.acquire(workdir)
+  except workdir_lib.WorkdirBusy:
+    return None
 
 
 def run_grid(study, out):
@@ -133,20 +121,19 @@ def run_grid(study, out):
     workdir = os.path.join(out, "runs", name)
     if is_finished(workdir):
       continue
-    if not take_cell(workdir):
+    lock = take_cell(workdir)
+    if lock is None:
       print(f"[{i + 1}/{len(todo)}] {name}: running in another process, skipped", flush=True)
       continue
-    if is_finished(workdir):  # finished between the check and the lock
-      os.remove(os.path.join(workdir, "running.lock"))
-      continue
-    print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
-    t0 = time.time()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
-    try:
-      result = subprocess.run(command(study, workdir, overrides), cwd=REPO, env=env,
+    with lock:
+      if is_finished(workdir):  # finished between the check and the lock
+        continue
+      print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
+      t0 = time.time()
+      env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
+      result = subprocess.run(command(study, workdir, overrides), cwd=REPO,
+                              env=env | lock.child_env(), pass_fds=(lock.fd,),  # train.py adopts it
                               capture_output=True, text=True)
-    finally:
-      os.remove(os.path.join(workdir, "running.lock"))
     if result.returncode != 0:
       print(f"  failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
       continue

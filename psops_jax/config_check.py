@@ -1,5 +1,7 @@
 """Up-front validation of a run's config: every bad field is named with its value and what is accepted."""
 
+import math
+
 from psops_jax import data as data_lib
 from psops_jax import models
 from psops_jax import swarm as swarm_lib
@@ -36,8 +38,10 @@ def _number(config, field, minimum, integer=False, strict=False):
   ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
   if isinstance(value, bool) or not ok_type:
     raise ConfigError(f"{field}={value!r}: must be {kind}")
+  bound = f"> {minimum}" if strict else f">= {minimum}"
+  if not math.isfinite(value):  # NaN would pass the comparisons below
+    raise ConfigError(f"{field}={value!r}: must be a finite number {bound}")
   if value < minimum or (strict and value == minimum):
-    bound = f"> {minimum}" if strict else f">= {minimum}"
     raise ConfigError(f"{field}={value!r}: must be {kind} {bound}")
 
 

@@ -10,9 +10,11 @@ the end, and writes (process 0 only):
   workdir/events.out.tfevents.*  the same scalars for TensorBoard (`tensorboard --logdir workdir`)
   workdir/summary.json   the final report (keys: SUMMARY_KEYS and more)
   workdir/checkpoints/   orbax checkpoints (see psops_jax/checkpoint.py)
+  workdir/run.lock       held while the run lasts: a second run is refused (see workdir.py)
 
-A workdir that holds checkpoints is resumed from the latest; SIGTERM makes the run checkpoint the round
-in progress and raise `Preempted`.
+A workdir that holds checkpoints is resumed from the newest one that restores (damaged newer ones
+are moved to workdir/checkpoints_damaged/); SIGTERM makes the run checkpoint the round in progress
+and raise `Preempted`.
 """
 
 import hashlib
@@ -36,6 +38,7 @@ from psops_jax import data as data_lib
 from psops_jax import models
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
+from psops_jax import workdir as workdir_lib
 
 SUMMARY_KEYS = ("final_test_accuracy", "test_accuracy_best_particle", "test_accuracy_mean_particle",
                 "test_accuracy_averaged_weights", "strategy", "period", "num_particles", "rounds",
@@ -254,8 +257,16 @@ class SigtermFlag:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train a swarm as `config` says, resuming from `workdir`'s checkpoints if any; write config.json,
-  metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary."""
-  config_check.validate(config)
+  metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary. Holds the
+  workdir's lock while it runs (process 0 takes it for the run): WorkdirBusy when another live
+  run holds it."""
+  config_check.validate(config)  # a bad config creates no workdir
+  with workdir_lib.hold(workdir, jax.process_index() == 0, checkpoint_lib.all_processes):
+    return train_in_locked_workdir(config, workdir)
+
+
+def train_in_locked_workdir(config, workdir: str) -> dict:
+  """train_and_evaluate, once the workdir's lock is held."""
   is_main = jax.process_index() == 0
   note = accelerator_note(jax.default_backend())
   if note and is_main:
@@ -307,10 +318,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   start, spent = 0, {"train_seconds": 0.0, "compile_seconds": 0.0}
-  latest = checkpointer.latest_round()
-  if latest is not None:
-    swarm, spent = checkpointer.restore(latest, like=swarm)
-    start = latest
+  restored = checkpointer.restore_latest(like=swarm)  # damaged newer checkpoints are set aside
+  if restored is not None:
+    start, swarm, spent = restored
   elif is_main:
     write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
 

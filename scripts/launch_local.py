@@ -10,6 +10,7 @@ Exits with the first non-zero exit code of the processes, or 0.
 """
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -25,6 +26,20 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def positive(kind):
+  """An argparse type: a finite number of `kind` (int or float) > 0."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+      name = "an integer" if kind is int else "a finite number"
+      raise argparse.ArgumentTypeError(f"{text!r}: must be {name} > 0")
+    return value
+  return parse
+
+
 def workdir_of(train_args: list[str]) -> str:
   for i, arg in enumerate(train_args):
     if arg.startswith("--workdir="):
@@ -36,9 +51,10 @@ def workdir_of(train_args: list[str]) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--processes", type=int, default=2)
-  parser.add_argument("--devices-per-process", type=int, default=2)
-  parser.add_argument("--timeout", type=float, default=None, help="seconds before all are killed")
+  parser.add_argument("--processes", type=positive(int), default=2)
+  parser.add_argument("--devices-per-process", type=positive(int), default=2)
+  parser.add_argument("--timeout", type=positive(float), default=None,
+                      help="seconds before all are killed")
   parser.add_argument("train_args", nargs=argparse.REMAINDER)
   args = parser.parse_args()
   train_args = [a for a in args.train_args if a != "--"]

@@ -3,7 +3,9 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,15 +94,77 @@ def test_different_config_is_refused_unless_allowed(tmp_path):
   assert summary["resumed_from_round"] == 3 and summary["rounds"] == 5
 
 
-def test_damaged_checkpoint_is_named(tmp_path):
+def test_when_no_checkpoint_restores_the_run_stops_and_moves_nothing(tmp_path):
   train.train_and_evaluate(small_config(), str(tmp_path))
-  latest = tmp_path / "checkpoints" / "3"
+  latest = tmp_path / "checkpoints" / "3"  # the only one
   for root, _, files in os.walk(latest):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(7)
-  with pytest.raises(checkpoint_lib.CheckpointError, match=f"checkpoint {latest} cannot be restored"):
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=f"checkpoint {latest} cannot be restored .*It is damaged"):
     train.train_and_evaluate(small_config(**{"train.rounds": 5}), str(tmp_path))
+  assert latest.is_dir() and not (tmp_path / checkpoint_lib.DAMAGED_DIR).exists()
+
+
+def damage(step_dir, how: str) -> None:
+  """Truncate every file, overwrite every file with random bytes, overwrite 64 bytes in the middle
+  of the largest file (orbax does not notice: the checksum does), or delete every file."""
+  files = sorted(os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names)
+  assert files
+  if how == "random_middle":
+    files = [max(files, key=os.path.getsize)]
+  for path in files:
+    size = os.path.getsize(path)
+    if how == "missing":
+      os.remove(path)
+      continue
+    with open(path, "r+b") as f:
+      if how == "truncated":
+        f.truncate(7)
+      elif how == "random":
+        f.write(os.urandom(size))
+      else:
+        f.seek(size // 2)
+        f.write(os.urandom(64))
+
+
+TINY = ["--config", "configs/digits_pso.py", "--config.num_particles=4", "--config.model.name=mlp",
+        "--config.sync.period=2", "--config.sync.pso.probe_size=64", "--config.train.eval_every=0",
+        "--config.train.rounds=5", "--config.train.checkpoint_every=1",
+        "--config.train.keep_checkpoints=5"]
+
+
+def test_damaged_newest_checkpoints_are_set_aside_and_the_run_resumes_to_the_same_weights(tmp_path):
+  """A crashed run: its lock left behind, its 4 newest checkpoints damaged 4 ways. The rerun takes
+  over the lock, names and moves aside each damaged checkpoint, resumes from round 1 and ends with
+  the weights of the uninterrupted run."""
+  code, _, err = finish(TINY, tmp_path / "reference")
+  assert code == 0, err[-2000:]
+  reference = json.loads((tmp_path / "reference" / "summary.json").read_text())
+  workdir = tmp_path / "crashed"
+  shutil.copytree(tmp_path / "reference", workdir)
+  (workdir / "summary.json").unlink()
+  hows = {5: "truncated", 4: "random", 3: "random_middle", 2: "missing"}
+  for step, how in hows.items():
+    damage(workdir / "checkpoints" / str(step), how)
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (workdir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+  code, _, err = finish(TINY, workdir)
+  assert code == 0, err[-3000:]
+  assert f"took over the lock of {workdir} left by pid {dead.pid}" in err
+  for step in hows:
+    assert (f"checkpoint {workdir}/checkpoints/{step} cannot be restored" in err and
+            f"moved to {workdir}/{checkpoint_lib.DAMAGED_DIR}/{step}; resuming from round 1" in err)
+  assert "its arrays do not match the checksum" in err  # random_middle: only the checksum sees it
+  assert sorted(os.listdir(workdir / checkpoint_lib.DAMAGED_DIR)) == ["2", "3", "4", "5"]
+  resumed = json.loads((workdir / "summary.json").read_text())
+  assert resumed["resumed_from_round"] == 1
+  assert resumed["params_fingerprint"] == reference["params_fingerprint"]
+  rounds = [json.loads(l)["round"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert rounds == [1, 2, 3, 4, 5]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2", "3", "4", "5"]  # written again
 
 
 def test_all_particles_diverging_stops_and_keeps_good_checkpoints(tmp_path):

@@ -56,6 +56,7 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
           f"{float(pso['train_seconds']):.0f} s |") in table  # one seed: its own seconds
   for key in ("steps", "bytes", "seconds"):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
+  assert (out / "runs" / "pso_p4_n2_s0" / "run.lock").read_text() == ""  # the cell's lock, released
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
   assert "[1/3]" not in second and "| pso |" in second
   run_study(study_file, out, "--variants", "pso", "--report-only")  # a slice still reports it all
@@ -68,18 +69,21 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   assert not (out / "final_accuracy_vs_period.png").exists()
 
 
-def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(tmp_path):
+def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(tmp_path,
+                                                                                   capsys):
   sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   import study
   cell = tmp_path / "runs" / "pso_p4_n2_s0"
-  assert study.take_cell(str(cell))  # free: ours
-  assert (cell / "running.lock").read_text() == str(os.getpid())
-  assert not study.take_cell(str(cell))  # held by a live process (this one)
+  lock = study.take_cell(str(cell))  # free: ours (the workdir's lock, psops_jax/workdir.py)
+  assert json.loads((cell / "run.lock").read_text())["pid"] == os.getpid()
+  assert study.take_cell(str(cell)) is None  # held by a live process (this one)
+  lock.release()
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
-  (cell / "running.lock").write_text(str(dead.pid))  # its process is gone: stale
-  assert study.take_cell(str(cell))
-  assert (cell / "running.lock").read_text() == str(os.getpid())
+  (cell / "run.lock").write_text(json.dumps({"host": "h", "pid": dead.pid}))  # a killed study's
+  with study.take_cell(str(cell)):
+    assert json.loads((cell / "run.lock").read_text())["pid"] == os.getpid()
+  assert f"left by pid {dead.pid} on host h" in capsys.readouterr().err
 
 
 def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_path):

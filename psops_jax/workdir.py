@@ -1,0 +1,193 @@
+"""A run's workdir: created when missing, and locked while a run uses it.
+
+The lock is an flock(2) on WORKDIR/run.lock, whose text names the holder (host, pid, start time,
+command) for the messages. The kernel drops an flock when its holder's process ends, however it ends
+(kill -9 too), so a lock that can be taken is free: a holder named in it is gone (it did not
+release the lock) and is reported as taken over. A run that finds the lock held by a live run is
+refused with `WorkdirBusy`, which names the holder.
+
+A process that holds a lock can hand it to a child process it starts (benchmarks/study.py does, for
+the train.py of a cell): `Lock.child_env()` and `pass_fds=(lock.fd,)`; the child adopts the lock
+instead of being refused, and the lock stays held until both have let go. No JAX here: study.py
+imports this module.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+
+LOCK_NAME = "run.lock"
+INHERITED_FD = "PSOPS_WORKDIR_LOCK_FD"  # the descriptor of a lock a parent process hands down
+
+
+class WorkdirError(RuntimeError):
+  """A workdir that cannot be used; the message names it and what would do."""
+
+
+class WorkdirBusy(WorkdirError):
+  """Another live run holds the workdir's lock."""
+
+
+def prepare(workdir: str) -> None:
+  """Create `workdir` if missing; WorkdirError naming it when it cannot be created or written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} is a file: pass a directory (created if missing)")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir} cannot be created ({e.strerror}): pass a directory "
+                       "that exists or can be created, and that this user can write") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir={workdir} is not writable by this user: pass a directory this "
+                       "user can write")
+
+
+def holder_record() -> dict:
+  """What the lock file says about this process: host, pid, start time, command line."""
+  return {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "command": " ".join(sys.argv)[:300]}
+
+
+def describe(holder: dict | None) -> str:
+  """`pid 12 on host h (started ..., command ...)`, or a phrase when the record is unreadable."""
+  if not holder:
+    return "a process that has not named itself yet"
+  command = f", command: {holder['command']}" if holder.get("command") else ""
+  return (f"pid {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started')}"
+          f"{command})")
+
+
+def read_holder(fd: int) -> dict | None:
+  """The holder record in the lock file, or None when it is empty or unreadable."""
+  try:
+    text = os.pread(fd, 1 << 16, 0).decode()
+    return json.loads(text) if text.strip() else None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return None
+
+
+def busy_holder(fd: int) -> dict | None:
+  """The record of a live holder; it writes it just after taking the lock, so a few tries."""
+  for _ in range(20):
+    holder = read_holder(fd)
+    if holder:
+      return holder
+    time.sleep(0.05)
+  return None
+
+
+def busy_message(workdir: str, holder: dict | None) -> str:
+  """The refusal of a second run on `workdir`, with how to proceed."""
+  here = holder and holder.get("host") == socket.gethostname()
+  stop = (f"stop it (kill {holder.get('pid')}: SIGTERM checkpoints it, and a rerun resumes)" if here
+          else "stop it on its host")
+  return (f"--workdir={workdir} is in use by another run: {describe(holder)}.\n"
+          f"Wait for it to finish, {stop}, or pass another --workdir.")
+
+
+def inherited_fd(path: str) -> int | None:
+  """The descriptor of the lock at `path` that a parent process handed down, or None."""
+  value = os.environ.get(INHERITED_FD, "")
+  if not value.isdigit():
+    return None
+  try:
+    same = os.path.samestat(os.fstat(int(value)), os.stat(path))
+  except OSError:
+    return None
+  return int(value) if same else None
+
+
+class Lock:
+  """A held workdir lock; `release()` (or the end of a `with` block) lets go of it."""
+
+  def __init__(self, path: str, fd: int | None, owner: bool = True):
+    self.path, self.fd, self.owner = path, fd, owner
+
+  @classmethod
+  def acquire(cls, workdir: str) -> "Lock":
+    """Take `workdir`'s lock (creating the workdir): WorkdirBusy when a live run holds it."""
+    prepare(workdir)
+    path = os.path.join(workdir, LOCK_NAME)
+    adopted = inherited_fd(path)
+    try:
+      fd = adopted if adopted is not None else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f"--workdir={workdir}: cannot write {path} ({e.strerror}): pass a "
+                         "directory this user can write") from e
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a filesystem without flock
+        print(f"psops_jax: warning: {path} cannot be locked ({e.strerror}): nothing keeps a second "
+              "run off this workdir", file=sys.stderr)
+        if adopted is None:
+          os.close(fd)
+        return cls(path, None)
+      holder = busy_holder(fd)
+      if adopted is None:
+        os.close(fd)
+      raise WorkdirBusy(busy_message(workdir, holder)) from None
+    if adopted is not None:  # the parent's lock: its record names the parent, which runs us
+      return cls(path, fd, owner=False)
+    left = read_holder(fd)
+    if left:
+      print(f"psops_jax: took over the lock of {workdir} left by {describe(left)}: that run is "
+            "gone", file=sys.stderr, flush=True)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder_record()).encode(), 0)
+    os.fsync(fd)
+    return cls(path, fd)
+
+  def child_env(self) -> dict:
+    """Environment entries that let a child process (started with pass_fds=(fd,)) adopt the lock."""
+    return {INHERITED_FD: str(self.fd)}
+
+  def release(self) -> None:
+    """Let go: the owner clears the record first (a cleared lock is not reported as taken over);
+    an adopted lock is only closed here, which leaves the parent holding it."""
+    if self.fd is None:
+      return
+    if self.owner:
+      os.ftruncate(self.fd, 0)
+      fcntl.flock(self.fd, fcntl.LOCK_UN)
+    os.close(self.fd)
+    self.fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+@contextlib.contextmanager
+def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
+  """Create `workdir` and hold its lock for the `with` block. Only `main` (process 0 of a
+  multi-process run) takes the lock, for the run; every process creates the workdir. `agree(ok)`
+  tells whether `ok` is true in every process (an all-gather), so that every process stops when one
+  cannot use the workdir (the others would wait for it in the run's first collective)."""
+  lock, error = None, None
+  try:
+    if main:
+      lock = Lock.acquire(workdir)
+    else:
+      prepare(workdir)
+  except WorkdirError as e:
+    error = e
+  if not agree(error is None):
+    if lock:
+      lock.release()
+    raise error or WorkdirError(f"--workdir={workdir}: another process of this run cannot use it "
+                                "(see process 0's message)")
+  try:
+    yield lock
+  finally:
+    if lock:
+      lock.release()

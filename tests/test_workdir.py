@@ -1,0 +1,118 @@
+"""The workdir lock: one run per workdir, a dead run's lock taken over, a lock handed to a child;
+and two real train.py runs on one workdir."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from psops_jax import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config", "configs/digits_pso.py", "--config.num_particles=4", "--config.model.name=mlp",
+        "--config.sync.period=2", "--config.sync.pso.probe_size=64", "--config.train.eval_every=0"]
+
+
+def dead_pid() -> int:
+  """The pid of a process that has ended."""
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()
+  return process.pid
+
+
+def holder_of(workdir) -> dict | None:
+  """The record in workdir's lock file, or None while it is empty or absent."""
+  path = os.path.join(workdir, workdir_lib.LOCK_NAME)
+  text = open(path).read() if os.path.exists(path) else ""
+  return json.loads(text) if text.strip() else None
+
+
+def test_a_held_lock_refuses_a_second_holder_and_is_cleared_on_release(tmp_path, capsys):
+  workdir = str(tmp_path / "w")
+  with workdir_lib.Lock.acquire(workdir):  # creates the workdir
+    assert holder_of(workdir)["pid"] == os.getpid()
+    assert holder_of(workdir)["host"] == socket.gethostname()
+    pid, host = os.getpid(), socket.gethostname()
+    with pytest.raises(workdir_lib.WorkdirBusy, match=rf"(?s)in use by another run: pid {pid} on "
+                       rf"host {host}.*kill {pid}.*another --workdir"):
+      workdir_lib.Lock.acquire(workdir)  # another open file: flock refuses it, even in-process
+  assert holder_of(workdir) is None
+  workdir_lib.Lock.acquire(workdir).release()
+  assert "took over" not in capsys.readouterr().err  # released cleanly: nothing to take over
+
+
+def test_the_lock_of_a_run_that_is_gone_is_taken_over_and_said(tmp_path, capsys):
+  gone = {"host": socket.gethostname(), "pid": dead_pid(), "started": "earlier", "command": "x"}
+  (tmp_path / workdir_lib.LOCK_NAME).write_text(json.dumps(gone))
+  with workdir_lib.Lock.acquire(str(tmp_path)):
+    assert holder_of(tmp_path)["pid"] == os.getpid()
+  err = capsys.readouterr().err
+  assert f"took over the lock of {tmp_path} left by pid {gone['pid']}" in err
+  assert "that run is gone" in err
+
+
+def test_a_lock_handed_to_a_child_process_is_adopted_and_stays_held(tmp_path):
+  adopt = ("import sys; from psops_jax import workdir; "
+           "workdir.Lock.acquire(sys.argv[1]).release(); print('adopted')")
+  child = [sys.executable, "-c", adopt, str(tmp_path)]
+  with workdir_lib.Lock.acquire(str(tmp_path)) as lock:
+    handed = subprocess.run(child, cwd=REPO, env=os.environ | lock.child_env(),
+                            pass_fds=(lock.fd,), capture_output=True, text=True, timeout=60)
+    assert handed.returncode == 0 and "adopted" in handed.stdout, handed.stderr
+    stranger = subprocess.run(child, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert stranger.returncode != 0 and "WorkdirBusy" in stranger.stderr
+    with pytest.raises(workdir_lib.WorkdirBusy):  # the child's release left it ours
+      workdir_lib.Lock.acquire(str(tmp_path))
+    assert holder_of(tmp_path)["pid"] == os.getpid()
+
+
+def test_hold_stops_every_process_when_one_cannot_use_the_workdir(tmp_path):
+  workdir = str(tmp_path / "w")
+  with pytest.raises(workdir_lib.WorkdirError, match="another process of this run cannot use it"):
+    with workdir_lib.hold(workdir, main=True, agree=lambda ok: False):
+      pass
+  with workdir_lib.Lock.acquire(workdir):  # the refused hold released the lock it had taken
+    with workdir_lib.hold(workdir, main=False) as lock:  # process i > 0 takes no lock
+      assert lock is None
+  (tmp_path / "file").write_text("")
+  with pytest.raises(workdir_lib.WorkdirError, match="is a file"):
+    with workdir_lib.hold(str(tmp_path / "file")):
+      pass
+
+
+def test_a_second_train_py_on_a_live_runs_workdir_is_refused(tmp_path):
+  """A real run holds the workdir; a second one is refused and names it; once the first is killed
+  (-9, no chance to release), its lock is free and says who left it."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  command = [sys.executable, "train.py", *TINY, "--workdir", str(tmp_path)]
+  first = subprocess.Popen(command + ["--config.train.rounds=100000",
+                                      "--config.train.checkpoint_every=100000"],
+                           cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    deadline = time.time() + 120
+    while holder_of(tmp_path) is None:
+      assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
+      time.sleep(0.1)
+    t0 = time.time()
+    second = subprocess.run(command + ["--config.train.rounds=2"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    refused_in = time.time() - t0
+    assert first.poll() is None, "the first run ended before the second one was refused"
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+  assert second.returncode == 2, second.stderr[-2000:]
+  assert (f"--workdir={tmp_path} is in use by another run: pid {first.pid} on host "
+          f"{socket.gethostname()}") in second.stderr
+  assert f"kill {first.pid}" in second.stderr and "Traceback" not in second.stderr
+  assert not (tmp_path / "summary.json").exists()
+  assert refused_in < 60  # before any compilation
+  assert holder_of(tmp_path)["pid"] == first.pid  # left behind by kill -9 ...
+  with workdir_lib.Lock.acquire(str(tmp_path)):  # ... but free: the kernel dropped the flock
+    pass
