@@ -1,6 +1,7 @@
 """Train a swarm of particles with PSO-PS (or another sync strategy).
 
-  python train.py --config configs/digits_pso.py --workdir /tmp/digits_pso [--config.sync.period=4 ...]
+  python train.py --config configs/digits_pso.py --workdir /tmp/digits_pso [--config.sync.period=4
+  ...]
 
 Writes WORKDIR/metrics.jsonl (one line per logged round), WORKDIR/summary.json and checkpoints in
 WORKDIR/checkpoints; rerunning the same command on the same WORKDIR resumes from the newest
@@ -25,32 +26,40 @@ import sys
 import traceback
 
 import ml_collections
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = "configs/digits_pso.py"
 BAD_INPUT_EXIT_CODE = 2
 INTERNAL_ERROR = "psops_jax: internal error (a bug): please report it with the traceback above"
 # absl's reasons for a flag value it cannot parse, and what the message says instead
-FLAG_REASONS = (("invalid literal for int()", "must be an integer"),
-                ("could not convert string to float", "must be a number"),
-                ("Non-boolean argument", "must be True or False"))
+FLAG_REASONS = (
+  ("invalid literal for int()", "must be an integer"),
+  ("could not convert string to float", "must be a number"),
+  ("Non-boolean argument", "must be True or False"),
+)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, summary and checkpoints.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "Multi-host: HOST:PORT of process 0's coordinator.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.",
-                                      lower_bound=1)
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.",
-                                   lower_bound=0)
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Multi-host: jax.distributed.initialize() from the cluster's "
-                                 "environment (SLURM, TPU pod, ...).")
-_LOCAL_DEVICES = flags.DEFINE_integer("local_cpu_devices", None,
-                                      "CPU devices of this process (default: as many as the "
-                                      "config needs, in a single process).", lower_bound=1)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Multi-host: number of processes.", lower_bound=1
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Multi-host: this process's index.", lower_bound=0
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Multi-host: jax.distributed.initialize() from the cluster's environment (SLURM, TPU pod, ...).",
+)
+_LOCAL_DEVICES = flags.DEFINE_integer(
+  "local_cpu_devices",
+  None,
+  "CPU devices of this process (default: as many as the config needs, in a single process).",
+  lower_bound=1,
+)
 # --config: define_config_flag() below, where an error in the config file can be reported
 
 
@@ -74,8 +83,10 @@ def config_path(argv) -> str:
 def missing_config_message(path: str) -> str | None:
   """Why `path` cannot be a config file (not a readable file), or None."""
   if not os.path.isfile(path):
-    return (f"--config {path}: no such file; pass a Python file that defines get_config(), "
-            f"e.g. {DEFAULT_CONFIG}")
+    return (
+      f"--config {path}: no such file; pass a Python file that defines get_config(), "
+      f"e.g. {DEFAULT_CONFIG}"
+    )
   if not os.access(path, os.R_OK):
     return f"--config {path}: not readable by this user"
   return None
@@ -85,8 +96,9 @@ def config_code_message(path: str, error: BaseException) -> str | None:
   """`--config PATH: line N: Error: message` when `error` was raised by the config file's code (a
   frame of its traceback, or a syntax error, lies in the file), else None."""
   same = lambda f: bool(f) and os.path.abspath(f) == os.path.abspath(path)
-  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
-           if same(frame.filename)]
+  lines = [
+    frame.lineno for frame in traceback.extract_tb(error.__traceback__) if same(frame.filename)
+  ]
   if isinstance(error, SyntaxError) and same(error.filename):
     return f"--config {path}: line {error.lineno}: SyntaxError: {error.msg}"
   if not lines:
@@ -97,9 +109,11 @@ def config_code_message(path: str, error: BaseException) -> str | None:
 def flag_error_message(error: flags.Error, path: str) -> str:
   """absl's complaint about a flag, as `--flag=value: what is accepted`."""
   if isinstance(error, flags.UnrecognizedFlagError):  # absl may add "Did you mean: workdir ?"
-    return (f"{str(error).replace(' ?', '?')}; train.py's flags: --config, "
-            "--config.FIELD=VALUE, --workdir, --coordinator_address, --num_processes, "
-            "--process_id, --distributed, --local_cpu_devices (--helpfull explains them)")
+    return (
+      f"{str(error).replace(' ?', '?')}; train.py's flags: --config, "
+      "--config.FIELD=VALUE, --workdir, --coordinator_address, --num_processes, "
+      "--process_id, --distributed, --local_cpu_devices (--helpfull explains them)"
+    )
   match = re.match(r"flag --([^=]+)=(.*?): (.*)", str(error), re.DOTALL)
   if not match:
     return str(error).strip().splitlines()[0]
@@ -154,8 +168,10 @@ def parse_flags(argv):
   with user_input_errors(path):
     rest = flags.FLAGS(argv)
   if not isinstance(flags.FLAGS["config"].value, ml_collections.ConfigDict):
-    fail(missing_config_message(path) or  # a load error, or get_config() returned something else
-         f"--config {path}: get_config() must return an ml_collections.ConfigDict")
+    fail(
+      missing_config_message(path)  # a load error, or get_config() returned something else
+      or f"--config {path}: get_config() must return an ml_collections.ConfigDict"
+    )
   return rest
 
 
@@ -180,8 +196,10 @@ def check_distributed_flags() -> None:
     fail("--coordinator_address needs --num_processes and --process_id")
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit() or not 0 < int(port) < 65536:
-    fail(f"--coordinator_address={address}: must be HOST:PORT with a port in 1..65535, "
-         "e.g. 10.0.0.1:12345")
+    fail(
+      f"--coordinator_address={address}: must be HOST:PORT with a port in 1..65535, "
+      "e.g. 10.0.0.1:12345"
+    )
   if index >= count:
     fail(f"--process_id={index}: must be in 0..{count - 1} (--num_processes={count})")
 
@@ -189,14 +207,18 @@ def check_distributed_flags() -> None:
 def initialize_distributed() -> None:
   """jax.distributed.initialize from the flags (CPU collectives over gloo), if asked."""
   import jax
+
   explicit = _COORDINATOR.value is not None
   if not (explicit or _DISTRIBUTED.value):
     return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     if explicit:
-      jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                 num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+      jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+      )
     else:
       jax.distributed.initialize()
   except (ValueError, RuntimeError) as e:  # no cluster environment, coordinator unreachable
@@ -210,8 +232,16 @@ def bad_input_message(error: Exception, workdir: str) -> str | None:
   import psops_jax
   from psops_jax import checkpoint, config_check, data
   from psops_jax import workdir as workdir_lib
-  if isinstance(error, (config_check.ConfigError, data.DataError, checkpoint.CheckpointError,
-                        workdir_lib.WorkdirError)):
+
+  if isinstance(
+    error,
+    (
+      config_check.ConfigError,
+      data.DataError,
+      checkpoint.CheckpointError,
+      workdir_lib.WorkdirError,
+    ),
+  ):
     return str(error)
   innermost = traceback.extract_tb(error.__traceback__)[-1].filename
   if isinstance(error, ValueError) and is_inside(innermost, os.path.dirname(psops_jax.__file__)):
@@ -229,13 +259,18 @@ def is_inside(path: str, directory: str) -> bool:
 
 def main(argv):
   if len(argv) > 1:
-    fail(f"unexpected arguments {argv[1:]}: train.py takes flags only, as --name=value "
-         "(--helpfull lists them)")
+    fail(
+      f"unexpected arguments {argv[1:]}: train.py takes flags only, as --name=value "
+      "(--helpfull lists them)"
+    )
   if not _WORKDIR.value:
-    fail("--workdir is required: the directory of the run's metrics, summary and checkpoints "
-         "(created if missing), e.g. --workdir /tmp/digits_pso")
+    fail(
+      "--workdir is required: the directory of the run's metrics, summary and checkpoints "
+      "(created if missing), e.g. --workdir /tmp/digits_pso"
+    )
   check_distributed_flags()
   from psops_jax import workdir as workdir_lib  # no JAX: a bad workdir is refused before it starts
+
   try:
     workdir_lib.prepare(_WORKDIR.value)
   except workdir_lib.WorkdirError as e:
@@ -246,6 +281,7 @@ def main(argv):
   ensure_host_devices(wanted if isinstance(wanted, int) and wanted > 0 else 1)
   initialize_distributed()  # JAX starts here, after XLA_FLAGS is set
   from psops_jax import train
+
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
   except train.Diverged as e:
@@ -260,13 +296,16 @@ def main(argv):
       raise
     fail(message)
   import jax
+
   if jax.process_index() == 0:
-    print(f"final test accuracy {summary['final_test_accuracy']:.4f} "
-          f"(best particle {summary['test_accuracy_best_particle']:.4f}, "
-          f"mean particle {summary['test_accuracy_mean_particle']:.4f}, "
-          f"averaged weights {summary['test_accuracy_averaged_weights']:.4f}); "
-          f"{summary['train_seconds']:.1f}s, {summary['samples_per_second']:.0f} samples/s; "
-          f"summary in {os.path.join(_WORKDIR.value, 'summary.json')}")
+    print(
+      f"final test accuracy {summary['final_test_accuracy']:.4f} "
+      f"(best particle {summary['test_accuracy_best_particle']:.4f}, "
+      f"mean particle {summary['test_accuracy_mean_particle']:.4f}, "
+      f"averaged weights {summary['test_accuracy_averaged_weights']:.4f}); "
+      f"{summary['train_seconds']:.1f}s, {summary['samples_per_second']:.0f} samples/s; "
+      f"summary in {os.path.join(_WORKDIR.value, 'summary.json')}"
+    )
 
 
 def run() -> None:

@@ -1,7 +1,8 @@
 """One command that proves psops_jax on a GPU or TPU (about 8 minutes), or at toy size on a CPU.
 
   python benchmarks/accelerator_check.py                 # on the accelerator JAX finds
-  python benchmarks/accelerator_check.py --cpu-smoke     # every part at toy size on CPU (CI runs it)
+  python benchmarks/accelerator_check.py --cpu-smoke     # every part at toy size on CPU (CI runs
+  it)
 
 Each part runs in its own process under its own time limit, and the check carries on after a part
 fails or times out:
@@ -10,8 +11,10 @@ fails or times out:
   digits      the default digits run with train.loop=scan
   resnet20    the CIFAR-10 config on synthetic batches (data.source=synthetic) with ResNet-20,
   vgg_small   and with the VGG-style net: accuracy, compile seconds, samples/s, peak memory
-  throughput  8 particles packed on one device, local_layout unroll against vmap, against a plain-JAX
-              floor of the same model (one particle; 8 independent ones vmapped), float32 and bfloat16
+  throughput  8 particles packed on one device, local_layout unroll against vmap, against a
+  plain-JAX
+              floor of the same model (one particle; 8 independent ones vmapped), float32 and
+              bfloat16
 
 It prints a table, then one JSON line (`{"accelerator_check": ...}`) with every part's figures.
 """
@@ -25,17 +28,22 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 # part -> (time limit in seconds on an accelerator, on --cpu-smoke)
-LIMITS = {"tests": (120, 300), "digits": (60, 120), "resnet20": (100, 240), "vgg_small": (80, 180),
-          "throughput": (120, 240)}  # 8 minutes in all on an accelerator
+LIMITS = {
+  "tests": (120, 300),
+  "digits": (60, 120),
+  "resnet20": (100, 240),
+  "vgg_small": (80, 180),
+  "throughput": (120, 240),
+}  # 8 minutes in all on an accelerator
 RESULT = "accelerator_check_result "
 
 
 def peak_memory() -> dict:
   """Peak bytes in use on the first device (GPU/TPU), or the process's peak resident set (CPU)."""
   import jax
+
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return {"peak_device_bytes": int(stats["peak_bytes_in_use"])}
@@ -43,10 +51,12 @@ def peak_memory() -> dict:
 
 
 def run_training(config_name: str, fields: dict) -> dict:
-  """train_and_evaluate of a config with dotted `fields` set; the summary's figures and peak memory."""
+  """train_and_evaluate of a config with dotted `fields` set: the summary's figures, peak memory."""
   import importlib
   import tempfile
+
   from psops_jax import train
+
   config = importlib.import_module(f"configs.{config_name}").get_config()
   for dotted, value in fields.items():
     node = config
@@ -56,17 +66,35 @@ def run_training(config_name: str, fields: dict) -> dict:
     node[leaf] = value
   with tempfile.TemporaryDirectory() as workdir:
     summary = train.train_and_evaluate(config, workdir)
-  keys = ("final_test_accuracy", "compile_seconds", "train_seconds", "samples_per_second", "backend",
-          "num_devices", "steps")
+  keys = (
+    "final_test_accuracy",
+    "compile_seconds",
+    "train_seconds",
+    "samples_per_second",
+    "backend",
+    "num_devices",
+    "steps",
+  )
   return {**{k: summary[k] for k in keys}, **peak_memory()}
 
 
 def cifar_fields(model: str, smoke: bool) -> dict:
-  fields = {"data.source": "synthetic", "model.name": model, "train.loop": "scan",
-            "train.eval_every": 0}
+  fields = {
+    "data.source": "synthetic",
+    "model.name": model,
+    "train.loop": "scan",
+    "train.eval_every": 0,
+  }
   if smoke:
-    return {**fields, "data.synthetic_size": 128, "num_particles": 2, "sync.period": 2,
-            "train.rounds": 1, "train.batch_size": 4, "sync.pso.probe_size": 16}
+    return {
+      **fields,
+      "data.synthetic_size": 128,
+      "num_particles": 2,
+      "sync.period": 2,
+      "train.rounds": 1,
+      "train.batch_size": 4,
+      "sync.pso.probe_size": 16,
+    }
   return {**fields, "train.rounds": 20, "train.log_every": 10}  # 320 steps of the real config
 
 
@@ -76,21 +104,36 @@ def time_swarm(model, dtype, layout, particles, period, rounds, batch_size) -> d
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from psops_jax import data as data_lib, models, swarm as swarm_lib, sync as sync_lib
+
+  from psops_jax import data as data_lib
+  from psops_jax import models
+  from psops_jax import swarm as swarm_lib
+  from psops_jax import sync as sync_lib
+
   mesh = swarm_lib.make_mesh(particles, 1)
   images, labels, _, _ = data_lib.load_synthetic("cifar10", 2048, 0)
   shards = (np.stack([images] * particles), np.stack([labels] * particles))
   net, tx = models.create(model, dtype=dtype), optax.sgd(0.01, momentum=0.9)
   strategy = sync_lib.average(swarm_lib.AXES)
   mean, std = data_lib.NORMALIZATION["cifar10"]
-  cfg = swarm_lib.RoundConfig(period=period, batch_size=batch_size, fitness="round_loss",
-                              probe_size=1, loop="scan", local_layout=layout, max_unroll=0,
-                              augment=True, mean=mean, std=std)
+  cfg = swarm_lib.RoundConfig(
+    period=period,
+    batch_size=batch_size,
+    fitness="round_loss",
+    probe_size=1,
+    loop="scan",
+    local_layout=layout,
+    max_unroll=0,
+    augment=True,
+    mean=mean,
+    std=std,
+  )
   swarm = swarm_lib.init_swarm(net, tx, strategy, images, particles, 0, mesh, mean, std)
   data = swarm_lib.put_data(shards, (images[:1], labels[:1]), mesh)
   t0 = time.perf_counter()
-  round_fn = swarm_lib.compile_round(swarm_lib.make_round(net, tx, strategy, cfg, mesh, 0), swarm,
-                                     data)
+  round_fn = swarm_lib.compile_round(
+    swarm_lib.make_round(net, tx, strategy, cfg, mesh, 0), swarm, data
+  )
   compile_seconds = time.perf_counter() - t0
   swarm, _ = jax.block_until_ready(round_fn(swarm, data, jnp.int32(0)))  # warm-up
   t0 = time.perf_counter()
@@ -98,8 +141,10 @@ def time_swarm(model, dtype, layout, particles, period, rounds, batch_size) -> d
     swarm, metrics = round_fn(swarm, data, jnp.int32(r))
   jax.block_until_ready((swarm, metrics))
   seconds = time.perf_counter() - t0
-  return {"compile_seconds": round(compile_seconds, 2),
-          "samples_per_second": round(rounds * period * batch_size * particles / seconds, 1)}
+  return {
+    "compile_seconds": round(compile_seconds, 2),
+    "samples_per_second": round(rounds * period * batch_size * particles / seconds, 1),
+  }
 
 
 def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
@@ -109,7 +154,11 @@ def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
   import jax
   import jax.numpy as jnp
   import optax
-  from psops_jax import data as data_lib, models, swarm as swarm_lib
+
+  from psops_jax import data as data_lib
+  from psops_jax import models
+  from psops_jax import swarm as swarm_lib
+
   net, tx = models.create(model, dtype=dtype), optax.sgd(0.01, momentum=0.9)
   images, labels, _, _ = data_lib.load_synthetic("cifar10", 2048, 0)
   images, labels = jnp.asarray(images), jnp.asarray(labels)
@@ -121,17 +170,21 @@ def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
     return params, variables.get("batch_stats", {}), tx.init(params)
 
   def loss(params, stats, x, y):
-    logits, stats = swarm_lib.apply_model(net, params, stats, swarm_lib.normalize(x, mean, std), True)
+    logits, stats = swarm_lib.apply_model(
+      net, params, stats, swarm_lib.normalize(x, mean, std), True
+    )
     return swarm_lib.cross_entropy(logits, y), stats
 
   def steps(state, key):
     def step(state, k):
       params, stats, opt = state
       idx = jax.random.randint(k, (batch_size,), 0, images.shape[0])
-      (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(params, stats, images[idx],
-                                                                     labels[idx])
+      (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(
+        params, stats, images[idx], labels[idx]
+      )
       updates, opt = tx.update(grads, opt, params)
       return (optax.apply_updates(params, updates), stats, opt), value
+
     return jax.lax.scan(step, state, jax.random.split(key, period))
 
   keys = jax.random.split(jax.random.key(0), particles)
@@ -150,26 +203,36 @@ def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
     state, values = run(state, key_of(r))
   jax.block_until_ready((state, values))
   seconds = time.perf_counter() - t0
-  return {"compile_seconds": round(compile_seconds, 2),
-          "samples_per_second": round(rounds * period * batch_size * particles / seconds, 1)}
+  return {
+    "compile_seconds": round(compile_seconds, 2),
+    "samples_per_second": round(rounds * period * batch_size * particles / seconds, 1),
+  }
 
 
 def throughput(smoke: bool) -> dict:
   """Every layout and floor in float32 and bfloat16; the faster layout per dtype."""
-  model, particles, period, rounds, batch = (("mlp", 2, 2, 1, 8) if smoke else
-                                             ("resnet20", 8, 16, 5, 32))
+  model, particles, period, rounds, batch = (
+    ("mlp", 2, 2, 1, 8) if smoke else ("resnet20", 8, 16, 5, 32)
+  )
   rows = {}
   for dtype in ("float32", "bfloat16"):
     for layout in ("unroll", "vmap"):
-      rows[f"swarm_{layout}_{dtype}"] = time_swarm(model, dtype, layout, particles, period, rounds,
-                                                   batch)
+      rows[f"swarm_{layout}_{dtype}"] = time_swarm(
+        model, dtype, layout, particles, period, rounds, batch
+      )
     rows[f"floor_1_{dtype}"] = time_floor(model, dtype, 1, period, rounds, batch)
-    rows[f"floor_{particles}_vmap_{dtype}"] = time_floor(model, dtype, particles, period, rounds,
-                                                         batch)
+    rows[f"floor_{particles}_vmap_{dtype}"] = time_floor(
+      model, dtype, particles, period, rounds, batch
+    )
     faster = max(("unroll", "vmap"), key=lambda l: rows[f"swarm_{l}_{dtype}"]["samples_per_second"])
     rows[f"faster_layout_{dtype}"] = faster
-  return {"model": model, "particles_on_one_device": particles, "period": period,
-          "batch_size": batch, **rows}
+  return {
+    "model": model,
+    "particles_on_one_device": particles,
+    "period": period,
+    "batch_size": batch,
+    **rows,
+  }
 
 
 def run_part(part: str, smoke: bool) -> dict:
@@ -188,8 +251,17 @@ def run_part(part: str, smoke: bool) -> dict:
 
 def run_tests(smoke: bool, env: dict, limit: int) -> dict:
   selection = "scan and average" if smoke else "scan"
-  command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             os.path.join(REPO, "tests", "test_promised_paths.py"), "-k", selection]
+  command = [
+    sys.executable,
+    "-m",
+    "pytest",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    os.path.join(REPO, "tests", "test_promised_paths.py"),
+    "-k",
+    selection,
+  ]
   done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit)
   last = (done.stdout.strip().splitlines() or [""])[-1]
   if done.returncode:
@@ -201,8 +273,9 @@ def child_env(smoke: bool) -> dict:
   env = dict(os.environ)
   if smoke:  # 8 virtual CPU devices, as the tests use
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_force_host_platform_device_count=8").strip()
+    env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
   else:
     env.setdefault("JAX_PLATFORMS", "")  # the tests' conftest would pick the CPU otherwise
   return env
@@ -218,14 +291,16 @@ def run_isolated(part: str, smoke: bool) -> dict:
       figures = run_tests(smoke, env, limit)
     else:
       command = [sys.executable, os.path.abspath(__file__), "--part", part] + (
-          ["--cpu-smoke"] if smoke else [])
-      done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=limit)
+        ["--cpu-smoke"] if smoke else []
+      )
+      done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit
+      )
       lines = [l for l in done.stdout.splitlines() if l.startswith(RESULT)]
       if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"exit {done.returncode}: {tail}")
-      figures = json.loads(lines[-1][len(RESULT):])
+      figures = json.loads(lines[-1][len(RESULT) :])
     status = "ok"
   except subprocess.TimeoutExpired:
     status, figures = "timeout", {"error": f"over its limit of {limit} s"}
@@ -241,8 +316,10 @@ def table(results: dict) -> str:
     shown = {k: v for k, v in r.items() if k not in ("status", "seconds")}
     if part == "throughput" and r["status"] == "ok":
       shown = {k: (v["samples_per_second"] if isinstance(v, dict) else v) for k, v in shown.items()}
-    lines.append(f"{part:<11} {r['status']:<8} {r['seconds']:>8}  "
-                 + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    lines.append(
+      f"{part:<11} {r['status']:<8} {r['seconds']:>8}  "
+      + ", ".join(f"{k}={v}" for k, v in shown.items())
+    )
   return "\n".join(lines)
 
 
@@ -256,13 +333,18 @@ def main():
     print(RESULT + json.dumps(run_part(args.part, args.cpu_smoke)), flush=True)
     return
   import platform
+
   results = {}
   for part in args.parts:
     print(f"accelerator_check: {part} ...", flush=True)
     results[part] = run_isolated(part, args.cpu_smoke)
   print(table(results))
-  record = {"mode": "cpu-smoke" if args.cpu_smoke else "accelerator", "machine": platform.node(),
-            "platform": platform.platform(), "parts": results}
+  record = {
+    "mode": "cpu-smoke" if args.cpu_smoke else "accelerator",
+    "machine": platform.node(),
+    "platform": platform.platform(),
+    "parts": results,
+  }
   print(json.dumps({"accelerator_check": record}), flush=True)
   sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
 

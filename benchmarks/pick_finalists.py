@@ -24,7 +24,9 @@ def finalists(rows, top: int, baseline: str = "average", prefix: str = "") -> li
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("results_csv")
   parser.add_argument("--top", type=int, default=2)
   parser.add_argument("--prefix", default="", help="only variants whose names start with this")

@@ -1,42 +1,56 @@
-"""Where XLA:CPU loses to PyTorch CPU on one LeNet-5 training step (batch 32, 28x28x1, SGD momentum 0.9).
+"""Where XLA:CPU loses to PyTorch CPU on one LeNet-5 training step (batch 32, 28x28x1, SGD momentum
+0.9).
 
-benchmarks/throughput.py found a plain jitted JAX step of LeNet-5 at about half the samples/s of torch
-eager on this CPU. This script takes the step apart and times each piece alone, JAX (jax.jit, compiled
+benchmarks/throughput.py found a plain jitted JAX step of LeNet-5 at about half the samples/s of
+torch
+eager on this CPU. This script takes the step apart and times each piece alone, JAX (jax.jit,
+compiled
 once, every call waited for) against torch (eager), side by side in one process:
 
-  1. forward, layer by layer, with the shapes the model sees (psops_jax/models.py's LeNet5; the layers
+  1. forward, layer by layer, with the shapes the model sees (psops_jax/models.py's LeNet5; the
+  layers
      below are composed and checked to give LeNet5's logits): conv0 (5x5, 1->6, SAME) + bias + ReLU,
      pool0 (2x2 max), conv1 (5x5, 6->16, VALID) + bias + ReLU, pool1, dense0 (400->120) + ReLU,
      dense1 (120->84) + ReLU, dense2 (84->10). Torch runs them under torch.no_grad().
-  2. each conv layer's backward alone, given the input, the weights and a cotangent of the conv output:
+  2. each conv layer's backward alone, given the input, the weights and a cotangent of the conv
+  output:
      "dW" = gradient w.r.t. kernel and bias, "dX" = gradient w.r.t. the input. JAX: jax.vjp of the
-     Flax layer (the forward conv is dead code and removed); torch: aten.convolution_backward, the op
-     autograd calls, with the same output mask. The training step needs conv0 dW, conv1 dX and conv1 dW
+     Flax layer (the forward conv is dead code and removed); torch: aten.convolution_backward, the
+     op
+     autograd calls, with the same output mask. The training step needs conv0 dW, conv1 dX and conv1
+     dW
      (conv0 dX is the gradient w.r.t. the data: neither framework computes it in the step; shown for
      reference).
   3. the whole model: forward (torch no_grad), forward + backward (jax.value_and_grad of the mean
      cross-entropy w.r.t. the params; torch: zero_grad, loss, backward), and the training step
      (+ optax.sgd(0.01, momentum=0.9), params and optimizer state donated and carried; torch:
      torch.optim.SGD(lr=0.01, momentum=0.9)). The inputs are float32 images (already normalised).
-  4. "dispatch" = one tiny op (x + 1 on 8 floats): the fixed cost of one jitted call against one torch op.
+  4. "dispatch" = one tiny op (x + 1 on 8 floats): the fixed cost of one jitted call against one
+  torch op.
 
-Timing: each line is a block of n calls (n chosen so a block lasts ~20 ms; a block slowed down by the
+Timing: each line is a block of n calls (n chosen so a block lasts ~20 ms; a block slowed down by
+the
 machine's load stops after 50 ms and at least 2 calls), after one untimed call; us = block seconds /
 calls. All blocks of all lines and frameworks run in interleaved repetitions (--reps,
-new random order each repetition, 5 ms pause between blocks so torch's OpenMP threads stop spinning);
-the table gives the median over repetitions and [min, max], and the ratio jax/torch taken repetition by
+new random order each repetition, 5 ms pause between blocks so torch's OpenMP threads stop
+spinning);
+the table gives the median over repetitions and [min, max], and the ratio jax/torch taken repetition
+by
 repetition (paired), median [min, max]. Torch runs with torch.set_num_threads(1) and (2) (--threads
 picks one); JAX/XLA:CPU uses its own intra-op thread pool (one thread per core, here 2), which no
 option of this script changes. The column "cores" is process CPU seconds / wall seconds during the
-JAX blocks. On a machine whose cores are busy with other processes, torch's OpenMP threads wait for each
+JAX blocks. On a machine whose cores are busy with other processes, torch's OpenMP threads wait for
+each
 other at every parallel region and 2 threads can be far slower than 1; the report says so when it
 happens (torch 2-thread step > 3x the 1-thread step).
 
 How to read it: ratio > 1 means JAX is slower. The conclusion takes the step's time difference
 D = JAX step - torch step (for each torch thread count, the faster first; skipped when JAX is not
 slower) and attributes it to the layers: for each
-piece of the step, (JAX us - torch us) / D, and the rest (ReLU / pool / dense backward, loss, optimizer,
-fusion effects) as the remainder. Pieces timed alone do not add up exactly to the step (XLA fuses bias
+piece of the step, (JAX us - torch us) / D, and the rest (ReLU / pool / dense backward, loss,
+optimizer,
+fusion effects) as the remainder. Pieces timed alone do not add up exactly to the step (XLA fuses
+bias
 and ReLU into neighbours, caches are warm, each call pays its own dispatch), so the fractions are an
 attribution, not an exact decomposition.
 
@@ -45,25 +59,31 @@ Which convolution implementation XLA:CPU uses: the optimized HLO of the compiled
 computation runs as XLA:CPU's ConvolutionThunk, which calls Eigen's spatial convolution (XLA emits a
 naive loop kernel instead only for convolutions Eigen cannot take); a convolution inside a `fusion`
 whose backend_config kind is "__ynn_fusion" / "__xnn_fusion" / "__onednn_fusion" runs in YNNPACK /
-XNNPACK / oneDNN; a custom-call names its target. Runtime evidence: a child process runs one training
-step with TF_CPP_VMODULE=convolution_thunk=3 and lists the convolutions ConvolutionThunk executed (the
-ones missing from that list ran elsewhere); a torch child runs one step with ONEDNN_VERBOSE=1 and lists
+XNNPACK / oneDNN; a custom-call names its target. Runtime evidence: a child process runs one
+training
+step with TF_CPP_VMODULE=convolution_thunk=3 and lists the convolutions ConvolutionThunk executed
+(the
+ones missing from that list ran elsewhere); a torch child runs one step with ONEDNN_VERBOSE=1 and
+lists
 torch's convolution primitives.
 
-XLA flags: the flags of FLAG_VARIANTS exist in the installed jaxlib (each name is checked to be a string
+XLA flags: the flags of FLAG_VARIANTS exist in the installed jaxlib (each name is checked to be a
+string
 of jaxlib/libjax_common.so, as `strings libjax_common.so | grep xla_cpu_` shows; a missing one is
 skipped). Each variant compiles the conv lines and the training step again with the flag passed as a
 compiler option (`.compile(compiler_options)` sets the same DebugOptions field as XLA_FLAGS, per
 compilation), so the variants are timed in the same process, in the same interleaved repetitions as
 everything else, and compared with the default build of the same line (paired ratio, < 1 = the flag
 makes it faster). The report also says whether the flag changed the optimized HLO. For
-ynn_off, the ConvolutionThunk child is run a second time with the flag in XLA_FLAGS, as a cross-check
+ynn_off, the ConvolutionThunk child is run a second time with the flag in XLA_FLAGS, as a
+cross-check
 of the compiler-option route.
 
   python benchmarks/profile_lenet5.py                  # torch with 1 and 2 threads, 15 repetitions
   python benchmarks/profile_lenet5.py --reps 9 --threads 2 --no-flags
 
-Writes benchmarks/results/profile_lenet5.json (--out): machine (platform, cpus, jax and torch versions,
+Writes benchmarks/results/profile_lenet5.json (--out): machine (platform, cpus, jax and torch
+versions,
 load average before and after), rows, conclusion, the implementation evidence, the flag variants and
 the printed report. On 2 shared cores the defaults take about 2 minutes.
 """
@@ -81,42 +101,76 @@ import subprocess
 import sys
 import time
 
-import common
+from benchmarks import common
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BATCH = 32
 TARGET_BLOCK_SECONDS = 0.02
 
 # XLA:CPU flags that could change how the convolutions run: name -> (the XLA_FLAGS form, the same
-# DebugOptions field as a per-compilation compiler option). Each is checked to be in the jaxlib binary.
+# DebugOptions field as a per-compilation compiler option). Each is checked to be in the jaxlib
+# binary.
 YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 FLAG_VARIANTS = {
-    "ynn_off": (f"--{YNN_TYPES}=", {YNN_TYPES: ""}),
-    "ynn_conv_only": (f"--{YNN_TYPES}=individual_convolution",
-                      {YNN_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}),
-    "onednn": ("--xla_cpu_use_onednn=true", {"xla_cpu_use_onednn": True}),
-    "onednn_custom_call": ("--xla_cpu_experimental_onednn_custom_call=true",
-                           {"xla_cpu_experimental_onednn_custom_call": True}),
-    "xnnpack": ("--xla_cpu_use_xnnpack=true", {"xla_cpu_use_xnnpack": True}),
-    "eigen_single_thread": ("--xla_cpu_multi_thread_eigen=false",
-                            {"xla_cpu_multi_thread_eigen": False}),
+  "ynn_off": (f"--{YNN_TYPES}=", {YNN_TYPES: ""}),
+  "ynn_conv_only": (
+    f"--{YNN_TYPES}=individual_convolution",
+    {YNN_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+  ),
+  "onednn": ("--xla_cpu_use_onednn=true", {"xla_cpu_use_onednn": True}),
+  "onednn_custom_call": (
+    "--xla_cpu_experimental_onednn_custom_call=true",
+    {"xla_cpu_experimental_onednn_custom_call": True},
+  ),
+  "xnnpack": ("--xla_cpu_use_xnnpack=true", {"xla_cpu_use_xnnpack": True}),
+  "eigen_single_thread": (
+    "--xla_cpu_multi_thread_eigen=false",
+    {"xla_cpu_multi_thread_eigen": False},
+  ),
 }
 # Found in the binary but not measured: its help string says it is no longer supported.
 THUNK_RUNTIME_FLAG = "xla_cpu_use_thunk_runtime"
 # The JAX lines compiled again under each flag variant: the convolutions and the step.
-FLAG_LINES = ("conv0 fwd", "conv1 fwd", "conv0 bwd dW", "conv1 bwd dX", "conv1 bwd dW", "train step")
+FLAG_LINES = (
+  "conv0 fwd",
+  "conv1 fwd",
+  "conv0 bwd dW",
+  "conv1 bwd dX",
+  "conv1 bwd dW",
+  "train step",
+)
 
-# Lines in table order: (name, section). The step needs every line but "conv0 bwd dX" and "dispatch".
-LINES = [("conv0 fwd", "layer forward"), ("pool0 fwd", "layer forward"),
-         ("conv1 fwd", "layer forward"), ("pool1 fwd", "layer forward"),
-         ("dense0 fwd", "layer forward"), ("dense1 fwd", "layer forward"),
-         ("dense2 fwd", "layer forward"),
-         ("conv0 bwd dW", "conv backward"), ("conv0 bwd dX", "conv backward"),
-         ("conv1 bwd dX", "conv backward"), ("conv1 bwd dW", "conv backward"),
-         ("forward", "whole model"), ("forward+backward", "whole model"),
-         ("train step", "whole model"), ("dispatch", "overhead")]
-STEP_PIECES = ["conv0 fwd", "pool0 fwd", "conv1 fwd", "pool1 fwd", "dense0 fwd", "dense1 fwd",
-               "dense2 fwd", "conv0 bwd dW", "conv1 bwd dX", "conv1 bwd dW"]
+# Lines in table order: (name, section). The step needs every line but "conv0 bwd dX" and
+# "dispatch".
+LINES = [
+  ("conv0 fwd", "layer forward"),
+  ("pool0 fwd", "layer forward"),
+  ("conv1 fwd", "layer forward"),
+  ("pool1 fwd", "layer forward"),
+  ("dense0 fwd", "layer forward"),
+  ("dense1 fwd", "layer forward"),
+  ("dense2 fwd", "layer forward"),
+  ("conv0 bwd dW", "conv backward"),
+  ("conv0 bwd dX", "conv backward"),
+  ("conv1 bwd dX", "conv backward"),
+  ("conv1 bwd dW", "conv backward"),
+  ("forward", "whole model"),
+  ("forward+backward", "whole model"),
+  ("train step", "whole model"),
+  ("dispatch", "overhead"),
+]
+STEP_PIECES = [
+  "conv0 fwd",
+  "pool0 fwd",
+  "conv1 fwd",
+  "pool1 fwd",
+  "dense0 fwd",
+  "dense1 fwd",
+  "dense2 fwd",
+  "conv0 bwd dW",
+  "conv1 bwd dX",
+  "conv1 bwd dW",
+]
 
 # Conv layers of models.LeNet5: name -> (Flax param key, features, padding as Flax and as torch).
 CONVS = {"conv0": ("Conv_0", 6, "SAME", 2), "conv1": ("Conv_1", 16, "VALID", 0)}
@@ -129,8 +183,9 @@ def cpu_seconds() -> float:
 
 
 def random_batch(seed: int = 0):
-  """A float32 batch (32, 28, 28, 1) of already-normalised images, integer labels, and a numpy RNG."""
+  """A float32 batch (32, 28, 28, 1) of normalised images, integer labels, and a numpy RNG."""
   import numpy as np
+
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((BATCH, 28, 28, 1), dtype=np.float32)
   y = rng.integers(0, 10, (BATCH,)).astype(np.int32)
@@ -152,20 +207,28 @@ def jax_layers():
   def dense(features, relu=True):
     module = nn.Dense(features)
     return lambda p, a: (nn.relu if relu else (lambda v: v))(
-        module.apply({"params": p}, a.reshape((a.shape[0], -1))))
+      module.apply({"params": p}, a.reshape((a.shape[0], -1)))
+    )
 
   pool = lambda p, a: nn.max_pool(a, (2, 2), (2, 2))
-  return [("conv0", "Conv_0", conv(6, "SAME")), ("pool0", None, pool),
-          ("conv1", "Conv_1", conv(16, "VALID")), ("pool1", None, pool),
-          ("dense0", "Dense_0", dense(120)), ("dense1", "Dense_1", dense(84)),
-          ("dense2", "Dense_2", dense(10, relu=False))]
+  return [
+    ("conv0", "Conv_0", conv(6, "SAME")),
+    ("pool0", None, pool),
+    ("conv1", "Conv_1", conv(16, "VALID")),
+    ("pool1", None, pool),
+    ("dense0", "Dense_0", dense(120)),
+    ("dense1", "Dense_1", dense(84)),
+    ("dense2", "Dense_2", dense(10, relu=False)),
+  ]
 
 
 def conv_backward_fns(name: str):
-  """JAX functions (p, a, g) -> gradient w.r.t. the conv layer's params (dW) / its input (dX), g being
+  """JAX functions (p, a, g) -> gradient w.r.t. the conv layer's params (dW) / its input (dX), g
+  being
   a cotangent of the conv output before the ReLU."""
   import flax.linen as nn
   import jax
+
   _, features, padding, _ = CONVS[name]
   module = nn.Conv(features, (5, 5), padding=padding)
   apply = lambda p, a: module.apply({"params": p}, a)
@@ -186,6 +249,7 @@ def prepare_jax(x_np, y_np, rng) -> dict:
   import jax.numpy as jnp
   import numpy as np
   import optax
+
   from psops_jax import models
 
   model = models.LeNet5()
@@ -206,11 +270,14 @@ def prepare_jax(x_np, y_np, rng) -> dict:
   cotangents = {}
   for name, (_, features, _, _) in CONVS.items():
     out_hw = 28 if name == "conv0" else 10
-    cotangents[name] = jnp.asarray(rng.standard_normal((BATCH, out_hw, out_hw, features),
-                                                       dtype=np.float32))
+    cotangents[name] = jnp.asarray(
+      rng.standard_normal((BATCH, out_hw, out_hw, features), dtype=np.float32)
+    )
 
   def loss_fn(p, xb, yb):
-    return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xb), yb).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({"params": p}, xb), yb
+    ).mean()
 
   tx = optax.sgd(0.01, momentum=0.9)
 
@@ -219,8 +286,18 @@ def prepare_jax(x_np, y_np, rng) -> dict:
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s, loss
 
-  return {"model": model, "layers": layers, "x": x, "y": y, "params": params, "inputs": inputs,
-          "cotangents": cotangents, "loss_fn": loss_fn, "train_step": train_step, "tx": tx}
+  return {
+    "model": model,
+    "layers": layers,
+    "x": x,
+    "y": y,
+    "params": params,
+    "inputs": inputs,
+    "cotangents": cotangents,
+    "loss_fn": loss_fn,
+    "train_step": train_step,
+    "tx": tx,
+  }
 
 
 def compile_jax(prep: dict, only=None, compiler_options=None):
@@ -250,8 +327,11 @@ def compile_jax(prep: dict, only=None, compiler_options=None):
   step_text = None
   if only is None or "train step" in only:
     tx = prep["tx"]
-    step = jax.jit(prep["train_step"], donate_argnums=(0, 1)).lower(
-        params, tx.init(params), x, y).compile(compiler_options)
+    step = (
+      jax.jit(prep["train_step"], donate_argnums=(0, 1))
+      .lower(params, tx.init(params), x, y)
+      .compile(compiler_options)
+    )
     step_text = step.as_text()
     copy = lambda tree: jax.tree.map(lambda v: jnp.array(v, copy=True), tree)
     state = [copy(params), tx.init(copy(params))]  # own buffers: the step donates them
@@ -269,7 +349,8 @@ def compile_jax(prep: dict, only=None, compiler_options=None):
 
 
 def build_torch(params, inputs, cotangents, x_np, y_np):
-  """The torch lines, same weights, inputs and cotangents as JAX. Returns ({line: call}, the logits of
+  """The torch lines, same weights, inputs and cotangents as JAX. Returns ({line: call}, the logits
+  of
   the batch, to compare with JAX's)."""
   import numpy as np
   import torch
@@ -281,7 +362,8 @@ def build_torch(params, inputs, cotangents, x_np, y_np):
   net = module_cls()
   load_flax_params(net, params, (5, 5, 16))
   x, y = nchw(x_np), torch.from_numpy(y_np.astype(np.int64))
-  # Flattened dense inputs: torch flattens (C, H, W); load_flax_params permuted dense0's rows for it.
+  # Flattened dense inputs: torch flattens (C, H, W); load_flax_params permuted dense0's rows
+  # for it.
   flat = lambda a: nchw(a).flatten(1) if np.asarray(a).ndim == 4 else torch.from_numpy(np.array(a))
   a = {name: nchw(inputs[name]) for name in ("conv0", "pool0", "conv1", "pool1")}
   a.update({name: flat(inputs[name]) for name in ("dense0", "dense1", "dense2")})
@@ -290,24 +372,28 @@ def build_torch(params, inputs, cotangents, x_np, y_np):
     def run():
       with torch.no_grad():
         fn()
+
     return run
 
   calls = {
-      "conv0 fwd": no_grad(lambda: torch.relu(net.conv0(a["conv0"]))),
-      "pool0 fwd": no_grad(lambda: F.max_pool2d(a["pool0"], 2, 2)),
-      "conv1 fwd": no_grad(lambda: torch.relu(net.conv1(a["conv1"]))),
-      "pool1 fwd": no_grad(lambda: F.max_pool2d(a["pool1"], 2, 2)),
-      "dense0 fwd": no_grad(lambda: torch.relu(net.dense0(a["dense0"]))),
-      "dense1 fwd": no_grad(lambda: torch.relu(net.dense1(a["dense1"]))),
-      "dense2 fwd": no_grad(lambda: net.dense2(a["dense2"])),
+    "conv0 fwd": no_grad(lambda: torch.relu(net.conv0(a["conv0"]))),
+    "pool0 fwd": no_grad(lambda: F.max_pool2d(a["pool0"], 2, 2)),
+    "conv1 fwd": no_grad(lambda: torch.relu(net.conv1(a["conv1"]))),
+    "pool1 fwd": no_grad(lambda: F.max_pool2d(a["pool1"], 2, 2)),
+    "dense0 fwd": no_grad(lambda: torch.relu(net.dense0(a["dense0"]))),
+    "dense1 fwd": no_grad(lambda: torch.relu(net.dense1(a["dense1"]))),
+    "dense2 fwd": no_grad(lambda: net.dense2(a["dense2"])),
   }
   for name, (_, features, _, pad) in CONVS.items():
     layer, g = getattr(net, name), nchw(cotangents[name])
     for kind, mask in (("dW", [False, True, True]), ("dX", [True, False, False])):
       calls[f"{name} bwd {kind}"] = no_grad(
-          lambda layer=layer, g=g, inp=a[name], mask=mask, pad=pad, features=features:
-          torch.ops.aten.convolution_backward(g, inp, layer.weight, [features], [1, 1], [pad, pad],
-                                              [1, 1], False, [0, 0], 1, mask))
+        lambda layer=layer, g=g, inp=a[name], mask=mask, pad=pad, features=features: (
+          torch.ops.aten.convolution_backward(
+            g, inp, layer.weight, [features], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
+          )
+        )
+      )
   calls["forward"] = no_grad(lambda: net(x))
 
   def forward_backward():
@@ -350,7 +436,8 @@ def calibrate(call) -> int:
 def measure(blocks: dict, reps: int, seed: int = 0) -> dict:
   """Time every block `reps` times, interleaved (a new random order each repetition).
 
-  blocks: {key: (setup, call, n)}; a block runs setup(), one untimed call, then n timed calls (fewer,
+  blocks: {key: (setup, call, n)}; a block runs setup(), one untimed call, then n timed calls
+  (fewer,
   but at least 2, if the block already lasted 2.5 x TARGET_BLOCK_SECONDS: a slowed-down block on a
   loaded machine does not stretch the run).
   Returns {key: {"us": [per-call microseconds, one per repetition], "cores": [...]}}.
@@ -388,7 +475,8 @@ def paired_ratio(a: list, b: list) -> dict:
 def hlo_implementations(text: str) -> dict:
   """Parse optimized HLO text: where each convolution and dot runs.
 
-  Returns {"convolutions": [{"instruction", "runs_as", "op_name", "shape", "window"}], "dots": {runs_as:
+  Returns {"convolutions": [{"instruction", "runs_as", "op_name", "shape", "window"}], "dots":
+  {runs_as:
   count}, "custom_call_targets": [...], "library_fusions": {kind: count}}.
   """
   computations, current = {}, None
@@ -411,20 +499,29 @@ def hlo_implementations(text: str) -> dict:
     op_name = re.search(r'op_name="([^"]+)"', line)
     window = re.search(r"window=\{([^}]*)\}", line)
     labels = re.search(r"dim_labels=(\S+?),", line)
-    return {"instruction": name, "runs_as": runs_as, "shape": shape,
-            "window": window.group(1) if window else "", "dim_labels": labels.group(1) if labels else "",
-            "op_name": op_name.group(1) if op_name else ""}
+    return {
+      "instruction": name,
+      "runs_as": runs_as,
+      "shape": shape,
+      "window": window.group(1) if window else "",
+      "dim_labels": labels.group(1) if labels else "",
+      "op_name": op_name.group(1) if op_name else "",
+    }
 
   convs, dots, targets, fusions = [], {}, [], {}
-  libraries = {"__ynn_fusion": "YNNPACK fusion (__ynn_fusion)",
-               "__xnn_fusion": "XNNPACK fusion (__xnn_fusion)",
-               "__onednn_fusion": "oneDNN fusion (__onednn_fusion)"}
+  libraries = {
+    "__ynn_fusion": "YNNPACK fusion (__ynn_fusion)",
+    "__xnn_fusion": "XNNPACK fusion (__xnn_fusion)",
+    "__onednn_fusion": "oneDNN fusion (__onednn_fusion)",
+  }
   for line in computations.get("ENTRY", []):
     _, _, op = opcode(line)
     if op == "convolution":
       convs.append(describe(line, "ConvolutionThunk (Eigen spatial convolution)"))
     elif op == "dot":
-      dots["DotThunk (Eigen / XLA dot emitter)"] = dots.get("DotThunk (Eigen / XLA dot emitter)", 0) + 1
+      dots["DotThunk (Eigen / XLA dot emitter)"] = (
+        dots.get("DotThunk (Eigen / XLA dot emitter)", 0) + 1
+      )
     elif op == "custom-call":
       target = re.search(r'custom_call_target="([^"]+)"', line)
       targets.append(target.group(1) if target else "?")
@@ -441,13 +538,18 @@ def hlo_implementations(text: str) -> dict:
           convs.append(describe(inner, runs_as))
         elif inner_op == "dot":
           dots[runs_as] = dots.get(runs_as, 0) + 1
-  return {"convolutions": convs, "dots": dots, "custom_call_targets": targets,
-          "library_fusions": fusions}
+  return {
+    "convolutions": convs,
+    "dots": dots,
+    "custom_call_targets": targets,
+    "library_fusions": fusions,
+  }
 
 
 def flags_in_jaxlib(names) -> dict:
-  """{flag name: whether it is a string of the installed jaxlib's shared library} (like `strings`)."""
+  """{flag name: whether it is a string in the installed jaxlib's library} (like `strings`)."""
   import jaxlib
+
   lib = os.path.join(os.path.dirname(jaxlib.__file__), "libjax_common.so")
   with open(lib, "rb") as f:
     blob = f.read()
@@ -472,34 +574,61 @@ def child_main():
 
 
 def conv_thunk_log(xla_flags: str = "", timeout: float = 120) -> dict:
-  """One training step in a child with TF_CPP_VMODULE=convolution_thunk=3 (and XLA_FLAGS + `xla_flags`):
-  the convolutions XLA:CPU's ConvolutionThunk (Eigen) executed during the step, and the HLO summary."""
+  """One training step in a child with TF_CPP_VMODULE=convolution_thunk=3 (and XLA_FLAGS +
+  `xla_flags`):
+  the convolutions XLA:CPU's ConvolutionThunk (Eigen) ran during the step, and the HLO summary."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="convolution_thunk=3")
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), "--child"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   after = proc.stderr.split("STEP_STARTS", 1)[-1] if "STEP_STARTS" in proc.stderr else ""
-  logged = [l.split("] ", 1)[1] for l in after.splitlines()
-            if "convolution_thunk.cc" in l and "Convolution:" in l]
-  short = lambda s: re.sub(r" (strides|base_dilation|window_dilation|feature_group_count)=\S+", "",
-                           s.replace("Convolution: convolution_rank=2 ", ""))
-  result = next((json.loads(l[len("CHILD_RESULT "):]) for l in proc.stdout.splitlines()
-                 if l.startswith("CHILD_RESULT ")), None)
-  return {"xla_flags": env["XLA_FLAGS"], "returncode": proc.returncode,
-          "convolution_thunk_calls": [short(l) for l in logged],
-          "library_fusions": result["library_fusions"] if result else None,
-          "conv_runs_as": [c["runs_as"] for c in result["convolutions"]] if result else None}
+  logged = [
+    l.split("] ", 1)[1]
+    for l in after.splitlines()
+    if "convolution_thunk.cc" in l and "Convolution:" in l
+  ]
+  short = lambda s: re.sub(
+    r" (strides|base_dilation|window_dilation|feature_group_count)=\S+",
+    "",
+    s.replace("Convolution: convolution_rank=2 ", ""),
+  )
+  result = next(
+    (
+      json.loads(l[len("CHILD_RESULT ") :])
+      for l in proc.stdout.splitlines()
+      if l.startswith("CHILD_RESULT ")
+    ),
+    None,
+  )
+  return {
+    "xla_flags": env["XLA_FLAGS"],
+    "returncode": proc.returncode,
+    "convolution_thunk_calls": [short(l) for l in logged],
+    "library_fusions": result["library_fusions"] if result else None,
+    "conv_runs_as": [c["runs_as"] for c in result["convolutions"]] if result else None,
+  }
 
 
 def torch_conv_impl(timeout: float = 120) -> list:
   """Torch's convolution primitives in a training step (a child with ONEDNN_VERBOSE=1)."""
-  code = ("import sys; sys.path.insert(0, %r); import torch, torch.nn.functional as F\n"
-          "from throughput import torch_modules\n"
-          "net = torch_modules()['lenet5'](); x = torch.randn(32, 1, 28, 28)\n"
-          "F.cross_entropy(net(x), torch.zeros(32, dtype=torch.long)).backward()\n"
-          % os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ONEDNN_VERBOSE="1"),
-                        capture_output=True, text=True, timeout=timeout)
+  code = (
+    "import torch, torch.nn.functional as F\n"
+    "from benchmarks.throughput import torch_modules\n"
+    "net = torch_modules()['lenet5'](); x = torch.randn(32, 1, 28, 28)\n"
+    "F.cross_entropy(net(x), torch.zeros(32, dtype=torch.long)).backward()\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code],
+    env=dict(os.environ, ONEDNN_VERBOSE="1"),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   prims = []
   for line in proc.stdout.splitlines():
     parts = line.split(",")
@@ -519,35 +648,50 @@ def conclusion(rows: dict, torch_key: str) -> tuple:
   med = lambda line, fw: rows[line][fw]["median"]
   gap = med("train step", "jax") - med("train step", torch_key)
   label = f"torch {torch_key[-1]} thread(s)"
-  head = (f"vs {label}: JAX step {med('train step', 'jax'):.0f} us, torch "
-          f"{med('train step', torch_key):.0f} us, D = {gap:+.0f} us (paired ratio "
-          f"{rows['train step'][torch_key + '_ratio']['median']:.2f})")
+  head = (
+    f"vs {label}: JAX step {med('train step', 'jax'):.0f} us, torch "
+    f"{med('train step', torch_key):.0f} us, D = {gap:+.0f} us (paired ratio "
+    f"{rows['train step'][torch_key + '_ratio']['median']:.2f})"
+  )
   if gap <= 0:
-    return {"torch": torch_key, "gap_us": gap}, [head + ": JAX is not slower, nothing to attribute."]
+    return {"torch": torch_key, "gap_us": gap}, [
+      head + ": JAX is not slower, nothing to attribute."
+    ]
   diff = {p: med(p, "jax") - med(p, torch_key) for p in STEP_PIECES}
   conv = sum(v for k, v in diff.items() if k.startswith("conv"))
   other = sum(v for k, v in diff.items() if not k.startswith("conv"))
   jax_bwd = med("forward+backward", "jax") - med("forward", "jax")
   torch_bwd = med("forward+backward", torch_key) - med("forward", torch_key)
-  phases = {"forward": med("forward", "jax") - med("forward", torch_key),
-            "backward (fwd+bwd - fwd)": jax_bwd - torch_bwd,
-            "optimizer (step - fwd+bwd)": (med("train step", "jax") - med("forward+backward", "jax")) -
-                                          (med("train step", torch_key) -
-                                           med("forward+backward", torch_key))}
+  phases = {
+    "forward": med("forward", "jax") - med("forward", torch_key),
+    "backward (fwd+bwd - fwd)": jax_bwd - torch_bwd,
+    "optimizer (step - fwd+bwd)": (med("train step", "jax") - med("forward+backward", "jax"))
+    - (med("train step", torch_key) - med("forward+backward", torch_key)),
+  }
   pct = lambda v: f"{100 * v / gap:+.0f}%"
-  lines = [head + ".",
-           "  (jax - torch) us of each step piece timed alone, and its share of D: " +
-           ", ".join(f"{k} {v:+.0f} ({pct(v)})" for k, v in sorted(diff.items(), key=lambda kv: -kv[1])),
-           f"  the conv pieces (conv0/conv1 fwd, conv0 dW, conv1 dX, conv1 dW): {conv:+.0f} us = {pct(conv)}"
-           f" of D; pools + dense forward: {other:+.0f} us = {pct(other)}; rest of D (ReLU/pool/dense"
-           f" backward, loss, optimizer, fusion and dispatch effects): {gap - conv - other:+.0f} us = "
-           f"{pct(gap - conv - other)}",
-           "  by phase (whole-model lines): " + ", ".join(f"{k} {v:+.0f} us ({pct(v)})"
-                                                          for k, v in phases.items())]
-  return {"torch": torch_key, "gap_us": gap, "piece_diff_us": diff,
-          "piece_share": {k: v / gap for k, v in diff.items()}, "conv_share": conv / gap,
-          "pools_dense_forward_share": other / gap, "rest_share": (gap - conv - other) / gap,
-          "phase_diff_us": phases, "phase_share": {k: v / gap for k, v in phases.items()}}, lines
+  lines = [
+    head + ".",
+    "  (jax - torch) us of each step piece timed alone, and its share of D: "
+    + ", ".join(f"{k} {v:+.0f} ({pct(v)})" for k, v in sorted(diff.items(), key=lambda kv: -kv[1])),
+    f"  the conv pieces (conv0/conv1 fwd, conv0 dW, conv1 dX, conv1 dW): "
+    f"{conv:+.0f} us = {pct(conv)}"
+    f" of D; pools + dense forward: {other:+.0f} us = {pct(other)}; rest of D (ReLU/pool/dense"
+    f" backward, loss, optimizer, fusion and dispatch effects): {gap - conv - other:+.0f} us = "
+    f"{pct(gap - conv - other)}",
+    "  by phase (whole-model lines): "
+    + ", ".join(f"{k} {v:+.0f} us ({pct(v)})" for k, v in phases.items()),
+  ]
+  return {
+    "torch": torch_key,
+    "gap_us": gap,
+    "piece_diff_us": diff,
+    "piece_share": {k: v / gap for k, v in diff.items()},
+    "conv_share": conv / gap,
+    "pools_dense_forward_share": other / gap,
+    "rest_share": (gap - conv - other) / gap,
+    "phase_diff_us": phases,
+    "phase_share": {k: v / gap for k, v in phases.items()},
+  }, lines
 
 
 def fmt(s: dict, digits: int = 0) -> str:
@@ -580,10 +724,12 @@ def flag_table(flags: dict) -> list:
       lines.append(f"{name:26} skipped: {entry.get('skipped')}")
       continue
     lines.append(f"{name:26} " + " ".join(f"{fmt(entry['ratio'][l], 2):>19}" for l in FLAG_LINES))
-    lines.append(f"  {entry['xla_flags']}: HLO "
-                 f"{'identical to default' if entry['hlo_identical_to_default'] else 'changed'}; "
-                 f"library fusions {entry['library_fusions'] or 'none'}; convs run as "
-                 f"{sorted(set(entry['conv_runs_as']))}")
+    lines.append(
+      f"  {entry['xla_flags']}: HLO "
+      f"{'identical to default' if entry['hlo_identical_to_default'] else 'changed'}; "
+      f"library fusions {entry['library_fusions'] or 'none'}; convs run as "
+      f"{sorted(set(entry['conv_runs_as']))}"
+    )
   return lines
 
 
@@ -591,14 +737,20 @@ def implementation_lines(impl: dict, logs: list, torch_impl: list) -> list:
   """What runs the convolutions: XLA's optimized HLO, ConvolutionThunk's log, torch's oneDNN log."""
   lines = ["XLA:CPU, optimized HLO of the training step (one line per convolution):"]
   for c in impl["convolutions"]:
-    lines.append(f"  {c['runs_as']:45} {c['shape'].split('{')[0]:18} {c['dim_labels']:17} "
-                 f"window {{{c['window']}}}  {c['op_name'].split('/', 1)[-1]}")
-  lines.append(f"  dots: {impl['dots']}; custom-calls: {impl['custom_call_targets'] or 'none'}; "
-               f"library fusions: {impl['library_fusions'] or 'none'}")
+    lines.append(
+      f"  {c['runs_as']:45} {c['shape'].split('{')[0]:18} {c['dim_labels']:17} "
+      f"window {{{c['window']}}}  {c['op_name'].split('/', 1)[-1]}"
+    )
+  lines.append(
+    f"  dots: {impl['dots']}; custom-calls: {impl['custom_call_targets'] or 'none'}; "
+    f"library fusions: {impl['library_fusions'] or 'none'}"
+  )
   for log in logs:
-    lines.append(f"ConvolutionThunk calls logged in one step (TF_CPP_VMODULE=convolution_thunk=3, "
-                 f"XLA_FLAGS='{log['xla_flags']}'): {len(log['convolution_thunk_calls'])}; "
-                 f"library fusions {log['library_fusions'] or 'none'}")
+    lines.append(
+      f"ConvolutionThunk calls logged in one step (TF_CPP_VMODULE=convolution_thunk=3, "
+      f"XLA_FLAGS='{log['xla_flags']}'): {len(log['convolution_thunk_calls'])}; "
+      f"library fusions {log['library_fusions'] or 'none'}"
+    )
     lines += [f"  {c}" for c in log["convolution_thunk_calls"]]
   lines.append("torch (ONEDNN_VERBOSE=1), one step: " + ("; ".join(torch_impl) or "no oneDNN conv"))
   return lines
@@ -608,10 +760,17 @@ def implementation_lines(impl: dict, logs: list, torch_impl: list) -> list:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (default 15)")
-  parser.add_argument("--threads", type=int, choices=[1, 2], default=None,
-                      help="torch.set_num_threads for torch (default: both 1 and 2)")
+  parser.add_argument(
+    "--threads",
+    type=int,
+    choices=[1, 2],
+    default=None,
+    help="torch.set_num_threads for torch (default: both 1 and 2)",
+  )
   parser.add_argument("--no-flags", action="store_true", help="skip the XLA flag variants")
   parser.add_argument("--out", default=os.path.join(RESULTS, "profile_lenet5.json"))
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -624,10 +783,14 @@ def main():
   import jax
   import numpy as np
   import torch
+
   thread_counts = [args.threads] if args.threads else [1, 2]
   torch_keys = [f"torch{t}" for t in thread_counts]
-  print(f"LeNet-5 profile: batch {BATCH}, {args.reps} repetitions, torch threads {thread_counts}; "
-        f"{os.cpu_count()} cores, load average {loadavg_before[0]:.2f}", flush=True)
+  print(
+    f"LeNet-5 profile: batch {BATCH}, {args.reps} repetitions, torch threads {thread_counts}; "
+    f"{os.cpu_count()} cores, load average {loadavg_before[0]:.2f}",
+    flush=True,
+  )
 
   x, y, rng = random_batch()
   t0 = time.perf_counter()
@@ -636,12 +799,16 @@ def main():
   torch_calls, torch_logits = build_torch(prep["params"], prep["inputs"], prep["cotangents"], x, y)
   jax_logits = np.asarray(jax.jit(prep["model"].apply)({"params": prep["params"]}, prep["x"]))
   logit_diff = float(np.abs(torch_logits - jax_logits).max())
-  print(f"  compiled {len(jax_calls)} JAX functions in {time.perf_counter() - t0:.1f} s; torch vs JAX "
-        f"logits: max |diff| {logit_diff:.1e}", flush=True)
+  print(
+    f"  compiled {len(jax_calls)} JAX functions in {time.perf_counter() - t0:.1f} s; torch vs JAX "
+    f"logits: max |diff| {logit_diff:.1e}",
+    flush=True,
+  )
 
   # The flag variants: the conv lines and the step compiled again with compiler options.
-  present = flags_in_jaxlib([f.lstrip("-").split("=")[0] for f, _ in FLAG_VARIANTS.values()] +
-                            [THUNK_RUNTIME_FLAG])
+  present = flags_in_jaxlib(
+    [f.lstrip("-").split("=")[0] for f, _ in FLAG_VARIANTS.values()] + [THUNK_RUNTIME_FLAG]
+  )
   flags, variant_calls = {}, {}
   for name, (xla_flags, options) in ({} if args.no_flags else FLAG_VARIANTS).items():
     if not present[xla_flags.lstrip("-").split("=")[0]]:
@@ -649,13 +816,19 @@ def main():
       continue
     variant_calls[name], text = compile_jax(prep, only=FLAG_LINES, compiler_options=options)
     impl = hlo_implementations(text)
-    flags[name] = {"xla_flags": xla_flags, "compiler_options": options,
-                   "hlo_identical_to_default": hlo_signature(text) == hlo_signature(step_text),
-                   "library_fusions": impl["library_fusions"],
-                   "conv_runs_as": [c["runs_as"] for c in impl["convolutions"]]}
+    flags[name] = {
+      "xla_flags": xla_flags,
+      "compiler_options": options,
+      "hlo_identical_to_default": hlo_signature(text) == hlo_signature(step_text),
+      "library_fusions": impl["library_fusions"],
+      "conv_runs_as": [c["runs_as"] for c in impl["convolutions"]],
+    }
   if variant_calls:
-    print(f"  compiled {len(variant_calls)} flag variants x {len(FLAG_LINES)} lines "
-          f"({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+    print(
+      f"  compiled {len(variant_calls)} flag variants x {len(FLAG_LINES)} lines "
+      f"({time.perf_counter() - t_start:.0f} s so far)",
+      flush=True,
+    )
 
   blocks = {}
   for line, _ in LINES:
@@ -668,21 +841,29 @@ def main():
     for line in FLAG_LINES:
       blocks[(line, name)] = ((lambda: None), calls[line], blocks[(line, "jax")][2])
   timed = measure(blocks, args.reps)
-  print(f"  timed {len(blocks)} blocks x {args.reps} repetitions "
-        f"({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+  print(
+    f"  timed {len(blocks)} blocks x {args.reps} repetitions "
+    f"({time.perf_counter() - t_start:.0f} s so far)",
+    flush=True,
+  )
 
   rows = {}
   for line, section in LINES:
     j = timed[(line, "jax")]["us"]
-    rows[line] = {"section": section, "calls_per_block": blocks[(line, "jax")][2],
-                  "jax": common.spread(j), "jax_cores": statistics.median(timed[(line, "jax")]["cores"])}
+    rows[line] = {
+      "section": section,
+      "calls_per_block": blocks[(line, "jax")][2],
+      "jax": common.spread(j),
+      "jax_cores": statistics.median(timed[(line, "jax")]["cores"]),
+    }
     for key in torch_keys:
       rows[line][key] = common.spread(timed[(line, key)]["us"])
       rows[line][key + "_ratio"] = paired_ratio(j, timed[(line, key)]["us"])
   for name in variant_calls:
     flags[name]["us"] = {l: common.spread(timed[(l, name)]["us"]) for l in FLAG_LINES}
-    flags[name]["ratio"] = {l: paired_ratio(timed[(l, name)]["us"], timed[(l, "jax")]["us"])
-                            for l in FLAG_LINES}
+    flags[name]["ratio"] = {
+      l: paired_ratio(timed[(l, name)]["us"], timed[(l, "jax")]["us"]) for l in FLAG_LINES
+    }
 
   concl, concl_lines = {}, []
   for key in sorted(torch_keys, key=lambda k: rows["train step"][k]["median"]):
@@ -692,9 +873,11 @@ def main():
     slowdown = rows["train step"]["torch2"]["median"] / rows["train step"]["torch1"]["median"]
     concl["torch2_over_torch1_step"] = slowdown
     if slowdown > 3:
-      concl_lines.append(f"Note: torch with 2 threads took {slowdown:.0f}x the 1-thread step: the cores are "
-                         "busy with other processes and torch's 2 OpenMP threads wait for each other "
-                         "(load average above); the 1-thread comparison is the meaningful one here.")
+      concl_lines.append(
+        f"Note: torch with 2 threads took {slowdown:.0f}x the 1-thread step: the cores are "
+        "busy with other processes and torch's 2 OpenMP threads wait for each other "
+        "(load average above); the 1-thread comparison is the meaningful one here."
+      )
   impl = hlo_implementations(step_text)
   logs = [conv_thunk_log()]
   if "ynn_off" in variant_calls:
@@ -705,30 +888,63 @@ def main():
   lines = table(rows, torch_keys)
   impl_lines = implementation_lines(impl, logs, torch_impl)
   flag_lines = flag_table(flags) if flags else []
-  flag_lines.append(f"{THUNK_RUNTIME_FLAG}: in the jaxlib binary: {present[THUNK_RUNTIME_FLAG]}; not "
-                    "measured (its message in the binary: no longer supported, the thunk runtime is "
-                    "the only one)")
+  flag_lines.append(
+    f"{THUNK_RUNTIME_FLAG}: in the jaxlib binary: {present[THUNK_RUNTIME_FLAG]}; not "
+    "measured (its message in the binary: no longer supported, the thunk runtime is "
+    "the only one)"
+  )
   elapsed = time.perf_counter() - t_start
-  footer = (f"load average before {loadavg_before[0]:.2f}, after {loadavg_after[0]:.2f}; "
-            f"{os.cpu_count()} cores; {elapsed:.0f} s")
-  report = (["", *lines, "", "Conclusion (step-time gap D attributed to the pieces timed alone):",
-             *concl_lines, "", *impl_lines, "", "XLA flag variants (compiled with the flag as a "
-             "compiler option; paired ratio variant / default, median [min, max]):", *flag_lines, "",
-             footer])
+  footer = (
+    f"load average before {loadavg_before[0]:.2f}, after {loadavg_after[0]:.2f}; "
+    f"{os.cpu_count()} cores; {elapsed:.0f} s"
+  )
+  report = [
+    "",
+    *lines,
+    "",
+    "Conclusion (step-time gap D attributed to the pieces timed alone):",
+    *concl_lines,
+    "",
+    *impl_lines,
+    "",
+    "XLA flag variants (compiled with the flag as a "
+    "compiler option; paired ratio variant / default, median [min, max]):",
+    *flag_lines,
+    "",
+    footer,
+  ]
   print("\n".join(report), flush=True)
 
-  machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-             "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
-             "backend": jax.default_backend(), "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
-             "loadavg_before": loadavg_before, "loadavg_after": loadavg_after}
-  result = {"command": common.command_line(), "machine": machine,
-            "config": {"batch": BATCH, "reps": args.reps, "torch_threads": thread_counts,
-                       "target_block_seconds": TARGET_BLOCK_SECONDS},
-            "check": {"torch_vs_jax_max_logit_diff": logit_diff},
-            "rows": rows, "conclusion": concl,
-            "xla_implementation": {"train_step_hlo": impl, "convolution_thunk_logs": logs},
-            "torch_convolution_primitives": torch_impl, "flags": flags,
-            "flags_in_jaxlib": present, "seconds": round(elapsed, 1), "report": report}
+  machine = {
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpus": os.cpu_count(),
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "backend": jax.default_backend(),
+    "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
+    "loadavg_before": loadavg_before,
+    "loadavg_after": loadavg_after,
+  }
+  result = {
+    "command": common.command_line(),
+    "machine": machine,
+    "config": {
+      "batch": BATCH,
+      "reps": args.reps,
+      "torch_threads": thread_counts,
+      "target_block_seconds": TARGET_BLOCK_SECONDS,
+    },
+    "check": {"torch_vs_jax_max_logit_diff": logit_diff},
+    "rows": rows,
+    "conclusion": concl,
+    "xla_implementation": {"train_step_hlo": impl, "convolution_thunk_logs": logs},
+    "torch_convolution_primitives": torch_impl,
+    "flags": flags,
+    "flags_in_jaxlib": present,
+    "seconds": round(elapsed, 1),
+    "report": report,
+  }
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)

@@ -1,8 +1,10 @@
 """The paper's study: sync methods side by side across periods, particle counts and seeds.
 
 A study config (see configs/study_fashion_mnist.py) names a base run config and a grid of
-variants x periods x particle counts x seeds. Every cell is a normal `train.py` run in its own workdir
-(OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not re-run, and
+variants x periods x particle counts x seeds. Every cell is a normal `train.py` run in its own
+workdir
+(OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not re-run,
+and
 an interrupted cell resumes from its checkpoint, so the whole study is resumable. A cell being run
 is locked with the lock of its workdir (psops_jax/workdir.py: study.py takes it and hands it to the
 cell's train.py), so several study.py processes over the same grid (e.g. one per core group) share
@@ -10,19 +12,26 @@ the cells out instead of running the same cell twice. Every cell of a variant ru
 of local steps per particle (`total_steps`).
 
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_quick --quick
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist --report-only
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_quick
+  --quick
+  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
+  --report-only
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
       --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
   python benchmarks/study.py ... --variants pso average   # only these variants
   python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
-      --base configs/mnist_pso.py --set data.source=tfds --out results/mnist   # the same grid on MNIST
+      --base configs/mnist_pso.py --set data.source=tfds --out results/mnist   # the same grid on
+      MNIST
 
-A slice limits what this process runs; the report always covers every finished cell of the grid. Then
-writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over seeds per
-variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line per variant,
+A slice limits what this process runs; the report always covers every finished cell of the grid.
+Then
+writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over seeds
+per
+variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line per
+variant,
 mean over seeds, one panel per period) and, when finished runs span several periods,
-final_accuracy_vs_period.png (final accuracy against the period, mean +- std over seeds, one panel per
+final_accuracy_vs_period.png (final accuracy against the period, mean +- std over seeds, one panel
+per
 particle count).
 """
 
@@ -37,19 +46,32 @@ import subprocess
 import sys
 import time
 
+from psops_jax import workdir as workdir_lib  # no JAX in it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # study configs import configs/*
-from psops_jax import workdir as workdir_lib  # noqa: E402  (after the path; no JAX in it)
 
 BIG_WORKER = "one big worker"
-ROW_KEYS = ("variant", "period", "num_particles", "seed", "diverged", "final_test_accuracy",
-            "test_accuracy_best_particle", "test_accuracy_mean_particle",
-            "test_accuracy_averaged_weights", "steps", "samples", "communicated_bytes_per_particle",
-            "train_seconds", "evaluated_on")
+ROW_KEYS = (
+  "variant",
+  "period",
+  "num_particles",
+  "seed",
+  "diverged",
+  "final_test_accuracy",
+  "test_accuracy_best_particle",
+  "test_accuracy_mean_particle",
+  "test_accuracy_averaged_weights",
+  "steps",
+  "samples",
+  "communicated_bytes_per_particle",
+  "train_seconds",
+  "evaluated_on",
+)
 
 
 class Study(dict):
-  """A study config (a plain dict: variant overrides have dotted keys), fields also as attributes."""
+  """A study config (a plain dict; variant overrides have dotted keys), fields as attributes."""
+
   __getattr__ = dict.__getitem__
 
 
@@ -67,8 +89,12 @@ def load_study(path: str, grid: str = "") -> Study:
 
 def round_overrides(rounds: int, evals: int) -> dict:
   """A cell's length and its logging, evaluation (`evals` points) and checkpoint intervals."""
-  return {"train.rounds": rounds, "train.eval_every": max(1, rounds // evals),
-          "train.log_every": max(1, rounds // 50), "train.checkpoint_every": max(1, rounds // 4)}
+  return {
+    "train.rounds": rounds,
+    "train.eval_every": max(1, rounds // evals),
+    "train.log_every": max(1, rounds // 50),
+    "train.checkpoint_every": max(1, rounds // 4),
+  }
 
 
 def cells(study):
@@ -79,24 +105,56 @@ def cells(study):
         for seed in study.seeds:
           overrides = dict(study.overrides)
           overrides.update(variant_overrides)
-          overrides.update({"seed": seed, "num_particles": particles, "sync.period": period,
-                            **round_overrides(study.total_steps // period, study.evals)})
-          yield f"{variant}_p{period}_n{particles}_s{seed}", variant, period, particles, seed, overrides
+          overrides.update(
+            {
+              "seed": seed,
+              "num_particles": particles,
+              "sync.period": period,
+              **round_overrides(study.total_steps // period, study.evals),
+            }
+          )
+          yield (
+            f"{variant}_p{period}_n{particles}_s{seed}",
+            variant,
+            period,
+            particles,
+            seed,
+            overrides,
+          )
   if study.one_big_worker:  # one particle, the same total samples as N particles: N x the steps
     period = max(study.periods)
     for particles in study.num_particles:
       for seed in study.seeds:
         rounds = study.total_steps * particles // period
         overrides = dict(study.overrides)
-        overrides.update({"seed": seed, "num_particles": 1, "sync.strategy": "none",
-                          "sync.period": period, **round_overrides(rounds, study.evals)})
-        yield (f"one_big_worker_n{particles}_s{seed}", BIG_WORKER, period, particles, seed,
-               overrides)
+        overrides.update(
+          {
+            "seed": seed,
+            "num_particles": 1,
+            "sync.strategy": "none",
+            "sync.period": period,
+            **round_overrides(rounds, study.evals),
+          }
+        )
+        yield (
+          f"one_big_worker_n{particles}_s{seed}",
+          BIG_WORKER,
+          period,
+          particles,
+          seed,
+          overrides,
+        )
 
 
 def command(study, workdir, overrides):
-  args = [sys.executable, os.path.join(REPO, "train.py"), "--config",
-          os.path.join(REPO, study.base), "--workdir", workdir]
+  args = [
+    sys.executable,
+    os.path.join(REPO, "train.py"),
+    "--config",
+    os.path.join(REPO, study.base),
+    "--workdir",
+    workdir,
+  ]
   return args + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
@@ -131,11 +189,18 @@ def run_grid(study, out):
       print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
       t0 = time.time()
       env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
-      result = subprocess.run(command(study, workdir, overrides), cwd=REPO,
-                              env=env | lock.child_env(), pass_fds=(lock.fd,),  # train.py adopts it
-                              capture_output=True, text=True)
+      result = subprocess.run(
+        command(study, workdir, overrides),
+        cwd=REPO,
+        env=env | lock.child_env(),
+        pass_fds=(lock.fd,),  # train.py adopts it
+        capture_output=True,
+        text=True,
+      )
     if result.returncode != 0:
-      print(f"  failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True)
+      print(
+        f"  failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}", flush=True
+      )
       continue
     print(f"  {result.stdout.strip().splitlines()[-1]} [{time.time() - t0:.0f}s wall]", flush=True)
 
@@ -151,24 +216,45 @@ def collect(study, out):
       if os.path.exists(diverged):  # every particle NaN/inf: a result, reported as such
         with open(diverged) as f:
           steps = json.load(f)["steps"]
-        rows.append({k: None for k in ROW_KEYS} | {
-            "variant": variant, "period": period, "num_particles": particles, "seed": seed,
-            "steps": steps, "diverged": True})
+        rows.append(
+          {k: None for k in ROW_KEYS}
+          | {
+            "variant": variant,
+            "period": period,
+            "num_particles": particles,
+            "seed": seed,
+            "steps": steps,
+            "diverged": True,
+          }
+        )
       continue
     with open(path) as f:
       summary = json.load(f)
-    rows.append({k: summary.get(k) for k in ROW_KEYS} | {"variant": variant, "seed": seed,
-                                                          "num_particles": particles,
-                                                          "diverged": False})
+    rows.append(
+      {k: summary.get(k) for k in ROW_KEYS}
+      | {"variant": variant, "seed": seed, "num_particles": particles, "diverged": False}
+    )
     points = []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       for line in f:
         record = json.loads(line)
         if "final_test_accuracy" in record:
-          points.append((record["step"], record["communicated_bytes_per_particle"],
-                         record["train_seconds"], record["final_test_accuracy"]))
-    points.append((summary["steps"], summary["communicated_bytes_per_particle"],
-                   summary["train_seconds"], summary["final_test_accuracy"]))
+          points.append(
+            (
+              record["step"],
+              record["communicated_bytes_per_particle"],
+              record["train_seconds"],
+              record["final_test_accuracy"],
+            )
+          )
+    points.append(
+      (
+        summary["steps"],
+        summary["communicated_bytes_per_particle"],
+        summary["train_seconds"],
+        summary["final_test_accuracy"],
+      )
+    )
     curves[(variant, period, particles, seed)] = points
   return rows, curves
 
@@ -176,7 +262,9 @@ def collect(study, out):
 def mean_std(values):
   """mean ± std of the finite runs' values; diverged runs (None) are counted, not averaged."""
   finite = [v for v in values if v is not None]
-  note = f" ({len(values) - len(finite)}/{len(values)} diverged)" if len(finite) < len(values) else ""
+  note = (
+    f" ({len(values) - len(finite)}/{len(values)} diverged)" if len(finite) < len(values) else ""
+  )
   if not finite:
     return f"diverged ({len(values)}/{len(values)})"
   if len(finite) == 1:
@@ -199,32 +287,51 @@ def finished_runs(groups, variant, period, particles) -> list:
 
 
 def gap_lines(study, groups, particles) -> list:
-  """The table of each variant's gap to `study.reference` in points, paired by seed (finished runs)."""
+  """The table of each variant's gap to `study.reference` in points, paired by seed."""
+
   def finished(variant, period):
-    return {r["seed"]: r["final_test_accuracy"] for r in finished_runs(groups, variant, period, particles)}
-  lines = [f"Gap to `{study.reference}` in points (variant - reference, x 100, mean ± std over the "
-           "seeds where both finished; n = those seeds):", "",
-           "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
-           "| --- |" + " --- |" * len(study.periods)]
+    return {
+      r["seed"]: r["final_test_accuracy"] for r in finished_runs(groups, variant, period, particles)
+    }
+
+  lines = [
+    f"Gap to `{study.reference}` in points (variant - reference, x 100, mean ± std over the "
+    "seeds where both finished; n = those seeds):",
+    "",
+    "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+    "| --- |" + " --- |" * len(study.periods),
+  ]
   for variant in study.variants:
     if variant != study.reference:
-      lines.append(f"| {variant} | " + " | ".join(
-          paired_gap(finished(variant, p), finished(study.reference, p)) for p in study.periods) + " |")
+      lines.append(
+        f"| {variant} | "
+        + " | ".join(
+          paired_gap(finished(variant, p), finished(study.reference, p)) for p in study.periods
+        )
+        + " |"
+      )
   return lines + [""]
 
 
 def cost_lines(study, groups, particles) -> list:
   """The table of MB each particle sends per run and the median training seconds over seeds."""
-  lines = ["MB sent per particle per run, and median training seconds over the seeds (the seconds are "
-           "rough when cells shared the machine):", "",
-           "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
-           "| --- |" + " --- |" * len(study.periods)]
+  lines = [
+    "MB sent per particle per run, and median training seconds over the seeds (the seconds are "
+    "rough when cells shared the machine):",
+    "",
+    "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+    "| --- |" + " --- |" * len(study.periods),
+  ]
   for variant in study.variants:
     texts = []
     for period in study.periods:
       done = finished_runs(groups, variant, period, particles)
-      texts.append(f"{done[0]['communicated_bytes_per_particle'] / 1e6:.1f} MB, "
-                   f"{statistics.median(r['train_seconds'] for r in done):.0f} s" if done else "—")
+      texts.append(
+        f"{done[0]['communicated_bytes_per_particle'] / 1e6:.1f} MB, "
+        f"{statistics.median(r['train_seconds'] for r in done):.0f} s"
+        if done
+        else "—"
+      )
     lines.append(f"| {variant} | " + " | ".join(texts) + " |")
   return lines + [""]
 
@@ -235,41 +342,61 @@ def markdown(study, rows) -> str:
     groups[(r["variant"], r["period"], r["num_particles"])].append(r)
   lines = []
   for particles in study.num_particles:
-    lines += [f"### {particles} particles", "",
-              "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
-              "| --- |" + " --- |" * len(study.periods)]
+    lines += [
+      f"### {particles} particles",
+      "",
+      "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+      "| --- |" + " --- |" * len(study.periods),
+    ]
     for variant in study.variants:
       cells_text = []
       for period in study.periods:
         group = groups.get((variant, period, particles), [])
-        cells_text.append(mean_std([r["final_test_accuracy"] for r in group]) + f" (n={len(group)})"
-                          if group else "—")
+        cells_text.append(
+          mean_std([r["final_test_accuracy"] for r in group]) + f" (n={len(group)})"
+          if group
+          else "—"
+        )
       lines.append(f"| {variant} | " + " | ".join(cells_text) + " |")
-    big = [r["final_test_accuracy"] for r in rows
-           if r["variant"] == BIG_WORKER and r["num_particles"] == particles]
+    big = [
+      r["final_test_accuracy"]
+      for r in rows
+      if r["variant"] == BIG_WORKER and r["num_particles"] == particles
+    ]
     lines.append("")
     if big:  # no sync: the period does not apply
-      lines += [f"The one big worker (1 particle, {particles}x the steps: the same samples, no sync): "
-                f"{mean_std(big)} (n={len(big)}).", ""]
+      lines += [
+        f"The one big worker (1 particle, {particles}x the steps: the same samples, no sync): "
+        f"{mean_std(big)} (n={len(big)}).",
+        "",
+      ]
     if study.get("reference") in study.variants:
       lines += gap_lines(study, groups, particles)
     lines += cost_lines(study, groups, particles)
-  lines.append(f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
-               "mean ± std over seeds (n = number of seeds); "
-               f"{study.total_steps} local steps per particle in every cell.")
+  lines.append(
+    f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
+    "mean ± std over seeds (n = number of seeds); "
+    f"{study.total_steps} local steps per particle in every cell."
+  )
   return "\n".join(lines)
 
 
 def plot(study, curves, out):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  axes_names = {"steps": (0, "local steps per particle"), "bytes": (1, "MB sent per particle"),
-                "seconds": (2, "training seconds")}
+
+  axes_names = {
+    "steps": (0, "local steps per particle"),
+    "bytes": (1, "MB sent per particle"),
+    "seconds": (2, "training seconds"),
+  }
   for particles in study.num_particles:
     for key, (column, label) in axes_names.items():
-      fig, axes = plt.subplots(1, len(study.periods), figsize=(4.2 * len(study.periods), 3.6),
-                               squeeze=False, sharey=True)
+      fig, axes = plt.subplots(
+        1, len(study.periods), figsize=(4.2 * len(study.periods), 3.6), squeeze=False, sharey=True
+      )
       for ax, period in zip(axes[0], study.periods):
         for variant in study.variants:
           runs = [curves[k] for k in curves if k[:3] == (variant, period, particles)]
@@ -294,7 +421,8 @@ def plot(study, curves, out):
 
 
 def period_means(rows) -> dict:
-  """{(variant, particles): [(period, mean, std, n)]}: the final accuracy of the finished runs over seeds
+  """{(variant, particles): [(period, mean, std, n)]}: the final accuracy of the finished runs over
+  seeds
   (std 0 for one run), periods ascending; diverged runs are left out (results.md counts them)."""
   runs = collections.defaultdict(list)
   for r in rows:
@@ -311,36 +439,69 @@ ZOOM = 0.1  # final_accuracy_vs_period.png shows this much accuracy below the be
 
 
 def plot_periods(study, rows, out):
-  """final_accuracy_vs_period.png: one panel per particle count, one line per variant (error bars: std
+  """final_accuracy_vs_period.png: one panel per particle count, one line per variant (error bars:
+  std
   over seeds), the one big worker as a horizontal line; cells more than ZOOM below the best are
   marked at the bottom edge with their value."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   means = period_means(rows)
-  fig, axes = plt.subplots(1, len(study.num_particles), figsize=(5.5 * len(study.num_particles) + 2.2, 4.2),
-                           squeeze=False, sharey=True)
+  fig, axes = plt.subplots(
+    1,
+    len(study.num_particles),
+    figsize=(5.5 * len(study.num_particles) + 2.2, 4.2),
+    squeeze=False,
+    sharey=True,
+  )
   tops = [m + sd for points in means.values() for _, m, sd, _ in points]
-  bottom = max(min(m - sd for points in means.values() for _, m, sd, _ in points),
-               max(tops) - ZOOM) if tops else 0.0
+  bottom = (
+    max(min(m - sd for points in means.values() for _, m, sd, _ in points), max(tops) - ZOOM)
+    if tops
+    else 0.0
+  )
   for ax, particles in zip(axes[0], study.num_particles):
     for variant in study.variants:
       points = means.get((variant, particles), [])
       if points:
         periods, mean, std, _ = zip(*points)
-        line = ax.errorbar(periods, mean, yerr=std, marker="o", markersize=4, capsize=3, label=variant)
-        for period, m, _, _ in points:  # a collapsed cell would squash the others: marked at the edge
+        line = ax.errorbar(
+          periods, mean, yerr=std, marker="o", markersize=4, capsize=3, label=variant
+        )
+        for (
+          period,
+          m,
+          _,
+          _,
+        ) in points:  # a collapsed cell would squash the others: marked at the edge
           if m < bottom:
-            ax.annotate(f"{m:.2f}", (period, bottom), textcoords="offset points", xytext=(0, 4),
-                        ha="center", fontsize=7, color=line[0].get_color(),
-                        arrowprops={"arrowstyle": "->", "color": line[0].get_color()})
+            ax.annotate(
+              f"{m:.2f}",
+              (period, bottom),
+              textcoords="offset points",
+              xytext=(0, 4),
+              ha="center",
+              fontsize=7,
+              color=line[0].get_color(),
+              arrowprops={"arrowstyle": "->", "color": line[0].get_color()},
+            )
     if tops:
       ax.set_ylim(bottom, max(tops) + 0.005)
-    big = [r["final_test_accuracy"] for r in rows if r["variant"] == BIG_WORKER
-           and r["num_particles"] == particles and not r["diverged"]]
+    big = [
+      r["final_test_accuracy"]
+      for r in rows
+      if r["variant"] == BIG_WORKER and r["num_particles"] == particles and not r["diverged"]
+    ]
     if big:
-      ax.axhline(statistics.mean(big), color="black", linestyle="--", linewidth=1,
-                 label="one big worker (same samples)")
+      ax.axhline(
+        statistics.mean(big),
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label="one big worker (same samples)",
+      )
     ax.set_xscale("log", base=2)
     ax.set_xticks(study.periods, [str(p) for p in study.periods])
     ax.set_xlabel("sync period (local steps between syncs)")
@@ -396,14 +557,17 @@ def sliced(study, args):
     if wanted:
       unknown = set(wanted) - set(study[field])
       if unknown:
-        raise SystemExit(f"--{field.replace('_', '-')} {sorted(unknown)}: not in the study's "
-                         f"{field} {list(study[field])}")
+        raise SystemExit(
+          f"--{field.replace('_', '-')} {sorted(unknown)}: not in the study's "
+          f"{field} {list(study[field])}"
+        )
       study[field] = [v for v in study[field] if v in wanted]
   if args.variants:
     unknown = set(args.variants) - set(study.variants)
     if unknown:
-      raise SystemExit(f"--variants {sorted(unknown)}: not in the study's variants "
-                       f"{list(study.variants)}")
+      raise SystemExit(
+        f"--variants {sorted(unknown)}: not in the study's variants {list(study.variants)}"
+      )
     study["variants"] = {k: v for k, v in study.variants.items() if k in args.variants}
     study["one_big_worker"] = False
   if longest not in study.periods:  # the big worker's cell belongs to the grid's longest period
@@ -412,21 +576,36 @@ def sliced(study, args):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--study", required=True, help="study config file (get_config())")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--quick", action="store_true", help="the study's small grid (= --grid quick)")
-  parser.add_argument("--grid", default="", help="a named sub-grid of the study config (e.g. tuning)")
+  parser.add_argument(
+    "--quick", action="store_true", help="the study's small grid (= --grid quick)"
+  )
+  parser.add_argument(
+    "--grid", default="", help="a named sub-grid of the study config (e.g. tuning)"
+  )
   parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
   parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
   parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
   parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
   parser.add_argument("--variants", nargs="+", help="run only these variants")
-  parser.add_argument("--base", help="another base run config for the grid, e.g. configs/mnist_pso.py")
-  parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                      help="overrides for every cell, e.g. data.source=tfds")
+  parser.add_argument(
+    "--base", help="another base run config for the grid, e.g. configs/mnist_pso.py"
+  )
+  parser.add_argument(
+    "--set",
+    nargs="+",
+    default=[],
+    metavar="KEY=VALUE",
+    help="overrides for every cell, e.g. data.source=tfds",
+  )
   args = parser.parse_args()
-  study = with_base(load_study(args.study, "quick" if args.quick else args.grid), args.base, args.set)
+  study = with_base(
+    load_study(args.study, "quick" if args.quick else args.grid), args.base, args.set
+  )
   part = sliced(study, args)  # checks the slice's values even with --report-only
   os.makedirs(args.out, exist_ok=True)
   if not args.report_only:

@@ -1,4 +1,5 @@
-"""Throughput of the project's jitted round against a plain-JAX floor and PyTorch, and the cost of the
+"""Throughput of the project's jitted round against a plain-JAX floor and PyTorch, and the cost of
+the
 PSO-PS sync against an all-reduce. Side by side, in one process, on the same cores.
 
 For one model, particle count N, period T (local steps per round) and batch size B, all measured in
@@ -33,13 +34,15 @@ interleaved repetitions (the order shuffled each time; medians and spread report
 
 Samples per second = N x T x B / (seconds for the whole swarm's round). Data: random uint8 images of
 the model's input shape (speed does not depend on pixel values); a particle's shard holds
-train_size // N of them (--train-size; default the data set's size: digits 1,438, MNIST 60,000), as in
+train_size // N of them (--train-size; default the data set's size: digits 1,438, MNIST 60,000), as
+in
 a real run, because the framework's batch drawing costs grow with the shard. Fitness: `round_loss`
 (no extra forward pass) unless --fitness probe.
 
 On CPU the N virtual devices (XLA_FLAGS=--xla_force_host_platform_device_count) are threads of this
 one process and share its cores, exactly like the floor's and torch's threads: all three run on the
-same cores. The process CPU time / wall time of each measurement (the cores it kept busy) is reported.
+same cores. The process CPU time / wall time of each measurement (the cores it kept busy) is
+reported.
 
   python benchmarks/throughput.py --quick --model small_cnn --particles 8
   python benchmarks/throughput.py --model lenet5 --particles 8 --period 16
@@ -59,7 +62,7 @@ import resource
 import statistics
 import time
 
-import common
+from benchmarks import common
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TORCH_MISSING = "torch not installed: pip install -r requirements-bench.txt"
@@ -97,16 +100,19 @@ def measure(runners: dict, reps: int, seed: int = 0, slow: tuple = (), slow_reps
 # 2. The plain-JAX floor: one particle, no framework.
 
 
-def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, std, device,
-                max_unroll: int = 0):
+def build_floor(
+  model, tx, images, labels, period: int, batch_size: int, mean, std, device, max_unroll: int = 0
+):
   """One particle's local steps in plain JAX (also in calls of at most `max_unroll` unrolled steps).
   Returns {variant: fn(first_step)} (each fn runs one round of `period` steps, carrying params and
-  optimizer state, and blocks), the compile seconds, and a check that the two batch-drawing functions
+  optimizer state, and blocks), the compile seconds, and a check that the two batch-drawing
+  functions
   agree."""
   import jax
   import jax.numpy as jnp
   import optax
   from jax import lax
+
   from psops_jax import swarm as swarm_lib
 
   shard_size = labels.shape[0]
@@ -124,8 +130,9 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
 
   def sliced(sx, sy, step):  # the shard is already in random order: batch = the next B examples
     start = (step % steps_per_epoch) * batch_size
-    return lax.dynamic_slice_in_dim(sx, start, batch_size), lax.dynamic_slice_in_dim(sy, start,
-                                                                                    batch_size)
+    return lax.dynamic_slice_in_dim(sx, start, batch_size), lax.dynamic_slice_in_dim(
+      sy, start, batch_size
+    )
 
   def one_step(params, opt_state, sx, sy, step):
     return train_step(params, opt_state, *sliced(sx, sy, step))
@@ -144,13 +151,18 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
       params, opt_state, loss = train_step(params, opt_state, x, y)
     return params, opt_state, loss
 
-  p0 = model.init(jax.random.key(0), swarm_lib.normalize(jnp.asarray(images[:1]), mean, std))["params"]
+  p0 = model.init(jax.random.key(0), swarm_lib.normalize(jnp.asarray(images[:1]), mean, std))[
+    "params"
+  ]
   sx, sy = jax.device_put(images, device), jax.device_put(labels, device)
   step_values = [jax.device_put(jnp.int32(t), device) for t in range(4 * period)]
   jit_step = jax.jit(one_step, donate_argnums=(0, 1))
-  jit_rounds = {draw: jax.jit(functools.partial(unrolled, draw=draw), donate_argnums=(0, 1))
-                for draw in ("slice", "per_step", "once")}
-  # The round as calls of `chunk` unrolled steps (what train.max_unroll does to the framework's round).
+  jit_rounds = {
+    draw: jax.jit(functools.partial(unrolled, draw=draw), donate_argnums=(0, 1))
+    for draw in ("slice", "per_step", "once")
+  }
+  # The round as calls of `chunk` unrolled steps (what train.max_unroll does to the framework's
+  # round).
   chunk = swarm_lib.chunk_length(period, "unroll", max_unroll)
   if chunk < period:
     jit_rounds["chunks"] = jax.jit(functools.partial(unrolled, steps=chunk), donate_argnums=(0, 1))
@@ -165,7 +177,9 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
     compile_seconds[f"unrolled/{draw}"] = round(time.perf_counter() - t0, 2)
 
   def fresh_state():
-    copy = lambda tree: jax.tree.map(lambda a: jnp.array(a, copy=True), jax.device_put(tree, device))
+    copy = lambda tree: jax.tree.map(
+      lambda a: jnp.array(a, copy=True), jax.device_put(tree, device)
+    )
     return [copy(p0), copy(tx.init(p0))]  # own buffers: the jitted functions donate them
 
   variants = {}
@@ -181,19 +195,33 @@ def build_floor(model, tx, images, labels, period: int, batch_size: int, mean, s
   variants["step_loop"] = step_loop
   for draw, fn in jit_rounds.items():
     calls = period // chunk if draw == "chunks" else 1
+
     def run(first_step, fn=fn, calls=calls, state=fresh_state()):
       params, opt_state = state
       for c in range(calls):
         params, opt_state, loss = fn(params, opt_state, sx, sy, step_values[first_step + c * chunk])
       jax.block_until_ready(loss)
       state[:] = params, opt_state
+
     variants[f"unrolled/{draw}"] = run
 
-  # The proposed batch drawing must give exactly the framework's batches (rounds crossing epochs too).
+  # The proposed batch drawing must give exactly the framework's batches (rounds crossing epochs
+  # too).
   check_steps = [0, steps_per_epoch - 1, 3 * steps_per_epoch - period // 2]
-  same = all(bool((swarm_lib.round_batch_indices(key, jnp.int32(s), period, shard_size, batch_size) ==
-                   jnp.stack([swarm_lib.batch_indices(key, jnp.int32(s + t), shard_size, batch_size)
-                              for t in range(period)])).all()) for s in check_steps)
+  same = all(
+    bool(
+      (
+        swarm_lib.round_batch_indices(key, jnp.int32(s), period, shard_size, batch_size)
+        == jnp.stack(
+          [
+            swarm_lib.batch_indices(key, jnp.int32(s + t), shard_size, batch_size)
+            for t in range(period)
+          ]
+        )
+      ).all()
+    )
+    for s in check_steps
+  )
   return variants, compile_seconds, same
 
 
@@ -249,9 +277,10 @@ def torch_modules():
 
 def load_flax_params(module, params, flat_hwc: tuple):
   """Copy Flax params into the torch module (Conv_k -> conv{k}, Dense_k -> dense{k}). Flax flattens
-  the last feature map as (H, W, C), torch as (C, H, W): the first Dense kernel's rows are permuted."""
+  the last feature map as (H, W, C), torch as (C, H, W): the first Dense kernel's rows permuted."""
   import numpy as np
   import torch
+
   with torch.no_grad():
     for name, leaf in params.items():
       kind, index = name.split("_")
@@ -279,6 +308,7 @@ def build_torch(model_name, flax_model, images, labels, particles, period, batch
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from psops_jax import swarm as swarm_lib
 
   modules = torch_modules()
@@ -288,9 +318,11 @@ def build_torch(model_name, flax_model, images, labels, particles, period, batch
   # Same architecture: given the Flax weights, the torch module must give the same logits.
   x = images[:64]
   params = flax_model.init(jax.random.key(0), swarm_lib.normalize(jnp.asarray(x[:1]), mean, std))[
-      "params"]
-  flax_logits = np.asarray(flax_model.apply({"params": params},
-                                            swarm_lib.normalize(jnp.asarray(x), mean, std)))
+    "params"
+  ]
+  flax_logits = np.asarray(
+    flax_model.apply({"params": params}, swarm_lib.normalize(jnp.asarray(x), mean, std))
+  )
   flat_hwc = {"small_cnn": (2, 2, 64), "lenet5": (5, 5, 16)}[model_name]
   check = module_cls()
   load_flax_params(check, params, flat_hwc)
@@ -301,8 +333,9 @@ def build_torch(model_name, flax_model, images, labels, particles, period, batch
   with torch.no_grad():
     torch_logits = check(normalize(to_nchw(x))).numpy()
   max_diff = float(np.abs(torch_logits - flax_logits).max())
-  same_param_count = (sum(p.numel() for p in check.parameters()) ==
-                      sum(a.size for a in jax.tree.leaves(params)))
+  same_param_count = sum(p.numel() for p in check.parameters()) == sum(
+    a.size for a in jax.tree.leaves(params)
+  )
 
   torch.manual_seed(0)
   shard_x, shard_y = to_nchw(images), torch.from_numpy(labels.astype(np.int64))
@@ -316,8 +349,8 @@ def build_torch(model_name, flax_model, images, labels, particles, period, batch
     for module, opt in swarm:
       for t in range(period):
         start = ((first_step + t) % steps_per_epoch) * batch_size
-        xb = normalize(shard_x[start:start + batch_size])
-        yb = shard_y[start:start + batch_size]
+        xb = normalize(shard_x[start : start + batch_size])
+        yb = shard_y[start : start + batch_size]
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(module(xb), yb)
         loss.backward()
@@ -329,13 +362,18 @@ def build_torch(model_name, flax_model, images, labels, particles, period, batch
     def run_with(first_step):
       torch.set_num_threads(count)
       run(first_step)
+
     return run_with
 
   runs = {f"torch/{threads}threads": with_threads(threads)}
   if threads > 1:  # on a shared machine OpenMP's threads can lose more than they gain
     runs["torch/1thread"] = with_threads(1)
-  info = {"torch": torch.__version__, "threads": threads,
-          "logits_max_abs_diff_vs_flax": max_diff, "same_parameter_count": same_param_count}
+  info = {
+    "torch": torch.__version__,
+    "threads": threads,
+    "logits_max_abs_diff_vs_flax": max_diff,
+    "same_parameter_count": same_param_count,
+  }
   return runs, info
 
 
@@ -350,9 +388,12 @@ def build_syncs(model, shape, particles, mesh, mean, std):
   import jax
   import jax.numpy as jnp
   from jax import lax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   from configs import digits_pso
-  from psops_jax import swarm as swarm_lib, sync as sync_lib
+  from psops_jax import swarm as swarm_lib
+  from psops_jax import sync as sync_lib
 
   AXIS, LOCAL, AXES = swarm_lib.AXIS, swarm_lib.LOCAL, swarm_lib.AXES
   sync_config = digits_pso.get_config().sync
@@ -372,25 +413,44 @@ def build_syncs(model, shape, particles, mesh, mean, std):
 
   def pso_device(params, sync_state, fitness, key):
     return jax.vmap(strategy.sync, in_axes=(0, 0, 0, None), axis_name=LOCAL)(
-        params, sync_state, fitness, key)
+      params, sync_state, fitness, key
+    )
 
   def pmean_device(params):
     return jax.vmap(lambda p: lax.pmean(p, AXES), axis_name=LOCAL)(params)
 
-  pso_fn = jax.jit(jax.shard_map(pso_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(AXIS), P()),
-                                 out_specs=(P(AXIS), P(AXIS)), check_vma=False),
-                   donate_argnums=(0, 1))
-  pmean_fn = jax.jit(jax.shard_map(pmean_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
-                                   check_vma=False), donate_argnums=0)
+  pso_fn = jax.jit(
+    jax.shard_map(
+      pso_device,
+      mesh=mesh,
+      in_specs=(P(AXIS), P(AXIS), P(AXIS), P()),
+      out_specs=(P(AXIS), P(AXIS)),
+      check_vma=False,
+    ),
+    donate_argnums=(0, 1),
+  )
+  pmean_fn = jax.jit(
+    jax.shard_map(pmean_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False),
+    donate_argnums=0,
+  )
   # What the framework's averaging does instead: one all-reduce of the raveled weights.
   average_device = jax.vmap(lambda p: sync_lib.pmean_floats(p, AXES), axis_name=LOCAL)
-  average_fn = jax.jit(jax.shard_map(average_device, mesh=mesh, in_specs=P(AXIS),
-                                     out_specs=P(AXIS), check_vma=False), donate_argnums=0)
+  average_fn = jax.jit(
+    jax.shard_map(average_device, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False),
+    donate_argnums=0,
+  )
   # The PSO sync's one collective more than pmean: the all-gather of the N scalar fitnesses.
-  gather_fn = jax.jit(jax.shard_map(
-      jax.vmap(lambda f: sync_lib.all_gather_scalar(f, AXES), axis_name=LOCAL), mesh=mesh,
-      in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
+  gather_fn = jax.jit(
+    jax.shard_map(
+      jax.vmap(lambda f: sync_lib.all_gather_scalar(f, AXES), axis_name=LOCAL),
+      mesh=mesh,
+      in_specs=P(AXIS),
+      out_specs=P(AXIS),
+      check_vma=False,
+    )
+  )
   gather_c = gather_fn.lower(state["fitness"]).compile()
+
   # The PSO sync's two collectives with nothing else: the fitness all-gather, then a psum of the
   # weights masked to the winner (its structural floor).
   def collectives_only(params, fitness):
@@ -398,9 +458,16 @@ def build_syncs(model, shape, particles, mesh, mean, std):
     mine = sync_lib.particle_index(AXES) == winner
     return sync_lib.psum_floats(jax.tree.map(lambda p: jnp.where(mine, p, 0.0), params), AXES)
 
-  two_fn = jax.jit(jax.shard_map(jax.vmap(collectives_only, axis_name=LOCAL), mesh=mesh,
-                                 in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS), check_vma=False),
-                   donate_argnums=0)
+  two_fn = jax.jit(
+    jax.shard_map(
+      jax.vmap(collectives_only, axis_name=LOCAL),
+      mesh=mesh,
+      in_specs=(P(AXIS), P(AXIS)),
+      out_specs=P(AXIS),
+      check_vma=False,
+    ),
+    donate_argnums=0,
+  )
   pso_c = pso_fn.lower(state["params"], state["sync"], state["fitness"], key).compile()
   two_c = two_fn.lower(state["params"], state["fitness"]).compile()
   pmean_c = pmean_fn.lower(state["params"]).compile()
@@ -409,28 +476,31 @@ def build_syncs(model, shape, particles, mesh, mean, std):
 
   def memory(compiled):
     m = compiled.memory_analysis()
-    fields = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias",
-                                                                  "temp")}
+    fields = {
+      k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")
+    }
     fields["peak"] = fields["argument"] + fields["output"] - fields["alias"] + fields["temp"]
     return fields
 
   calls = {"n": 1}
 
   # Each call waits for the previous one: several of these collective programs queued without
-  # waiting intermittently deadlocked XLA:CPU's rendezvous (abort after 40 s) with 2 devices on 2 cores.
+  # waiting intermittently deadlocked XLA:CPU's rendezvous (abort after 40 s) with 2 devices on
+  # 2 cores.
   def run_pso(rep):
     for _ in range(calls["n"]):
       state["params"], state["sync"] = pso_c(state["params"], state["sync"], state["fitness"], key)
       jax.block_until_ready((state["params"], state["sync"]))
 
   def runner(compiled, *extra):
-    """Calls `compiled(params, *extra)` on its own copy of the weights (donated from call to call)."""
+    """Calls `compiled(params, *extra)` on its own copy of the weights (donated call to call)."""
     held = {"params": copy_params(state["params"])}
 
     def run(rep):
       for _ in range(calls["n"]):
         held["params"] = compiled(held["params"], *extra)
         jax.block_until_ready(held["params"])
+
     return run
 
   run_pmean, run_average = runner(pmean_c), runner(average_c)
@@ -446,18 +516,25 @@ def build_syncs(model, shape, particles, mesh, mean, std):
   calls["n"] = 10
   run_pmean(0)
   calls["n"] = max(10, int(0.02 / max((time.perf_counter() - t0) / 10, 1e-6)))
-  info = {"strategy": "pso", "sync_config": sync_config.pso.to_dict(),
-          "param_bytes_per_particle": sync_lib.tree_bytes(jax.tree.map(lambda a: a[0],
-                                                                       state["params"])),
-          "memory_per_device_pso": memory(pso_c), "memory_per_device_pmean": memory(pmean_c),
-          "memory_per_device_average": memory(average_c),
-          "memory_source": "compiled.memory_analysis(), per device (the SPMD program's buffers); "
-                           "peak = argument + output - alias + temp",
-          "device_memory_stats": jax.devices()[0].memory_stats(),
-          "calls_per_sample": calls["n"]}
-  return {"pso_sync": run_pso, "pmean": run_pmean, "average_sync": run_average,
-          "gather_fitness": run_gather,
-          "gather_then_masked_psum": run_two}, info
+  info = {
+    "strategy": "pso",
+    "sync_config": sync_config.pso.to_dict(),
+    "param_bytes_per_particle": sync_lib.tree_bytes(jax.tree.map(lambda a: a[0], state["params"])),
+    "memory_per_device_pso": memory(pso_c),
+    "memory_per_device_pmean": memory(pmean_c),
+    "memory_per_device_average": memory(average_c),
+    "memory_source": "compiled.memory_analysis(), per device (the SPMD program's buffers); "
+    "peak = argument + output - alias + temp",
+    "device_memory_stats": jax.devices()[0].memory_stats(),
+    "calls_per_sample": calls["n"],
+  }
+  return {
+    "pso_sync": run_pso,
+    "pmean": run_pmean,
+    "average_sync": run_average,
+    "gather_fitness": run_gather,
+    "gather_then_masked_psum": run_two,
+  }, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,30 +547,54 @@ def samples(particles, period, batch_size):
 def main_mode(args):
   import jax
   import numpy as np
-  from psops_jax import models, swarm as swarm_lib
+
+  from psops_jax import models
+  from psops_jax import swarm as swarm_lib
 
   n, period, batch = args.particles, args.period, args.batch_size
   shape = common.INPUT_SHAPES[args.model]
   shard_size = args.train_size // n
   mean, std = (0.5,) * shape[-1], (0.25,) * shape[-1]
   loadavg_before = os.getloadavg()
-  print(f"model {args.model}, {n} particles on {args.devices} devices, period {period}, batch "
-        f"{batch}, shard {shard_size} examples per particle, fitness {args.fitness}, "
-        f"{args.reps} repetitions; {os.cpu_count()} cores, load average {loadavg_before[0]:.2f}",
-        flush=True)
+  print(
+    f"model {args.model}, {n} particles on {args.devices} devices, period {period}, batch "
+    f"{batch}, shard {shard_size} examples per particle, fitness {args.fitness}, "
+    f"{args.reps} repetitions; {os.cpu_count()} cores, load average {loadavg_before[0]:.2f}",
+    flush=True,
+  )
 
   runners, compile_seconds = {}, {}
-  # The round on --devices devices; without quick, also with no sync (the sync's share of the round).
+  # The round on --devices devices; without quick, also with no sync (the sync's share of the
+  # round).
   for strategy_name in ("pso",) if args.quick else ("pso", "none"):
-    run, info = common.build_round(args.model, n, args.devices, period, batch, strategy_name,
-                                   shard_size, fitness=args.fitness, max_unroll=args.max_unroll)
+    run, info = common.build_round(
+      args.model,
+      n,
+      args.devices,
+      period,
+      batch,
+      strategy_name,
+      shard_size,
+      fitness=args.fitness,
+      max_unroll=args.max_unroll,
+    )
     runners[f"framework/{strategy_name}"] = functools.partial(lambda r, run: run(r + 2), run=run)
     compile_seconds[f"framework/{strategy_name}"] = info["compile_seconds"]
   # Like for like with the floor: a swarm of ONE particle on ONE device, its round run N times.
-  run, info = common.build_round(args.model, 1, 1, period, batch, "pso", shard_size,
-                                 fitness=args.fitness, max_unroll=args.max_unroll)
+  run, info = common.build_round(
+    args.model,
+    1,
+    1,
+    period,
+    batch,
+    "pso",
+    shard_size,
+    fitness=args.fitness,
+    max_unroll=args.max_unroll,
+  )
   runners["framework/1dev"] = functools.partial(
-      lambda r, run: [run(r * n + i + 2 * n) for i in range(n)], run=run)
+    lambda r, run: [run(r * n + i + 2 * n) for i in range(n)], run=run
+  )
   compile_seconds["framework/1dev"] = info["compile_seconds"]
 
   rng = np.random.RandomState(1)
@@ -501,19 +602,23 @@ def main_mode(args):
   labels = rng.randint(0, 10, (shard_size,)).astype(np.int32)
   model = models.create(args.model)
   import optax
+
   tx = optax.sgd(0.01, momentum=0.9)
-  floor, floor_compile, same_batches = build_floor(model, tx, images, labels, period, batch, mean,
-                                                   std, jax.devices()[0], args.max_unroll)
+  floor, floor_compile, same_batches = build_floor(
+    model, tx, images, labels, period, batch, mean, std, jax.devices()[0], args.max_unroll
+  )
   for variant, fn in floor.items():
     if args.quick and variant == "unrolled/per_step":
       continue  # the framework's former batch drawing: measured without --quick
     # N particles one after another = one particle's round, N times (steps continue).
     runners[f"floor/{variant}"] = functools.partial(
-        lambda r, fn: [fn((r * n + i) % 3 * period) for i in range(n)], fn=fn)
+      lambda r, fn: [fn((r * n + i) % 3 * period) for i in range(n)], fn=fn
+    )
     compile_seconds[f"floor/{variant}"] = floor_compile[variant]
 
-  torch_runs, torch_info = build_torch(args.model, model, images, labels, n, period, batch, mean,
-                                       std)
+  torch_runs, torch_info = build_torch(
+    args.model, model, images, labels, n, period, batch, mean, std
+  )
   if torch_runs is None:
     print(torch_info)
     torch_info = {"skipped": torch_info}
@@ -544,124 +649,185 @@ def main_mode(args):
   total = samples(n, period, batch)
   rows = {}
   for name, t in timed.items():
-    rows[name] = {"samples_per_second": common.spread([total / s for s in t["seconds"]]),
-                  "ms_per_round": common.spread([1000 * s for s in t["seconds"]]),
-                  "cpu_over_wall": round(statistics.median(t["cpu_over_wall"]), 2),
-                  "compile_seconds": compile_seconds.get(name)}
-  floor_candidates = [k for k in ("floor/step_loop", "floor/unrolled/slice", "floor/unrolled/chunks")
-                      if k in rows]
-  floor_name = min(floor_candidates,
-                   key=lambda k: rows[k]["ms_per_round"]["median"])
+    rows[name] = {
+      "samples_per_second": common.spread([total / s for s in t["seconds"]]),
+      "ms_per_round": common.spread([1000 * s for s in t["seconds"]]),
+      "cpu_over_wall": round(statistics.median(t["cpu_over_wall"]), 2),
+      "compile_seconds": compile_seconds.get(name),
+    }
+  floor_candidates = [
+    k for k in ("floor/step_loop", "floor/unrolled/slice", "floor/unrolled/chunks") if k in rows
+  ]
+  floor_name = min(floor_candidates, key=lambda k: rows[k]["ms_per_round"]["median"])
   seconds = lambda k: timed[k]["seconds"]
   paired = lambda a, b: common.spread([y / x for x, y in zip(seconds(a), seconds(b))])
-  ratios = {"framework_vs_floor": paired("framework/pso", floor_name),
-            "framework_1dev_vs_floor": paired("framework/1dev", floor_name),
-            # What the framework does differently from the floor, one thing at a time:
-            "unrolled_round_vs_step_loop": paired("floor/unrolled/slice", "floor/step_loop"),
-            "framework_batch_drawing_vs_slice": paired("floor/unrolled/once",
-                                                       "floor/unrolled/slice")}
+  ratios = {
+    "framework_vs_floor": paired("framework/pso", floor_name),
+    "framework_1dev_vs_floor": paired("framework/1dev", floor_name),
+    # What the framework does differently from the floor, one thing at a time:
+    "unrolled_round_vs_step_loop": paired("floor/unrolled/slice", "floor/step_loop"),
+    "framework_batch_drawing_vs_slice": paired("floor/unrolled/once", "floor/unrolled/slice"),
+  }
   if "floor/unrolled/per_step" in timed:
-    ratios["former_per_step_permutation_vs_slice"] = paired("floor/unrolled/per_step",
-                                                            "floor/unrolled/slice")
+    ratios["former_per_step_permutation_vs_slice"] = paired(
+      "floor/unrolled/per_step", "floor/unrolled/slice"
+    )
   if "floor/unrolled/chunks" in timed:
     ratios["chunked_round_vs_whole"] = paired("floor/unrolled/chunks", "floor/unrolled/slice")
   if "framework/none" in timed:
     ratios["framework_pso_vs_none"] = paired("framework/pso", "framework/none")
-  torch_name = min((k for k in rows if k.startswith("torch/")),
-                   key=lambda k: rows[k]["ms_per_round"]["median"], default=None)
+  torch_name = min(
+    (k for k in rows if k.startswith("torch/")),
+    key=lambda k: rows[k]["ms_per_round"]["median"],
+    default=None,
+  )
   if torch_name:
     ratios["framework_vs_torch"] = paired("framework/pso", torch_name)
     ratios["floor_vs_torch"] = paired(floor_name, torch_name)
-  per_call = {k: [1e6 * s / sync_info["calls_per_sample"] for s in v["seconds"]]
-              for k, v in sync_timed.items()}
-  sync_rows = {k: {"us_per_call": common.spread(v),
-                   "cpu_over_wall": round(statistics.median(sync_timed[k]["cpu_over_wall"]), 2)}
-               for k, v in per_call.items()}
-  ratios["pso_sync_vs_pmean"] = common.spread([a / b for a, b in zip(per_call["pso_sync"],
-                                                                      per_call["pmean"])])
+  per_call = {
+    k: [1e6 * s / sync_info["calls_per_sample"] for s in v["seconds"]]
+    for k, v in sync_timed.items()
+  }
+  sync_rows = {
+    k: {
+      "us_per_call": common.spread(v),
+      "cpu_over_wall": round(statistics.median(sync_timed[k]["cpu_over_wall"]), 2),
+    }
+    for k, v in per_call.items()
+  }
+  ratios["pso_sync_vs_pmean"] = common.spread(
+    [a / b for a, b in zip(per_call["pso_sync"], per_call["pmean"])]
+  )
   ratios["pso_sync_vs_average_sync"] = common.spread(
-      [a / b for a, b in zip(per_call["pso_sync"], per_call["average_sync"])])
+    [a / b for a, b in zip(per_call["pso_sync"], per_call["average_sync"])]
+  )
   peak = {k: sync_info[f"memory_per_device_{k}"]["peak"] for k in ("pso", "pmean", "average")}
   peak_ratio = round(peak["pso"] / peak["pmean"], 2)
   round_ms = rows["framework/pso"]["ms_per_round"]["median"]
   sync_share = sync_rows["pso_sync"]["us_per_call"]["median"] / 1000 / round_ms
 
   # The table.
-  lines = [f"{'method':34} {'samples/s':>10} {'[min, max]':>17} {'ms/round':>9} {'cores':>5} "
-           f"{'compile s':>9} {'n':>2}"]
-  labels_ = {"framework/pso": f"framework round, PSO-PS ({args.devices} dev)",
-             "framework/none": f"framework round, no sync ({args.devices} dev)",
-             "framework/1dev": "framework, 1 particle on 1 dev, xN",
-             "floor/step_loop": "floor: jitted step, Python loop",
-             "floor/unrolled/slice": "floor: jitted unrolled round",
-             "floor/unrolled/chunks": f"floor: unrolled, calls of {args.max_unroll} steps",
-             "floor/unrolled/once": "  unrolled + framework's batches",
-             "floor/unrolled/per_step": "  unrolled + former per-step perm.",
-             f"torch/{torch_info.get('threads')}threads":
-                 f"torch CPU eager, {torch_info.get('threads')} threads",
-             "torch/1thread": "torch CPU eager, 1 thread"}
+  lines = [
+    f"{'method':34} {'samples/s':>10} {'[min, max]':>17} {'ms/round':>9} {'cores':>5} "
+    f"{'compile s':>9} {'n':>2}"
+  ]
+  threads = torch_info.get("threads")
+  labels_ = {
+    "framework/pso": f"framework round, PSO-PS ({args.devices} dev)",
+    "framework/none": f"framework round, no sync ({args.devices} dev)",
+    "framework/1dev": "framework, 1 particle on 1 dev, xN",
+    "floor/step_loop": "floor: jitted step, Python loop",
+    "floor/unrolled/slice": "floor: jitted unrolled round",
+    "floor/unrolled/chunks": f"floor: unrolled, calls of {args.max_unroll} steps",
+    "floor/unrolled/once": "  unrolled + framework's batches",
+    "floor/unrolled/per_step": "  unrolled + former per-step perm.",
+    f"torch/{threads}threads": f"torch CPU eager, {threads} threads",
+    "torch/1thread": "torch CPU eager, 1 thread",
+  }
   for name in labels_:
     if name not in rows:
       continue
     r = rows[name]
     sps = r["samples_per_second"]
     mark = {floor_name: " <- floor", torch_name: " <- torch"}.get(name, "")
-    lines.append(f"{labels_[name]:34} {sps['median']:10.0f} [{sps['min']:7.0f}, {sps['max']:7.0f}] "
-                 f"{r['ms_per_round']['median']:9.1f} {r['cpu_over_wall']:5.2f} "
-                 f"{r['compile_seconds'] if r['compile_seconds'] is not None else '-':>9} "
-                 f"{sps['n']:2d}{mark}")
+    lines.append(
+      f"{labels_[name]:34} {sps['median']:10.0f} [{sps['min']:7.0f}, {sps['max']:7.0f}] "
+      f"{r['ms_per_round']['median']:9.1f} {r['cpu_over_wall']:5.2f} "
+      f"{r['compile_seconds'] if r['compile_seconds'] is not None else '-':>9} "
+      f"{sps['n']:2d}{mark}"
+    )
   lines.append("")
   fmt = lambda s: f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
-  for key in ("framework_vs_floor", "framework_1dev_vs_floor", "framework_vs_torch", "floor_vs_torch",
-              "framework_pso_vs_none", "unrolled_round_vs_step_loop", "chunked_round_vs_whole",
-              "framework_batch_drawing_vs_slice", "one_permutation_per_round_vs_slice"):
+  for key in (
+    "framework_vs_floor",
+    "framework_1dev_vs_floor",
+    "framework_vs_torch",
+    "floor_vs_torch",
+    "framework_pso_vs_none",
+    "unrolled_round_vs_step_loop",
+    "chunked_round_vs_whole",
+    "framework_batch_drawing_vs_slice",
+    "one_permutation_per_round_vs_slice",
+  ):
     if key in ratios:
       lines.append(f"{key + ' (samples/s)':58} {fmt(ratios[key])}")
   if not torch_name:
     lines.append(TORCH_MISSING)
   lines.append("")
-  for k, mem_key, label in (("pso_sync", "pso", "PSO-PS sync alone"),
-                            ("pmean", "pmean", "lax.pmean of the weights"),
-                            ("average_sync", "average", "averaging's sync (1 all-reduce)")):
+  for k, mem_key, label in (
+    ("pso_sync", "pso", "PSO-PS sync alone"),
+    ("pmean", "pmean", "lax.pmean of the weights"),
+    ("average_sync", "average", "averaging's sync (1 all-reduce)"),
+  ):
     s = sync_rows[k]["us_per_call"]
     mem = sync_info[f"memory_per_device_{mem_key}"]
-    lines.append(f"{label:28} {s['median']:9.1f} us/call [{s['min']:.1f}, {s['max']:.1f}]   peak "
-                 f"{mem['peak']:>9,} B/device (arg {mem['argument']:,} out {mem['output']:,} "
-                 f"alias {mem['alias']:,} temp {mem['temp']:,})")
+    lines.append(
+      f"{label:28} {s['median']:9.1f} us/call [{s['min']:.1f}, {s['max']:.1f}]   peak "
+      f"{mem['peak']:>9,} B/device (arg {mem['argument']:,} out {mem['output']:,} "
+      f"alias {mem['alias']:,} temp {mem['temp']:,})"
+    )
   g = sync_rows["gather_fitness"]["us_per_call"]
-  lines.append(f"{'all-gather of the N fitnesses alone':28} {g['median']:9.1f} us/call "
-               f"[{g['min']:.1f}, {g['max']:.1f}]   (the PSO sync = this + one all-reduce + "
-               "elementwise work)")
+  lines.append(
+    f"{'all-gather of the N fitnesses alone':28} {g['median']:9.1f} us/call "
+    f"[{g['min']:.1f}, {g['max']:.1f}]   (the PSO sync = this + one all-reduce + "
+    "elementwise work)"
+  )
   t = sync_rows["gather_then_masked_psum"]["us_per_call"]
-  floor_ratio = common.spread([a / b for a, b in zip(per_call["gather_then_masked_psum"],
-                                                      per_call["pmean"])])
+  floor_ratio = common.spread(
+    [a / b for a, b in zip(per_call["gather_then_masked_psum"], per_call["pmean"])]
+  )
   ratios["pso_collectives_only_vs_pmean"] = floor_ratio
-  lines.append(f"{'the 2 collectives alone':28} {t['median']:9.1f} us/call [{t['min']:.1f}, "
-               f"{t['max']:.1f}]   (all-gather of fitnesses + masked psum; vs pmean "
-               f"{fmt(floor_ratio)})")
+  lines.append(
+    f"{'the 2 collectives alone':28} {t['median']:9.1f} us/call [{t['min']:.1f}, "
+    f"{t['max']:.1f}]   (all-gather of fitnesses + masked psum; vs pmean "
+    f"{fmt(floor_ratio)})"
+  )
   lines.append(f"{'pso_sync_vs_pmean (time)':58} {fmt(ratios['pso_sync_vs_pmean'])}")
   lines.append(f"{'peak_bytes_pso_sync_vs_pmean (memory_analysis)':58} {peak_ratio}")
   lines.append(f"{'pso_sync_vs_average_sync (time)':58} {fmt(ratios['pso_sync_vs_average_sync'])}")
-  lines.append(f"PSO-PS sync alone = {100 * sync_share:.1f}% of the median round; "
-               f"params {sync_info['param_bytes_per_particle']:,} B per particle")
+  lines.append(
+    f"PSO-PS sync alone = {100 * sync_share:.1f}% of the median round; "
+    f"params {sync_info['param_bytes_per_particle']:,} B per particle"
+  )
   print("\n".join(lines), flush=True)
 
-  config = {"model": args.model, "particles": n, "devices": args.devices, "period": period,
-            "batch_size": batch, "shard_size": shard_size, "fitness": args.fitness,
-            "reps": args.reps, "quick": args.quick, "max_unroll": args.max_unroll}
+  config = {
+    "model": args.model,
+    "particles": n,
+    "devices": args.devices,
+    "period": period,
+    "batch_size": batch,
+    "shard_size": shard_size,
+    "fitness": args.fitness,
+    "reps": args.reps,
+    "quick": args.quick,
+    "max_unroll": args.max_unroll,
+  }
   summary = {
-      "framework_vs_floor": ratios["framework_vs_floor"]["median"],
-      "framework_vs_torch": ratios["framework_vs_torch"]["median"] if torch_name else None,
-      "pso_sync_vs_pmean": ratios["pso_sync_vs_pmean"]["median"],
-      "peak_bytes_pso_sync_vs_pmean": peak_ratio,
-      "pso_sync_vs_average_sync": ratios["pso_sync_vs_average_sync"]["median"],
-      "config": config, "machine": common.machine()}
-  result = {"command": common.command_line(), **summary,
-            "floor_variant": floor_name, "torch_variant": torch_name, "rows": rows, "ratios": ratios, "sync": sync_rows,
-            "sync_info": sync_info, "sync_share_of_round": round(sync_share, 4),
-            "torch_info": torch_info, "proposed_batch_drawing_equals_framework": same_batches,
-            "timed_in_3_reps_only": list(slow),
-            "loadavg_before_after": [loadavg_before, loadavg_after], "table": lines}
+    "framework_vs_floor": ratios["framework_vs_floor"]["median"],
+    "framework_vs_torch": ratios["framework_vs_torch"]["median"] if torch_name else None,
+    "pso_sync_vs_pmean": ratios["pso_sync_vs_pmean"]["median"],
+    "peak_bytes_pso_sync_vs_pmean": peak_ratio,
+    "pso_sync_vs_average_sync": ratios["pso_sync_vs_average_sync"]["median"],
+    "config": config,
+    "machine": common.machine(),
+  }
+  result = {
+    "command": common.command_line(),
+    **summary,
+    "floor_variant": floor_name,
+    "torch_variant": torch_name,
+    "rows": rows,
+    "ratios": ratios,
+    "sync": sync_rows,
+    "sync_info": sync_info,
+    "sync_share_of_round": round(sync_share, 4),
+    "torch_info": torch_info,
+    "proposed_batch_drawing_equals_framework": same_batches,
+    "timed_in_3_reps_only": list(slow),
+    "loadavg_before_after": [loadavg_before, loadavg_after],
+    "table": lines,
+  }
   out = args.out or os.path.join(RESULTS, f"throughput_{args.model}.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
@@ -674,6 +840,7 @@ def scaling_mode(args):
   import jax
   import numpy as np
   import optax
+
   from psops_jax import models
 
   period, batch, n = args.period, args.batch_size, args.particles
@@ -681,28 +848,50 @@ def scaling_mode(args):
   mean, std = (0.5,) * shape[-1], (0.25,) * shape[-1]
   device_counts = [d for d in (1, 2, 4, 8) if d <= len(jax.devices())]
   loadavg_before = os.getloadavg()
-  print(f"scaling: model {args.model}, period {period}, batch {batch}, shard = {args.train_size} "
-        f"// particles, {args.reps} repetitions; {os.cpu_count()} cores, load average "
-        f"{loadavg_before[0]:.2f}", flush=True)
-  cells = [(d, d) for d in device_counts] + [(n, d) for d in device_counts
-                                              if d != n and d <= n and n % d == 0]
+  print(
+    f"scaling: model {args.model}, period {period}, batch {batch}, shard = {args.train_size} "
+    f"// particles, {args.reps} repetitions; {os.cpu_count()} cores, load average "
+    f"{loadavg_before[0]:.2f}",
+    flush=True,
+  )
+  cells = [(d, d) for d in device_counts] + [
+    (n, d) for d in device_counts if d != n and d <= n and n % d == 0
+  ]
   runners, info = {}, {}
   for particles, devices in cells:
     name = f"{particles}on{devices}"
-    t0 = time.perf_counter()
-    run, built = common.build_round(args.model, particles, devices, period, batch, "pso",
-                                    args.train_size // particles, fitness=args.fitness,
-                                    max_unroll=args.max_unroll)
+    run, built = common.build_round(
+      args.model,
+      particles,
+      devices,
+      period,
+      batch,
+      "pso",
+      args.train_size // particles,
+      fitness=args.fitness,
+      max_unroll=args.max_unroll,
+    )
     runners[name] = functools.partial(lambda r, run: run(r + 2), run=run)
     info[name] = {"particles": particles, "devices": devices, **built}
-    print(f"  compiled {particles} particles on {devices} devices: {built['compile_seconds']} s",
-          flush=True)
+    print(
+      f"  compiled {particles} particles on {devices} devices: {built['compile_seconds']} s",
+      flush=True,
+    )
   rng = np.random.RandomState(1)
   shard = args.train_size // n
   images = rng.randint(0, 256, (shard,) + shape).astype(np.uint8)
   labels = rng.randint(0, 10, (shard,)).astype(np.int32)
-  floor, _, _ = build_floor(models.create(args.model), optax.sgd(0.01, momentum=0.9), images,
-                            labels, period, batch, mean, std, jax.devices()[0])
+  floor, _, _ = build_floor(
+    models.create(args.model),
+    optax.sgd(0.01, momentum=0.9),
+    images,
+    labels,
+    period,
+    batch,
+    mean,
+    std,
+    jax.devices()[0],
+  )
   runners["floor"] = lambda r: floor["unrolled/slice"]((r % 3) * period)
   for fn in runners.values():
     fn(-2), fn(-1)
@@ -715,45 +904,75 @@ def scaling_mode(args):
       continue
     p, d = info[name]["particles"], info[name]["devices"]
     sps = [samples(p, period, batch) / s for s in t["seconds"]]
-    rows.append({"particles": p, "devices": d, "particles_per_device": p // d,
-                 "samples_per_second": common.spread(sps),
-                 "ms_per_particle_step": common.spread([1000 * s / (p * period)
-                                                        for s in t["seconds"]]),
-                 "vs_floor": common.spread([a / b for a, b in zip(sps, floor_sps)]),
-                 "cpu_over_wall": round(statistics.median(t["cpu_over_wall"]), 2),
-                 "compile_seconds": info[name]["compile_seconds"]})
+    rows.append(
+      {
+        "particles": p,
+        "devices": d,
+        "particles_per_device": p // d,
+        "samples_per_second": common.spread(sps),
+        "ms_per_particle_step": common.spread([1000 * s / (p * period) for s in t["seconds"]]),
+        "vs_floor": common.spread([a / b for a, b in zip(sps, floor_sps)]),
+        "cpu_over_wall": round(statistics.median(t["cpu_over_wall"]), 2),
+        "compile_seconds": info[name]["compile_seconds"],
+      }
+    )
   rows.sort(key=lambda r: (r["particles"] != r["devices"], r["devices"]))
-  floor_row = {"samples_per_second": common.spread(floor_sps),
-               "ms_per_particle_step": common.spread([1000 * s / period
-                                                      for s in timed["floor"]["seconds"]]),
-               "cpu_over_wall": round(statistics.median(timed["floor"]["cpu_over_wall"]), 2)}
-  lines = [f"{'particles':>9} {'devices':>7} {'per dev':>7} {'samples/s':>10} {'[min, max]':>17} "
-           f"{'ms/particle-step':>16} {'vs floor':>8} {'cores':>5} {'compile s':>9}"]
+  floor_row = {
+    "samples_per_second": common.spread(floor_sps),
+    "ms_per_particle_step": common.spread([1000 * s / period for s in timed["floor"]["seconds"]]),
+    "cpu_over_wall": round(statistics.median(timed["floor"]["cpu_over_wall"]), 2),
+  }
+  lines = [
+    f"{'particles':>9} {'devices':>7} {'per dev':>7} {'samples/s':>10} {'[min, max]':>17} "
+    f"{'ms/particle-step':>16} {'vs floor':>8} {'cores':>5} {'compile s':>9}"
+  ]
   for r in rows:
     s = r["samples_per_second"]
-    lines.append(f"{r['particles']:9d} {r['devices']:7d} {r['particles_per_device']:7d} "
-                 f"{s['median']:10.0f} [{s['min']:7.0f}, {s['max']:7.0f}] "
-                 f"{r['ms_per_particle_step']['median']:16.3f} {r['vs_floor']['median']:8.2f} "
-                 f"{r['cpu_over_wall']:5.2f} {r['compile_seconds']:9.2f}")
+    lines.append(
+      f"{r['particles']:9d} {r['devices']:7d} {r['particles_per_device']:7d} "
+      f"{s['median']:10.0f} [{s['min']:7.0f}, {s['max']:7.0f}] "
+      f"{r['ms_per_particle_step']['median']:16.3f} {r['vs_floor']['median']:8.2f} "
+      f"{r['cpu_over_wall']:5.2f} {r['compile_seconds']:9.2f}"
+    )
   s = floor_row["samples_per_second"]
-  lines.append(f"{'floor: 1 particle, 1 device, plain JAX':41} {s['median']:10.0f} "
-               f"[{s['min']:7.0f}, {s['max']:7.0f}] {floor_row['ms_per_particle_step']['median']:16.3f}"
-               f" {1.0:8.2f} {floor_row['cpu_over_wall']:5.2f}")
+  lines.append(
+    f"{'floor: 1 particle, 1 device, plain JAX':41} {s['median']:10.0f} "
+    f"[{s['min']:7.0f}, {s['max']:7.0f}] {floor_row['ms_per_particle_step']['median']:16.3f}"
+    f" {1.0:8.2f} {floor_row['cpu_over_wall']:5.2f}"
+  )
   print("\n".join(lines), flush=True)
 
   out = args.out or os.path.join(RESULTS, "throughput_scaling.json")
   png = os.path.splitext(out)[0] + ".png"
   plot_scaling(rows, floor_row, args, png)
-  config = {"model": args.model, "particles": n, "period": period, "batch_size": batch,
-            "train_size": args.train_size, "fitness": args.fitness, "reps": args.reps,
-            "quick": args.quick, "max_unroll": args.max_unroll}
-  summary = {"scaling_samples_per_second": {
-      f"{r['particles']}on{r['devices']}": r["samples_per_second"]["median"] for r in rows},
-      "floor_samples_per_second": floor_row["samples_per_second"]["median"],
-      "config": config, "machine": common.machine()}
-  result = {"command": common.command_line(), **summary, "rows": rows, "floor": floor_row,
-            "plot": os.path.relpath(png), "loadavg_before_after": [loadavg_before, os.getloadavg()],
-            "table": lines}
+  config = {
+    "model": args.model,
+    "particles": n,
+    "period": period,
+    "batch_size": batch,
+    "train_size": args.train_size,
+    "fitness": args.fitness,
+    "reps": args.reps,
+    "quick": args.quick,
+    "max_unroll": args.max_unroll,
+  }
+  summary = {
+    "scaling_samples_per_second": {
+      f"{r['particles']}on{r['devices']}": r["samples_per_second"]["median"] for r in rows
+    },
+    "floor_samples_per_second": floor_row["samples_per_second"]["median"],
+    "config": config,
+    "machine": common.machine(),
+  }
+  result = {
+    "command": common.command_line(),
+    **summary,
+    "rows": rows,
+    "floor": floor_row,
+    "plot": os.path.relpath(png),
+    "loadavg_before_after": [loadavg_before, os.getloadavg()],
+    "table": lines,
+  }
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
@@ -763,20 +982,27 @@ def scaling_mode(args):
 
 def plot_scaling(rows, floor_row, args, png):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
   by_devices = lambda rs: sorted(rs, key=lambda r: r["devices"])
-  series = {"one particle per device (N = devices)":
-                by_devices([r for r in rows if r["particles"] == r["devices"]]),
-            f"{args.particles} particles on the devices":
-                by_devices([r for r in rows if r["particles"] == args.particles])}
+  series = {
+    "one particle per device (N = devices)": by_devices(
+      [r for r in rows if r["particles"] == r["devices"]]
+    ),
+    f"{args.particles} particles on the devices": by_devices(
+      [r for r in rows if r["particles"] == args.particles]
+    ),
+  }
   for (label, rs), marker in zip(series.items(), ("o", "s")):
     xs = [r["devices"] for r in rs]
     med = [r["samples_per_second"]["median"] for r in rs]
-    err = [[m - r["samples_per_second"]["min"] for m, r in zip(med, rs)],
-           [r["samples_per_second"]["max"] - m for m, r in zip(med, rs)]]
+    err = [
+      [m - r["samples_per_second"]["min"] for m, r in zip(med, rs)],
+      [r["samples_per_second"]["max"] - m for m, r in zip(med, rs)],
+    ]
     ax.errorbar(xs, med, yerr=err, marker=marker, capsize=3, label=label)
     ax2.plot(xs, [r["cpu_over_wall"] for r in rs], marker=marker, label=label)
     ax3.plot(xs, [r["compile_seconds"] for r in rs], marker=marker, label=label)
@@ -793,8 +1019,10 @@ def plot_scaling(rows, floor_row, args, png):
     a.grid(alpha=0.3)
   ax.set_ylim(bottom=0)
   ax.set_ylabel("samples / s (median, bars: min-max)")
-  ax.set_title(f"{args.model}: framework round (PSO-PS), period {args.period}, batch "
-               f"{args.batch_size}", fontsize=10)
+  ax.set_title(
+    f"{args.model}: framework round (PSO-PS), period {args.period}, batch {args.batch_size}",
+    fontsize=10,
+  )
   ax.legend(fontsize=8, loc="lower right")
   ax2.set_ylabel("process CPU s / wall s (median)")
   ax2.set_ylim(0, os.cpu_count() + 0.5)
@@ -805,39 +1033,59 @@ def plot_scaling(rows, floor_row, args, png):
   ax3.set_title("compile time of the round", fontsize=10)
   ax3.legend(fontsize=8)
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  fig.suptitle(f"{os.cpu_count()} CPU cores shared by all virtual devices; {args.reps} interleaved "
-               f"repetitions; load average at the end {load} (other processes on the machine)",
-               fontsize=9)
+  fig.suptitle(
+    f"{os.cpu_count()} CPU cores shared by all virtual devices; {args.reps} interleaved "
+    f"repetitions; load average at the end {load} (other processes on the machine)",
+    fontsize=9,
+  )
   fig.tight_layout()
   fig.savefig(png, dpi=110)
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--model", default="small_cnn", choices=["small_cnn", "lenet5"])
   parser.add_argument("--particles", type=int, default=8)
   parser.add_argument("--period", type=int, default=8, help="local steps per round (default 8)")
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--devices", type=int, default=0, help="mesh size (default: --particles)")
-  parser.add_argument("--train-size", type=int, default=0,
-                      help="examples of the whole training set; shard = this // particles "
-                           "(default: digits 1438 for small_cnn, 60000 for lenet5)")
+  parser.add_argument(
+    "--train-size",
+    type=int,
+    default=0,
+    help="examples of the whole training set; shard = this // particles "
+    "(default: digits 1438 for small_cnn, 60000 for lenet5)",
+  )
   parser.add_argument("--fitness", default="round_loss", choices=["round_loss", "probe"])
-  parser.add_argument("--max-unroll", type=int, default=None,
-                      help="the round in calls of at most this many unrolled steps (default: "
-                           "train.max_unroll of configs/digits_pso.py; 0: one call)")
-  parser.add_argument("--reps", type=int, default=0,
-                      help="interleaved repetitions (default 21, --quick 7)")
-  parser.add_argument("--quick", action="store_true",
-                      help="fewer repetitions, no no-sync round, no proposed-change variant")
-  parser.add_argument("--scaling", action="store_true",
-                      help="framework round over 1, 2, 4, 8 devices: N = devices, and --particles "
-                           "on each device count")
+  parser.add_argument(
+    "--max-unroll",
+    type=int,
+    default=None,
+    help="the round in calls of at most this many unrolled steps (default: "
+    "train.max_unroll of configs/digits_pso.py; 0: one call)",
+  )
+  parser.add_argument(
+    "--reps", type=int, default=0, help="interleaved repetitions (default 21, --quick 7)"
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="fewer repetitions, no no-sync round, no proposed-change variant",
+  )
+  parser.add_argument(
+    "--scaling",
+    action="store_true",
+    help="framework round over 1, 2, 4, 8 devices: N = devices, and --particles "
+    "on each device count",
+  )
   parser.add_argument("--out", default="", help="JSON path (the PNG of --scaling beside it)")
   args = parser.parse_args()
   args.devices = args.devices or args.particles
   if args.max_unroll is None:
     from configs import digits_pso
+
     args.max_unroll = digits_pso.get_config().train.max_unroll
   args.train_size = args.train_size or common.TRAIN_SIZES[args.model]
   args.reps = args.reps or (7 if args.quick else 21)

@@ -18,7 +18,7 @@ def get_config():
   config.model.name = "resnet20"
   config.optimizer.learning_rate = 0.05
   config.sync.period = 16
-  config.train.rounds = 244         # 3,904 steps x batch 32 = 20 passes over 6,250 examples/particle
-  config.train.log_every = 10       # reading metrics is a host sync: rare on accelerators
+  config.train.rounds = 244  # 3,904 steps x batch 32 = 20 passes over 6,250 examples/particle
+  config.train.log_every = 10  # reading metrics is a host sync: rare on accelerators
   config.train.eval_every = 25
   return config

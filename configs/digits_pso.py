@@ -11,90 +11,92 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_particles = 8
-  config.num_devices = 0             # devices the particles are spread over; 0: one per particle
-                                     # (or the largest divisor of num_particles that exists)
+  config.num_devices = 0  # devices the particles are spread over; 0: one per particle
+  # (or the largest divisor of num_particles that exists)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "digits"        # digits | mnist | fashion_mnist | cifar10
-  config.data.source = "sklearn"     # sklearn (digits) | files | tfds | synthetic (random
-                                     # class-coloured images of the data set's shape)
-  config.data.synthetic_size = 0     # synthetic: training examples (0: the real set's size)
-  config.data.dir = ""               # files: the directory of the files; tfds: data_dir ("" = default)
-  config.data.validation_size = 0    # > 0: hold out this many training examples and evaluate on
-                                     # them instead of the test split (for tuning)
-  config.data.partition = "iid"      # iid | dirichlet: each particle's label mix ~ Dirichlet(alpha)
+  config.data.name = "digits"  # digits | mnist | fashion_mnist | cifar10
+  config.data.source = "sklearn"  # sklearn (digits) | files | tfds | synthetic (random
+  # class-coloured images of the data set's shape)
+  config.data.synthetic_size = 0  # synthetic: training examples (0: the real set's size)
+  config.data.dir = ""  # files: the directory of the files; tfds: data_dir ("" = default)
+  config.data.validation_size = 0  # > 0: hold out this many training examples and evaluate on
+  # them instead of the test split (for tuning)
+  config.data.partition = "iid"  # iid | dirichlet: each particle's label mix ~ Dirichlet(alpha)
   config.data.dirichlet_alpha = 1.0  # dirichlet: 0.1 nearly one class per particle, 100 ~ iid
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "small_cnn"    # mlp | lenet5 | small_cnn | vgg_small | resnet20 (BatchNorm)
-  config.model.dtype = "float32"     # float32 | bfloat16: the computation's dtype (mixed precision);
-                                     # params, optimizer state and the sync stay float32
+  config.model.name = "small_cnn"  # mlp | lenet5 | small_cnn | vgg_small | resnet20 (BatchNorm)
+  config.model.dtype = "float32"  # float32 | bfloat16: the computation's dtype (mixed precision);
+  # params, optimizer state and the sync stay float32
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"      # sgd | adam
+  config.optimizer.name = "sgd"  # sgd | adam
   config.optimizer.learning_rate = 0.05
   config.optimizer.momentum = 0.9
 
   config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 32       # per particle
-  config.train.rounds = 25           # total local steps per particle = rounds * sync.period
-  config.train.log_every = 1         # rounds between lines of metrics.jsonl
-  config.train.eval_every = 5        # rounds between test evaluations (0: only at the end)
-  config.train.loop = "auto"         # auto | unroll | scan: how a round's local steps are compiled
-  config.train.max_unroll = 4        # unrolled rounds longer than this run as several calls of at
-                                     # most this many steps (faster on CPU and compile time bounded:
-                                     # benchmarks/results/max_unroll.json); 0: one call
+  config.train.batch_size = 32  # per particle
+  config.train.rounds = 25  # total local steps per particle = rounds * sync.period
+  config.train.log_every = 1  # rounds between lines of metrics.jsonl
+  config.train.eval_every = 5  # rounds between test evaluations (0: only at the end)
+  config.train.loop = "auto"  # auto | unroll | scan: how a round's local steps are compiled
+  config.train.max_unroll = 4  # unrolled rounds longer than this run as several calls of at
+  # most this many steps (faster on CPU and compile time bounded:
+  # benchmarks/results/max_unroll.json); 0: one call
   config.train.local_layout = "unroll"  # unroll | vmap: passes of several particles on one device
-  config.train.init = "shared"       # shared | independent: initial weights of the particles
+  config.train.init = "shared"  # shared | independent: initial weights of the particles
   config.train.checkpoint_every = 10  # rounds between checkpoints (and one at the end)
   config.train.keep_checkpoints = 3  # the last few kept
   config.train.allow_config_change = False  # resume a workdir whose run had another config
 
   # Faulty workers (a robustness scenario): the last `particles` particles are hit at `round`.
   config.faults = ml_collections.ConfigDict()
-  config.faults.kind = "none"        # none | nan (weights := NaN) | noise (weights := N(0, scale^2))
-                                     # | lr (their updates scale x larger from then on)
+  config.faults.kind = "none"  # none | nan (weights := NaN) | noise (weights := N(0, scale^2))
+  # | lr (their updates scale x larger from then on)
   config.faults.particles = 1
-  config.faults.step = 0             # the fault strikes at the start of the round holding this
-                                     # local step (0-based): round step // sync.period
-  config.faults.scale = 10.0         # noise: standard deviation; lr: the learning-rate factor
+  config.faults.step = 0  # the fault strikes at the start of the round holding this
+  # local step (0-based): round step // sync.period
+  config.faults.scale = 10.0  # noise: standard deviation; lr: the learning-rate factor
 
   config.sync = ml_collections.ConfigDict()
-  config.sync.strategy = "pso"       # pso | pso_average | average | ssgd | easgd | diloco | none
-                                     # | best_pull | topk_average | robust_average
-  config.sync.period = 8             # local steps between two synchronizations
+  config.sync.strategy = "pso"  # pso | pso_average | average | ssgd | easgd | diloco | none
+  # | best_pull | topk_average | robust_average
+  config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (DESIGN.md): bests forgotten each round and particles compared on one
   # common probe batch recovered most of the gap to averaging that textbook PSO-PS showed.
-  config.sync.pso.inertia = 0.0      # w
-  config.sync.pso.cognitive = 0.0    # c1
-  config.sync.pso.social = 1.0       # c2
-  config.sync.pso.mean_pull = 0.5    # c3, used by pso_average only
+  config.sync.pso.inertia = 0.0  # w
+  config.sync.pso.cognitive = 0.0  # c1
+  config.sync.pso.social = 1.0  # c2
+  config.sync.pso.mean_pull = 0.5  # c3, used by pso_average only
   # fitness also ranks the particles for best_pull and topk_average
   config.sync.pso.fitness = "probe"  # probe (common batch of training data) | round_loss
   config.sync.pso.probe_size = 1024  # examples in the probe batch
   config.sync.pso.probe_resample = False  # True: a new probe batch every round (the same on every
-                                     # particle), drawn from a pool of 8 x probe_size training examples
-  config.sync.pso.memory = "round"   # round (bests forgotten every sync) | forever (textbook PSO)
-                                     # | decay | reevaluate (f(p_i) measured again on the probe batch)
+  # particle), drawn from a pool of 8 x probe_size training examples
+  config.sync.pso.memory = "round"  # round (bests forgotten every sync) | forever (textbook PSO)
+  # | decay | reevaluate (f(p_i) measured again on the probe batch)
   config.sync.pso.memory_decay = 0.1  # decay: a remembered f(p_i) grows by this factor every sync
   config.sync.pso.random = "particle"  # r1, r2 drawn per particle | per coordinate | none (= 1)
   config.sync.pso.max_velocity_norm = 0.0  # clip ||v_i|| (global L2 norm) to this; 0: no clipping
   config.sync.pso.max_velocity_ratio = 0.0  # clip ||v_i|| to this times ||x_i||; 0: no clipping
-  config.sync.pso.opt_state_on_move = "keep"  # keep | reset | follow: the optimizer state (momentum)
-                                     # of a particle PSO moves: kept, zeroed, or moved like the weights
+  config.sync.pso.opt_state_on_move = (
+    "keep"  # keep | reset | follow: the optimizer state (momentum)
+  )
+  # of a particle PSO moves: kept, zeroed, or moved like the weights
   config.sync.pso.schedule = "constant"  # constant | linear: w, c1, c2 go linearly from the values
-  config.sync.pso.inertia_final = 0.0    # above to these *_final values over train.rounds syncs
+  config.sync.pso.inertia_final = 0.0  # above to these *_final values over train.rounds syncs
   config.sync.pso.cognitive_final = 0.0
   config.sync.pso.social_final = 1.0
   config.sync.average_opt_state = False  # average: also average the optimizer state (momentum)
-  config.sync.best_pull = 0.25       # best_pull: x_i := mean + best_pull * (best - mean)
-  config.sync.topk = 4               # topk_average: x_i := mean of the topk best particles
+  config.sync.best_pull = 0.25  # best_pull: x_i := mean + best_pull * (best - mean)
+  config.sync.topk = 4  # topk_average: x_i := mean of the topk best particles
   config.sync.robust = ml_collections.ConfigDict()
   config.sync.robust.method = "median"  # robust_average: median | trimmed_mean (coordinate-wise)
-  config.sync.robust.trim = 1        # trimmed_mean: particles dropped at each end per coordinate
+  config.sync.robust.trim = 1  # trimmed_mean: particles dropped at each end per coordinate
   config.sync.easgd = ml_collections.ConfigDict()
-  config.sync.easgd.alpha = 0.1      # elastic strength; N * alpha <= 1
+  config.sync.easgd.alpha = 0.1  # elastic strength; N * alpha <= 1
   config.sync.diloco = ml_collections.ConfigDict()
   config.sync.diloco.learning_rate = 0.7  # outer learning rate (1 with momentum 0 = average)
   config.sync.diloco.momentum = 0.9

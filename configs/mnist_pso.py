@@ -15,6 +15,6 @@ def get_config():
   config.data.dir = "/usr/share/datasets/mnist"
   config.model.name = "lenet5"
   config.sync.period = 16
-  config.train.rounds = 44          # 704 steps x batch 32 = 3 passes over 7,500 examples/particle
+  config.train.rounds = 44  # 704 steps x batch 32 = 3 passes over 7,500 examples/particle
   config.train.eval_every = 11
   return config

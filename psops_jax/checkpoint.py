@@ -1,11 +1,14 @@
 """Checkpoints of a run (orbax-checkpoint) and the config check that guards resuming.
 
-A checkpoint holds the whole swarm (every particle's weights and optimizer state, the sync strategy's
-state) and, as JSON metadata, the number of rounds done and the seconds spent. Nothing else is needed to
+A checkpoint holds the whole swarm (every particle's weights and optimizer state, the sync
+strategy's
+state) and, as JSON metadata, the number of rounds done and the seconds spent. Nothing else is
+needed to
 continue exactly: mini-batches, augmentation and PSO randomness are drawn from keys derived from
 (seed, particle, step) and (seed, round), so the round index is the whole RNG and data-order state.
 
-orbax writes each checkpoint into a temporary directory and renames it when complete, so a run killed
+orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
+killed
 while saving leaves the previous checkpoints intact; the last `keep` are kept. The metadata also
 holds a checksum of the swarm, checked after restoring: orbax does not notice every damaged byte.
 `Checkpointer.restore_latest` resumes from the newest checkpoint that restores, and moves the newer
@@ -23,8 +26,15 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 # Fields that may change between a run and its resumption: they do not change the numbers.
-RESUMABLE_FIELDS = ("train.rounds", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.allow_config_change", "train.max_unroll")
+RESUMABLE_FIELDS = (
+  "train.rounds",
+  "train.log_every",
+  "train.eval_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.allow_config_change",
+  "train.max_unroll",
+)
 
 
 CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written since it existed
@@ -92,9 +102,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def config_differences(saved: dict, current: dict) -> list[str]:
   """`field: saved -> current` for every field that differs, RESUMABLE_FIELDS aside."""
   a, b = flatten(saved), flatten(current)
-  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-          for k in sorted(set(a) | set(b))
-          if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
+  return [
+    f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+    for k in sorted(set(a) | set(b))
+    if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)
+  ]
 
 
 def check_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
@@ -110,9 +122,10 @@ def check_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
   differences = config_differences(saved, config_dict)
   if differences and not allow_change:
     raise CheckpointError(
-        f"--workdir={workdir} holds a run of a different config; it would resume with:\n  " +
-        "\n  ".join(differences) +
-        "\nUse a new --workdir, or pass --config.train.allow_config_change=True to resume anyway.")
+      f"--workdir={workdir} holds a run of a different config; it would resume with:\n  "
+      + "\n  ".join(differences)
+      + "\nUse a new --workdir, or pass --config.train.allow_config_change=True to resume anyway."
+    )
 
 
 class Checkpointer:
@@ -121,35 +134,48 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    )
 
   def latest_round(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, rounds_done: int, swarm, meta: dict) -> None:
     meta = {**meta, CHECKSUM_KEY: checksum(swarm)}
-    self.manager.save(rounds_done, args=ocp.args.Composite(
-        swarm=ocp.args.StandardSave(swarm), meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.save(
+      rounds_done,
+      args=ocp.args.Composite(swarm=ocp.args.StandardSave(swarm), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
 
   def restore(self, rounds_done: int, like):
-    """(swarm, meta) of the checkpoint after `rounds_done` rounds; `like` gives structure, shapes and
+    """(swarm, meta) of the checkpoint after `rounds_done` rounds; `like` gives structure, shapes
+    and
     shardings. CheckpointError when it cannot be read in some process, or its checksum differs."""
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                            like)
+    abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like
+    )
     path = os.path.join(self.directory, str(rounds_done))
     error = None
     try:
-      restored = self.manager.restore(rounds_done, args=ocp.args.Composite(
-          swarm=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      restored = self.manager.restore(
+        rounds_done,
+        args=ocp.args.Composite(
+          swarm=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # orbax/tensorstore raise many kinds on a damaged checkpoint
       error = f"{type(e).__name__}: {str(e)[:300]}"
     if not all_processes(error is None):  # every process moves on to the same checkpoint
       raise CheckpointError(
-          f"checkpoint {path} cannot be restored ({error or 'in another process'})")
+        f"checkpoint {path} cannot be restored ({error or 'in another process'})"
+      )
     saved = restored.meta.get(CHECKSUM_KEY) if isinstance(restored.meta, dict) else None
     if saved is not None and saved != checksum(restored.swarm):
-      raise CheckpointError(f"checkpoint {path} cannot be restored (its arrays do not match the "
-                            "checksum written with them)")
+      raise CheckpointError(
+        f"checkpoint {path} cannot be restored (its arrays do not match the "
+        "checksum written with them)"
+      )
     return restored.swarm, restored.meta
 
   def restore_latest(self, like):
@@ -169,8 +195,9 @@ class Checkpointer:
       return None
     older = f", nor can the {len(failures) - 1} before it" if len(failures) > 1 else ""
     raise CheckpointError(
-        f"{failures[0][1]}{older}. {'They are' if older else 'It is'} damaged or from another "
-        "config: use a new --workdir, or resume with the config of the run that wrote it.")
+      f"{failures[0][1]}{older}. {'They are' if older else 'It is'} damaged or from another "
+      "config: use a new --workdir, or resume with the config of the run that wrote it."
+    )
 
   def set_aside(self, failures, used: int) -> None:
     """Move the checkpoints of `failures` [(step, error)] to DAMAGED_DIR (process 0), saying so."""
@@ -186,8 +213,11 @@ class Checkpointer:
           target = os.path.join(damaged, f"{step}.{copies}")
           copies += 1
         os.rename(os.path.join(self.directory, str(step)), target)
-        print(f"psops_jax: {error}; moved to {target}; resuming from round {used}", file=sys.stderr,
-              flush=True)
+        print(
+          f"psops_jax: {error}; moved to {target}; resuming from round {used}",
+          file=sys.stderr,
+          flush=True,
+        )
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("psops_jax: damaged checkpoints set aside")
     self.manager.reload()

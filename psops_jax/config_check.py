@@ -1,4 +1,5 @@
-"""Up-front validation of a run's config: every bad field is named with its value and what is accepted."""
+"""Up-front validation of a run's config: every bad field is named with its value and what is
+accepted."""
 
 import math
 
@@ -21,7 +22,9 @@ def _get(config, dotted: str):
   node = config
   for part in dotted.split("."):
     if part not in node:
-      raise ConfigError(f"config field {dotted!r} is missing (see configs/digits_pso.py for all fields)")
+      raise ConfigError(
+        f"config field {dotted!r} is missing (see configs/digits_pso.py for all fields)"
+      )
     node = node[part]
   return node
 
@@ -60,13 +63,19 @@ def validate(config) -> None:
   _number(config, "faults.scale", 0.0)
   _number(config, "faults.particles", 0, integer=True)
   if config.faults.particles > config.num_particles:
-    raise ConfigError(f"faults.particles={config.faults.particles}: accepted values are "
-                      f"0..num_particles={config.num_particles}")
+    raise ConfigError(
+      f"faults.particles={config.faults.particles}: accepted values are "
+      f"0..num_particles={config.num_particles}"
+    )
   _choice(config, "sync.robust.method", sync_lib.ROBUST_METHODS)
   _number(config, "sync.robust.trim", 0, integer=True)
-  if config.sync.strategy == "robust_average" and 2 * config.sync.robust.trim >= config.num_particles:
-    raise ConfigError(f"sync.robust.trim={config.sync.robust.trim}: accepted values are 0.."
-                      f"{(config.num_particles - 1) // 2} (2 * trim < num_particles)")
+  if (
+    config.sync.strategy == "robust_average" and 2 * config.sync.robust.trim >= config.num_particles
+  ):
+    raise ConfigError(
+      f"sync.robust.trim={config.sync.robust.trim}: accepted values are 0.."
+      f"{(config.num_particles - 1) // 2} (2 * trim < num_particles)"
+    )
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.name", models.MODELS)
   _choice(config, "model.dtype", models.DTYPES)
@@ -86,9 +95,18 @@ def validate(config) -> None:
   _choice(config, "train.allow_config_change", (True, False))
   _choice(config, "sync.strategy", sync_lib.STRATEGIES)
   _number(config, "sync.period", 1, integer=True)
-  for coefficient in ("inertia", "cognitive", "social", "mean_pull", "max_velocity_norm",
-                      "max_velocity_ratio", "memory_decay", "inertia_final", "cognitive_final",
-                      "social_final"):
+  for coefficient in (
+    "inertia",
+    "cognitive",
+    "social",
+    "mean_pull",
+    "max_velocity_norm",
+    "max_velocity_ratio",
+    "memory_decay",
+    "inertia_final",
+    "cognitive_final",
+    "social_final",
+  ):
     _number(config, f"sync.pso.{coefficient}", 0.0)
   _choice(config, "sync.pso.schedule", sync_lib.SCHEDULE_CHOICES)
   _choice(config, "sync.average_opt_state", (True, False))
@@ -104,20 +122,34 @@ def validate(config) -> None:
   _choice(config, "sync.pso.opt_state_on_move", sync_lib.OPT_STATE_CHOICES)
   _number(config, "sync.best_pull", 0.0)
   if config.sync.best_pull > 1:
-    raise ConfigError(f"sync.best_pull={config.sync.best_pull}: accepted values are 0..1 "
-                      "(0 = average, 1 = jump to the best)")
+    raise ConfigError(
+      f"sync.best_pull={config.sync.best_pull}: accepted values are 0..1 "
+      "(0 = average, 1 = jump to the best)"
+    )
   if config.sync.strategy == "topk_average" and (
-      not 1 <= config.sync.topk <= config.num_particles or config.sync.topk != int(config.sync.topk)):
-    raise ConfigError(f"sync.topk={config.sync.topk}: accepted values are the integers 1.."
-                      f"num_particles={config.num_particles}")
+    not 1 <= config.sync.topk <= config.num_particles or config.sync.topk != int(config.sync.topk)
+  ):
+    raise ConfigError(
+      f"sync.topk={config.sync.topk}: accepted values are the integers 1.."
+      f"num_particles={config.num_particles}"
+    )
   if config.sync.pso.memory == "reevaluate" and config.sync.pso.fitness != "probe":
-    raise ConfigError("sync.pso.memory='reevaluate' measures the personal bests again on the probe "
-                      "batch: it needs sync.pso.fitness='probe'")
-  if (config.sync.pso.opt_state_on_move == "follow" and config.sync.pso.random == "coordinate"
-      and config.sync.strategy in ("pso", "pso_average")):
-    raise ConfigError("sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or "
-                      "'none' (one r2 per particle moves the optimizer state)")
+    raise ConfigError(
+      "sync.pso.memory='reevaluate' measures the personal bests again on the probe "
+      "batch: it needs sync.pso.fitness='probe'"
+    )
+  if (
+    config.sync.pso.opt_state_on_move == "follow"
+    and config.sync.pso.random == "coordinate"
+    and config.sync.strategy in ("pso", "pso_average")
+  ):
+    raise ConfigError(
+      "sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or "
+      "'none' (one r2 per particle moves the optimizer state)"
+    )
   if config.sync.strategy in ("easgd", "diloco", "ssgd") and config.train.init != "shared":
-    raise ConfigError(f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
-                      "this strategy keeps one shared copy of the weights (or identical particles) and "
-                      "needs train.init='shared'")
+    raise ConfigError(
+      f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
+      "this strategy keeps one shared copy of the weights (or identical particles) and "
+      "needs train.init='shared'"
+    )

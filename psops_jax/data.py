@@ -1,11 +1,13 @@
 """Data sets as in-memory uint8 arrays, and their per-particle shards.
 
-Every loader returns a `Dataset`: uint8 images (N, H, W, C), int32 labels, and the normalisation that the
+Every loader returns a `Dataset`: uint8 images (N, H, W, C), int32 labels, and the normalisation
+that the
 jitted round applies on device: x = (image / 255 - mean) / std, per channel.
 
 Sources:
   sklearn  digits (1,797 real 8x8 images shipped inside scikit-learn; no download).
-  files    MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, ...) for mnist / fashion_mnist, or
+  files    MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, ...) for mnist / fashion_mnist,
+  or
            CIFAR-10's python batches (`data_batch_1..5`, `test_batch`) for cifar10, in `data.dir`.
   tfds     tensorflow-datasets (`tfds.data_source`): mnist, fashion_mnist, cifar10.
   synthetic  random images of the data set's shape whose mean brightness depends on the class (so a
@@ -26,35 +28,40 @@ PARTITIONS = ("iid", "dirichlet")
 
 # Per-channel mean and std of the training images scaled to [0, 1].
 NORMALIZATION = {
-    "digits": ((0.3056,), (0.3761,)),  # sklearn digits, pixel values 0..16 stored as v * 255 / 16
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+  "digits": ((0.3056,), (0.3761,)),  # sklearn digits, pixel values 0..16 stored as v * 255 / 16
+  "mnist": ((0.1307,), (0.3081,)),
+  "fashion_mnist": ((0.2860,), (0.3530,)),
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 
-SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
-          "cifar10": (32, 32, 3)}
+SHAPES = {
+  "digits": (8, 8, 1),
+  "mnist": (28, 28, 1),
+  "fashion_mnist": (28, 28, 1),
+  "cifar10": (32, 32, 3),
+}
 TRAIN_SIZES = {"digits": 1437, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 DEFAULT_DIRS = {
-    "mnist": "/usr/share/datasets/mnist",
-    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
-    "cifar10": "~/data/cifar-10-batches-py",
+  "mnist": "/usr/share/datasets/mnist",
+  "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+  "cifar10": "~/data/cifar-10-batches-py",
 }
 
 HOW_TO_GET = {
-    "mnist": "download the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-             "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into that directory, or use "
-             "--config.data.source=tfds on a machine with network",
-    "fashion_mnist": "on Debian/Ubuntu: apt-get install dataset-fashion-mnist (puts the IDX files in "
-                     "/usr/share/datasets/fashion-mnist), or use --config.data.source=tfds",
-    "cifar10": "download and untar CIFAR-10's 'python version' (cifar-10-python.tar.gz) so that the "
-               "directory holds data_batch_1..5 and test_batch, or use --config.data.source=tfds",
+  "mnist": "download the four MNIST IDX files (train-images-idx3-ubyte.gz, "
+  "train-labels-idx1-ubyte.gz, "
+  "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into that directory, or use "
+  "--config.data.source=tfds on a machine with network",
+  "fashion_mnist": "on Debian/Ubuntu: apt-get install dataset-fashion-mnist (puts the IDX files in "
+  "/usr/share/datasets/fashion-mnist), or use --config.data.source=tfds",
+  "cifar10": "download and untar CIFAR-10's 'python version' (cifar-10-python.tar.gz) so that the "
+  "directory holds data_batch_1..5 and test_batch, or use --config.data.source=tfds",
 }
 
 
 class DataError(ValueError):
-  """A data set that cannot be found, read or understood; the message says where and how to fix it."""
+  """A data set that cannot be found, read or understood; the message says where and how to fix."""
 
 
 class Dataset(NamedTuple):
@@ -90,8 +97,10 @@ def read_idx(path: str) -> np.ndarray:
   shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">u4"))
   expected = int(np.prod(shape))
   if len(raw) - header != expected:
-    raise DataError(f"{path} is truncated or corrupt: header says {shape} = {expected} bytes of data, "
-                    f"the file holds {len(raw) - header}")
+    raise DataError(
+      f"{path} is truncated or corrupt: header says {shape} = {expected} bytes of data, "
+      f"the file holds {len(raw) - header}"
+    )
   return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -105,15 +114,21 @@ def _find_idx(directory: str, stem: str) -> str:
 
 def load_idx_dir(name: str, directory: str) -> tuple[np.ndarray, ...]:
   """train/test images and labels from the four MNIST-format IDX files in `directory`."""
-  stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-           "t10k-labels-idx1-ubyte")
+  stems = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+  )
   paths = []
   for stem in stems:
     try:
       paths.append(_find_idx(directory, stem))
     except FileNotFoundError:
-      raise DataError(f"data.name={name!r}, data.source='files': no {stem}[.gz] in "
-                      f"data.dir={directory!r}. To get it: {HOW_TO_GET[name]}.") from None
+      raise DataError(
+        f"data.name={name!r}, data.source='files': no {stem}[.gz] in "
+        f"data.dir={directory!r}. To get it: {HOW_TO_GET[name]}."
+      ) from None
   train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
   return train_x[..., None], train_y.astype(np.int32), test_x[..., None], test_y.astype(np.int32)
 
@@ -124,8 +139,10 @@ def load_cifar10_dir(directory: str) -> tuple[np.ndarray, ...]:
   def read_batch(filename):
     path = os.path.join(directory, filename)
     if not os.path.exists(path):
-      raise DataError(f"data.name='cifar10', data.source='files': no {filename} in "
-                      f"data.dir={directory!r}. To get it: {HOW_TO_GET['cifar10']}.")
+      raise DataError(
+        f"data.name='cifar10', data.source='files': no {filename} in "
+        f"data.dir={directory!r}. To get it: {HOW_TO_GET['cifar10']}."
+      )
     try:
       with open(path, "rb") as f:
         batch = pickle.load(f, encoding="bytes")
@@ -136,12 +153,18 @@ def load_cifar10_dir(directory: str) -> tuple[np.ndarray, ...]:
 
   train = [read_batch(f"data_batch_{i}") for i in range(1, 6)]
   test_x, test_y = read_batch("test_batch")
-  return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y)
+  return (
+    np.concatenate([x for x, _ in train]),
+    np.concatenate([y for _, y in train]),
+    test_x,
+    test_y,
+  )
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, ...]:
-  """scikit-learn's 1,797 8x8 digits (values 0..16) as uint8 0..255, split by a seeded permutation."""
+  """scikit-learn's 1,797 8x8 digits (values 0..16) as uint8 0..255, split by a seeded shuffle."""
   from sklearn.datasets import load_digits as sk_load_digits
+
   digits = sk_load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
@@ -156,15 +179,19 @@ def load_tfds(name: str, directory: str | None) -> tuple[np.ndarray, ...]:
   try:
     import tensorflow_datasets as tfds
   except ImportError:
-    raise DataError("data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets "
-                    "(and tensorflow, to download and prepare a data set the first time)") from None
+    raise DataError(
+      "data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets "
+      "(and tensorflow, to download and prepare a data set the first time)"
+    ) from None
   arrays = []
   for split in ("train", "test"):
     try:
       source = tfds.data_source(name, split=split, data_dir=directory, download=True)
     except ImportError as e:
-      raise DataError(f"tfds could not prepare {name!r}: {e}. Preparing an image data set needs "
-                      "TensorFlow: pip install tensorflow (reading prepared data does not).") from e
+      raise DataError(
+        f"tfds could not prepare {name!r}: {e}. Preparing an image data set needs "
+        "TensorFlow: pip install tensorflow (reading prepared data does not)."
+      ) from e
     except Exception as e:
       raise DataError(f"tfds could not load {name!r} (data_dir={directory!r}): {e}") from e
     examples = [source[i] for i in range(len(source))]
@@ -182,15 +209,18 @@ def synthetic_images(rng: np.random.RandomState, n: int, shape: tuple):
 
 
 def load_synthetic(name: str, size: int, seed: int) -> tuple[np.ndarray, ...]:
-  """`size` (0: the real set's size) synthetic training examples of data set `name`, size // 5 test."""
+  """`size` (0: the real set's size) synthetic training examples of `name`, size // 5 test."""
   rng = np.random.RandomState(seed)
   size = size or TRAIN_SIZES[name]
-  return (*synthetic_images(rng, size, SHAPES[name]),
-          *synthetic_images(rng, max(1, size // 5), SHAPES[name]))
+  return (
+    *synthetic_images(rng, size, SHAPES[name]),
+    *synthetic_images(rng, max(1, size // 5), SHAPES[name]),
+  )
 
 
-def load(name: str, source: str, directory: str | None = None, seed: int = 0,
-         synthetic_size: int = 0) -> Dataset:
+def load(
+  name: str, source: str, directory: str | None = None, seed: int = 0, synthetic_size: int = 0
+) -> Dataset:
   """The data set `name` from `source` (see the module docstring)."""
   if name not in NAMES:
     raise DataError(f"data.name={name!r}: accepted values are {NAMES}")
@@ -198,8 +228,9 @@ def load(name: str, source: str, directory: str | None = None, seed: int = 0,
     raise DataError(f"data.source={source!r}: accepted values are {SOURCES}")
   if source == "sklearn":
     if name != "digits":
-      raise DataError(f"data.source='sklearn' only has 'digits', not {name!r}; "
-                      "use data.source='files' or 'tfds'")
+      raise DataError(
+        f"data.source='sklearn' only has 'digits', not {name!r}; use data.source='files' or 'tfds'"
+      )
     arrays = load_digits(seed=seed)
   elif source == "synthetic":
     arrays = load_synthetic(name, synthetic_size, seed)
@@ -222,14 +253,18 @@ def carve_validation(dataset: Dataset, size: int, seed: int) -> Dataset:
   for tuning without ever looking at the test set. The rest stays the training set."""
   n = len(dataset.train_labels)
   if not 0 < size < n:
-    raise DataError(f"data.validation_size={size}: must be between 1 and {n - 1} "
-                    f"(the training split has {n} examples), or 0 to evaluate on the test split")
+    raise DataError(
+      f"data.validation_size={size}: must be between 1 and {n - 1} "
+      f"(the training split has {n} examples), or 0 to evaluate on the test split"
+    )
   order = np.random.RandomState(seed + 2).permutation(n)
   held, kept = order[:size], order[size:]
-  return dataset._replace(train_images=dataset.train_images[kept],
-                          train_labels=dataset.train_labels[kept],
-                          test_images=dataset.train_images[held],
-                          test_labels=dataset.train_labels[held])
+  return dataset._replace(
+    train_images=dataset.train_images[kept],
+    train_labels=dataset.train_labels[kept],
+    test_images=dataset.train_images[held],
+    test_labels=dataset.train_labels[held],
+  )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,9 +280,11 @@ def shard(images: np.ndarray, labels: np.ndarray, num_particles: int, seed: int)
   per_particle = n // num_particles
   if per_particle == 0:
     raise DataError(f"{n} training examples cannot be split between num_particles={num_particles}")
-  order = np.random.RandomState(seed).permutation(n)[:per_particle * num_particles]
-  return (images[order].reshape(num_particles, per_particle, *images.shape[1:]),
-          labels[order].reshape(num_particles, per_particle))
+  order = np.random.RandomState(seed).permutation(n)[: per_particle * num_particles]
+  return (
+    images[order].reshape(num_particles, per_particle, *images.shape[1:]),
+    labels[order].reshape(num_particles, per_particle),
+  )
 
 
 def probe_batch(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
@@ -266,13 +303,14 @@ def dirichlet_order(labels: np.ndarray, num_particles: int, alpha: float, seed: 
   rng = np.random.RandomState(seed)
   size = len(labels) // num_particles
   if size == 0:
-    raise DataError(f"{len(labels)} training examples cannot be split between "
-                    f"num_particles={num_particles}")
+    raise DataError(
+      f"{len(labels)} training examples cannot be split between num_particles={num_particles}"
+    )
   for _ in range(100):  # redraw the (rare) splits that leave a particle with no example
     shares = [[] for _ in range(num_particles)]
     for c in np.unique(labels):
       examples = rng.permutation(np.flatnonzero(labels == c))
-      cuts = (np.cumsum(rng.dirichlet(alpha * np.ones(num_particles)))[:-1] * len(examples))
+      cuts = np.cumsum(rng.dirichlet(alpha * np.ones(num_particles)))[:-1] * len(examples)
       for share, part in zip(shares, np.split(examples, cuts.astype(int))):
         share.extend(part.tolist())
     if all(shares):
@@ -284,13 +322,14 @@ def dirichlet_order(labels: np.ndarray, num_particles: int, alpha: float, seed: 
     share = rng.permutation(share)
     if len(share) >= size:
       return share[:size]
-    return np.concatenate([np.tile(share, size // len(share)), share[:size % len(share)]])
+    return np.concatenate([np.tile(share, size // len(share)), share[: size % len(share)]])
 
   return np.stack([rng.permutation(resize(share)) for share in shares])
 
 
-def shard_by_labels(images: np.ndarray, labels: np.ndarray, num_particles: int, alpha: float,
-                    seed: int):
+def shard_by_labels(
+  images: np.ndarray, labels: np.ndarray, num_particles: int, alpha: float, seed: int
+):
   """Like `shard`, with label-skewed shards (see `dirichlet_order`)."""
   order = dirichlet_order(labels, num_particles, alpha, seed)
   return images[order], labels[order]

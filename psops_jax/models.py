@@ -1,13 +1,16 @@
 """Flax (linen) classifiers, chosen by name. Inputs are normalised NHWC float images; outputs are
 float32 logits.
 
-Every model is called as `model.apply(variables, x, train=...)`. `resnet20` has BatchNorm: its variables
+Every model is called as `model.apply(variables, x, train=...)`. `resnet20` has BatchNorm: its
+variables
 hold `batch_stats` (running means and variances) beside `params`; `train=True` normalises with the
 batch's statistics and updates the running ones (`mutable=["batch_stats"]`), `train=False` uses the
 running ones. The other models hold only `params` and ignore `train`.
 
-`dtype` is the computation dtype (`float32`, or `bfloat16` for mixed precision): activations and matrix
-products run in it, while parameters (`param_dtype`), batch statistics and the logits stay float32, so
+`dtype` is the computation dtype (`float32`, or `bfloat16` for mixed precision): activations and
+matrix
+products run in it, while parameters (`param_dtype`), batch statistics and the logits stay float32,
+so
 the optimizer and every sync strategy see float32 only.
 """
 
@@ -21,6 +24,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class MLP(nn.Module):
   """Flatten, two hidden ReLU layers, logits."""
+
   num_classes: int = 10
   hidden: tuple = (256, 128)
   dtype: Any = jnp.float32
@@ -35,6 +39,7 @@ class MLP(nn.Module):
 
 class LeNet5(nn.Module):
   """LeNet-5 for 28x28 images: conv5x5(6, same) - pool - conv5x5(16) - pool - 120 - 84 - logits."""
+
   num_classes: int = 10
   dtype: Any = jnp.float32
 
@@ -53,6 +58,7 @@ class LeNet5(nn.Module):
 
 class SmallCNN(nn.Module):
   """For 8x8 digits: conv3x3(32) - conv3x3(32) - pool - conv3x3(64) - pool - 128 - logits."""
+
   num_classes: int = 10
   dtype: Any = jnp.float32
 
@@ -74,6 +80,7 @@ class VGGSmall(nn.Module):
 
   Widths (64, 128, 256) by default; GroupNorm (no running statistics) instead of BatchNorm.
   """
+
   num_classes: int = 10
   widths: tuple = (64, 128, 256)
   dtype: Any = jnp.float32
@@ -94,6 +101,7 @@ class BasicBlock(nn.Module):
   """conv3x3 - BN - ReLU - conv3x3 - BN, plus the shortcut, then ReLU. A block that halves the size
   and doubles the width takes the identity shortcut subsampled and zero-padded in channels (option A
   of He et al. 2016: no parameters)."""
+
   width: int
   stride: int
   dtype: Any = jnp.float32
@@ -106,15 +114,17 @@ class BasicBlock(nn.Module):
     y = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(y)
     y = norm()(y)
     if self.stride != 1 or x.shape[-1] != self.width:
-      x = x[:, ::self.stride, ::self.stride, :]
+      x = x[:, :: self.stride, :: self.stride, :]
       extra = self.width - x.shape[-1]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
     return nn.relu(x + y)
 
 
 class ResNet20(nn.Module):
-  """The CIFAR ResNet-20 of He et al. 2016: conv3x3(16)-BN-ReLU, 3 stages of 3 basic blocks of widths
-  16/32/64 (stride 2 at the start of stages 2 and 3), global average pooling, logits; 0.27M params."""
+  """The CIFAR ResNet-20 of He et al. 2016: conv3x3(16)-BN-ReLU, 3 stages of 3 basic blocks of
+  widths
+  16/32/64 (stride 2 at the start of stages 2 and 3), average pooling, logits; 0.27M params."""
+
   num_classes: int = 10
   widths: tuple = (16, 32, 64)
   blocks: int = 3
@@ -132,8 +142,13 @@ class ResNet20(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
-MODELS = {"mlp": MLP, "lenet5": LeNet5, "small_cnn": SmallCNN, "vgg_small": VGGSmall,
-          "resnet20": ResNet20}
+MODELS = {
+  "mlp": MLP,
+  "lenet5": LeNet5,
+  "small_cnn": SmallCNN,
+  "vgg_small": VGGSmall,
+  "resnet20": ResNet20,
+}
 
 
 def create(name: str, num_classes: int = 10, dtype: str = "float32") -> nn.Module:

@@ -1,20 +1,25 @@
 """The swarm on a device mesh: state, one jitted round (local steps + sync), evaluation.
 
-Particles lie along the mesh axis `AXIS` ("particles"): N particles on D devices, L = N / D per device.
-Every array of the swarm carries a leading particle axis of size N, sharded over `AXIS`; `jax.shard_map`
-hands each device its block of L particles. Inside the block, the cheap per-particle work (batch drawing,
+Particles lie along the mesh axis `AXIS` ("particles"): N particles on D devices, L = N / D per
+device.
+Every array of the swarm carries a leading particle axis of size N, sharded over `AXIS`;
+`jax.shard_map`
+hands each device its block of L particles. Inside the block, the cheap per-particle work (batch
+drawing,
 optimizer update, gradient reduction, the sync) runs under `jax.vmap(..., axis_name=LOCAL)`, and the
 strategies' collectives span all N particles through the axis pair `AXES = (AXIS, LOCAL)`; particle
 d * L + l is local particle l of device d.
 
 The expensive part, each particle's forward and backward pass, is laid out by `local_layout`:
-"unroll" writes the L passes one after another in the program; "vmap" vmaps them, which XLA:CPU compiles
+"unroll" writes the L passes one after another in the program; "vmap" vmaps them, which XLA:CPU
+compiles
 into grouped convolutions (10x slower on CPU, docs/DESIGN.md). `benchmarks/particles_per_device.py`
 compares the layouts.
 
 Loop structure of the local steps (`loop`): "unroll" writes the `period` steps out in the jitted
 program, "scan" runs them in `lax.scan`. Measured on a 2-core CPU (`benchmarks/loop_structure.py`,
-numbers in `benchmarks/results/loop_structure.json`): XLA:CPU ran the steps of the small CNN 10-20x and
+numbers in `benchmarks/results/loop_structure.json`): XLA:CPU ran the steps of the small CNN 10-20x
+and
 of LeNet-5 2-3x slower inside `lax.scan`, so "auto" unrolls on CPU and scans on GPU/TPU, where loop
 bodies run at full speed and compile time stays flat in `period`.
 """
@@ -27,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from psops_jax import sync as sync_lib
 
@@ -41,6 +47,7 @@ PyTree = Any
 class Swarm(NamedTuple):
   """All particles' state; every leaf has a leading particle axis of size N. `batch_stats` holds the
   models' running statistics (BatchNorm; `{}` for a model without them)."""
+
   params: PyTree
   batch_stats: PyTree
   opt_state: PyTree
@@ -49,6 +56,7 @@ class Swarm(NamedTuple):
 
 class DeviceData(NamedTuple):
   """The data a round reads, on the devices: each particle's shard, and one common probe batch."""
+
   train_images: jax.Array  # uint8 (N, S, H, W, C), sharded over particles
   train_labels: jax.Array  # int32 (N, S), sharded over particles
   probe_images: jax.Array  # uint8 (B_probe, H, W, C), replicated
@@ -60,6 +68,7 @@ class Fault(NamedTuple):
   `round * period`. kind "nan": their weights become NaN; "noise": their weights are replaced by
   N(0, scale^2) noise; "lr": from then on their updates are `scale` times larger (a learning rate
   `scale` x too high)."""
+
   kind: str
   particles: int
   round: int
@@ -80,20 +89,22 @@ def corrupt(params, key: jax.Array, fault: Fault):
     return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), params)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [fault.scale * jax.random.normal(k, a.shape, a.dtype)
-                                      for k, a in zip(keys, leaves)])
+  return jax.tree.unflatten(
+    treedef, [fault.scale * jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)]
+  )
 
 
 class RoundConfig(NamedTuple):
   """Static settings of a round (hashable: part of the jitted function's identity)."""
+
   period: int
   batch_size: int
-  fitness: str        # "round_loss" or "probe"
-  probe_size: int     # probe examples per round: fewer than the pool -> a new subset every round
-  loop: str           # "unroll" or "scan"
-  local_layout: str   # "unroll" or "vmap": the forward/backward passes of a device's particles
-  max_unroll: int     # unrolled rounds longer than this run in several calls (0: one call)
-  augment: bool       # random crop (4-pixel pad) and horizontal flip (key stream seed + 4)
+  fitness: str  # "round_loss" or "probe"
+  probe_size: int  # probe examples per round: fewer than the pool -> a new subset every round
+  loop: str  # "unroll" or "scan"
+  local_layout: str  # "unroll" or "vmap": the forward/backward passes of a device's particles
+  max_unroll: int  # unrolled rounds longer than this run in several calls (0: one call)
+  augment: bool  # random crop (4-pixel pad) and horizontal flip (key stream seed + 4)
   mean: tuple
   std: tuple
   fault: Fault | None = None  # faulty workers injected into the run (None: none)
@@ -104,21 +115,30 @@ def make_mesh(num_particles: int, num_devices: int = 0) -> jax.sharding.Mesh:
   that is at most the number of devices there are)."""
   available = len(jax.devices())
   if num_devices == 0:
-    num_devices = max(d for d in range(1, min(num_particles, available) + 1) if num_particles % d == 0)
+    num_devices = max(
+      d for d in range(1, min(num_particles, available) + 1) if num_particles % d == 0
+    )
   if num_devices > available:
     raise ValueError(
-        f"num_devices={num_devices}: this process sees {available} {jax.devices()[0].platform} "
-        f"devices. Accepted: 0 (auto) or 1..{available}. On CPU, set "
-        f"XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts (train.py does this).")
+      f"num_devices={num_devices}: this process sees {available} {jax.devices()[0].platform} "
+      f"devices. Accepted: 0 (auto) or 1..{available}. On CPU, set "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts (train.py does this)."
+    )
   if num_particles % num_devices:
-    raise ValueError(f"num_particles={num_particles} is not a multiple of num_devices={num_devices}: "
-                     "every device holds the same number of particles")
-  return jax.make_mesh((num_devices,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:num_devices])
+    raise ValueError(
+      f"num_particles={num_particles} is not a multiple of num_devices={num_devices}: "
+      "every device holds the same number of particles"
+    )
+  return jax.make_mesh(
+    (num_devices,),
+    (AXIS,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=jax.devices()[:num_devices],
+  )
 
 
 def resolve_loop(loop: str) -> str:
-  """"auto" -> "unroll" on CPU (see the module docstring), "scan" elsewhere."""
+  """ "auto" -> "unroll" on CPU (see the module docstring), "scan" elsewhere."""
   if loop == "auto":
     return "unroll" if jax.default_backend() == "cpu" else "scan"
   return loop
@@ -178,20 +198,24 @@ def apply_model(model, params, batch_stats, images, train: bool):
 
 
 def swarm_metrics(params, new_params, sync_state) -> dict:
-  """What the swarm did at this sync, for one particle (PSO strategies only, no extra communication):
+  """What the swarm did at this sync, for one particle (PSO strategies only, no extra
+  communication):
   global_best = index of the global best's particle, distance_to_global_best = ||x_i' - g|| (x_i'
   before the move, g the new global best) and velocity_norm = ||v_i|| = ||x_i - x_i'||, the length
   of the move; global L2 norms over all leaves."""
   if not isinstance(sync_state, sync_lib.PSOState):
     return {}
   move = jax.tree.map(jnp.subtract, new_params, params)
-  return {"global_best": sync_state.global_index,
-          "distance_to_global_best": sync_state.distance,
-          "velocity_norm": optax.tree.norm(move)}
+  return {
+    "global_best": sync_state.global_index,
+    "distance_to_global_best": sync_state.distance,
+    "velocity_norm": optax.tree.norm(move),
+  }
 
 
-def round_batch_indices(key: jax.Array, first_step: jax.Array, period: int, shard_size: int,
-                        batch_size: int) -> jax.Array:
+def round_batch_indices(
+  key: jax.Array, first_step: jax.Array, period: int, shard_size: int, batch_size: int
+) -> jax.Array:
   """The indices of a round's `period` mini-batches, shape (period, batch_size):
   row t = batch_indices(key, first_step + t, ...), computed with one permutation per epoch the round
   touches (usually one) instead of one per step (a permutation of a 7,500-example shard cost 3.6 ms
@@ -202,8 +226,13 @@ def round_batch_indices(key: jax.Array, first_step: jax.Array, period: int, shar
   permutation = lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), shard_size)
   orders = [permutation(first_epoch)]
   for e in range(1, min(period, (period - 1) // steps_per_epoch + 2)):  # static bound on epochs
-    orders.append(lax.cond(first_epoch + e <= last_epoch,  # only when the round reaches epoch e
-                           lambda e=e: permutation(first_epoch + e), lambda: orders[0]))
+    orders.append(
+      lax.cond(
+        first_epoch + e <= last_epoch,  # only when the round reaches epoch e
+        lambda e=e: permutation(first_epoch + e),
+        lambda: orders[0],
+      )
+    )
   orders = jnp.stack(orders)
   steps = first_step + jnp.arange(period)
   rows = steps // steps_per_epoch - first_epoch
@@ -232,7 +261,8 @@ def round_probe(data: DeviceData, size: int, key: jax.Array, round_index):
 
 
 def per_particle(fn, layout: str):
-  """fn mapped over the leading (local particle) axis of its arguments: a vmap ("vmap"), or the calls
+  """fn mapped over the leading (local particle) axis of its arguments: a vmap ("vmap"), or the
+  calls
   written one after another ("unroll"), outputs stacked."""
   if layout == "vmap":
     return jax.vmap(fn)
@@ -253,31 +283,42 @@ def chunk_length(period: int, loop: str, max_unroll: int) -> int:
   return max(d for d in range(1, max_unroll + 1) if period % d == 0)
 
 
-def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncStrategy,
-               cfg: RoundConfig, mesh: jax.sharding.Mesh, seed: int):
+def make_round(
+  model,
+  tx: optax.GradientTransformation,
+  strategy: sync_lib.SyncStrategy,
+  cfg: RoundConfig,
+  mesh: jax.sharding.Mesh,
+  seed: int,
+):
   """The round: `swarm, metrics = round_fn(swarm, data, round_index)`.
 
-  Each particle runs `cfg.period` optax steps on mini-batches of its own shard, computes its fitness,
-  then all particles run `strategy.sync` (and `strategy.reduce_opt_state`) together. `strategy` must be
+  Each particle runs `cfg.period` optax steps on mini-batches of its own shard, computes its
+  fitness,
+  then all particles run `strategy.sync` (and `strategy.reduce_opt_state`) together. `strategy` must
+  be
   built with `axis_name=AXES`. metrics: per-particle "loss" (mean mini-batch loss of the round) and
   "fitness" (what the sync compared), each of shape (N,). The swarm's buffers are donated.
 
   One jitted call per round, unless the steps are unrolled and `period` exceeds `cfg.max_unroll`:
-  then the local steps run in calls of `chunk_length(...)` steps and the fitness and sync in one more
+  then the local steps run in calls of `chunk_length(...)` steps and the fitness and sync in one
+  more
   call (the compile time of an unrolled round grows with its length, and on CPU LeNet-5's steps ran
   faster in calls of 2-4 steps: benchmarks/results/max_unroll.json; the calls are queued without a
   host sync, the data stays on the devices). Both give the same numbers.
   """
 
   def loss_fn(params, batch_stats, images, labels, train=True):
-    logits, batch_stats = apply_model(model, params, batch_stats,
-                                      normalize(images, cfg.mean, cfg.std), train)
+    logits, batch_stats = apply_model(
+      model, params, batch_stats, normalize(images, cfg.mean, cfg.std), train
+    )
     return cross_entropy(logits, labels), batch_stats
 
   grad_fn = per_particle(jax.value_and_grad(loss_fn, has_aux=True), cfg.local_layout)
   over_local = lambda fn, in_axes=0: jax.vmap(fn, in_axes=in_axes, axis_name=LOCAL)
-  batch_fn = over_local(functools.partial(gather_batch, augment=cfg.augment),
-                        in_axes=(0, None, 0, 0, 0))
+  batch_fn = over_local(
+    functools.partial(gather_batch, augment=cfg.augment), in_axes=(0, None, 0, 0, 0)
+  )
 
   fault = cfg.fault if cfg.fault is not None and cfg.fault.kind != "none" else None
 
@@ -295,17 +336,25 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
 
   def inject_fault(params, index, faulty, first_step):
     """At the first step of the fault's round: faulty particles' weights NaN or noise."""
+
     def one(p, i, bad):
       hit = bad & (first_step == fault.round * cfg.period)
       broken = corrupt(p, jax.random.fold_in(jax.random.key(seed + 3), i), fault)
       return jax.tree.map(lambda b, a: jnp.where(hit, b, a), broken, p)
+
     return over_local(one)(params, index, faulty)
 
   def sync_one(params, batch_stats, opt_state, sync_state, fitness, key):
     new_params, batch_stats, sync_state = sync_lib.sync_variables(
-        strategy, params, batch_stats, sync_state, fitness, key)
-    return (new_params, batch_stats, strategy.reduce_opt_state(opt_state, sync_state, key),
-            sync_state, swarm_metrics(params, new_params, sync_state))
+      strategy, params, batch_stats, sync_state, fitness, key
+    )
+    return (
+      new_params,
+      batch_stats,
+      strategy.reduce_opt_state(opt_state, sync_state, key),
+      sync_state,
+      swarm_metrics(params, new_params, sync_state),
+    )
 
   def device_steps(params, batch_stats, opt_state, data: DeviceData, first_step, count: int):
     """`count` local steps of the device's particles from global step `first_step`;
@@ -314,17 +363,29 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
     keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(stream, index)
     data_keys, augment_keys = keys_of(jax.random.key(seed)), keys_of(jax.random.key(seed + 4))
-    faulty = (is_faulty(index, local_count * mesh.devices.size, fault) if fault is not None
-              else jnp.zeros(local_count, bool))
+    faulty = (
+      is_faulty(index, local_count * mesh.devices.size, fault)
+      if fault is not None
+      else jnp.zeros(local_count, bool)
+    )
     if fault is not None and fault.kind in ("nan", "noise"):
       params = inject_fault(params, index, faulty, first_step)
     steps = first_step + jnp.arange(count)
-    draw_indices = functools.partial(round_batch_indices, period=count,
-                                     shard_size=data.train_labels.shape[1], batch_size=cfg.batch_size)
+    draw_indices = functools.partial(
+      round_batch_indices,
+      period=count,
+      shard_size=data.train_labels.shape[1],
+      batch_size=cfg.batch_size,
+    )
     indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
     indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
-    step_fn = functools.partial(local_step, images=data.train_images, labels=data.train_labels,
-                                augment_keys=augment_keys, faulty=faulty)
+    step_fn = functools.partial(
+      local_step,
+      images=data.train_images,
+      labels=data.train_labels,
+      augment_keys=augment_keys,
+      faulty=faulty,
+    )
     carry = (params, batch_stats, opt_state)
     if cfg.loop == "scan":
       carry, losses = lax.scan(step_fn, carry, (steps, indices))
@@ -340,23 +401,27 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
     params, batch_stats, opt_state, sync_state = swarm
     if cfg.fitness == "probe":  # running statistics (BatchNorm in evaluation mode)
       probe_x, probe_y = round_probe(data, cfg.probe_size, jax.random.key(seed + 2), round_index)
-      probe_loss = per_particle(lambda p, s: loss_fn(p, s, probe_x, probe_y, train=False)[0],
-                                cfg.local_layout)
+      probe_loss = per_particle(
+        lambda p, s: loss_fn(p, s, probe_x, probe_y, train=False)[0], cfg.local_layout
+      )
       fitness = probe_loss(params, batch_stats)
       if strategy.reevaluates_best:  # f(p_i) on this round's probe batch, before the comparison
         sync_state = sync_state._replace(
-            personal_fitness=probe_loss(sync_state.personal_best, batch_stats))
+          personal_fitness=probe_loss(sync_state.personal_best, batch_stats)
+        )
     else:  # mean mini-batch loss over the last half of the round
-      fitness = losses[cfg.period // 2:].mean(axis=0)
+      fitness = losses[cfg.period // 2 :].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
     *swarm, extra = over_local(sync_one, in_axes=(0, 0, 0, 0, 0, None))(
-        params, batch_stats, opt_state, sync_state, fitness, sync_key)
+      params, batch_stats, opt_state, sync_state, fitness, sync_key
+    )
     metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
     return Swarm(*swarm), metrics
 
   def device_round(swarm: Swarm, data: DeviceData, round_index):
-    *state, losses = device_steps(swarm.params, swarm.batch_stats, swarm.opt_state, data,
-                                  round_index * cfg.period, cfg.period)
+    *state, losses = device_steps(
+      swarm.params, swarm.batch_stats, swarm.opt_state, data, round_index * cfg.period, cfg.period
+    )
     return device_sync(Swarm(*state, swarm.sync_state), data, round_index, losses)
 
   data_spec = DeviceData(P(AXIS), P(AXIS), P(), P())
@@ -364,15 +429,25 @@ def make_round(model, tx: optax.GradientTransformation, strategy: sync_lib.SyncS
   on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
   chunk = chunk_length(cfg.period, cfg.loop, cfg.max_unroll)
   if chunk == cfg.period:
-    return jax.jit(on_mesh(device_round, in_specs=(P(AXIS), data_spec, P()),
-                           out_specs=(P(AXIS), P(AXIS))), donate_argnums=0)
+    return jax.jit(
+      on_mesh(device_round, in_specs=(P(AXIS), data_spec, P()), out_specs=(P(AXIS), P(AXIS))),
+      donate_argnums=0,
+    )
 
-  steps_fn = jax.jit(on_mesh(functools.partial(device_steps, count=chunk),
-                             in_specs=(P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
-                             out_specs=(P(AXIS), P(AXIS), P(AXIS), P(None, AXIS))),
-                     donate_argnums=(0, 1, 2))
-  sync_fn = jax.jit(on_mesh(device_sync, in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)),
-                            out_specs=(P(AXIS), P(AXIS))), donate_argnums=0)
+  steps_fn = jax.jit(
+    on_mesh(
+      functools.partial(device_steps, count=chunk),
+      in_specs=(P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
+      out_specs=(P(AXIS), P(AXIS), P(AXIS), P(None, AXIS)),
+    ),
+    donate_argnums=(0, 1, 2),
+  )
+  sync_fn = jax.jit(
+    on_mesh(
+      device_sync, in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)), out_specs=(P(AXIS), P(AXIS))
+    ),
+    donate_argnums=0,
+  )
 
   round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk)
   round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk)
@@ -399,10 +474,12 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   steps_fn, sync_fn, period, chunk = round_fn.chunked
   num_particles = jax.tree.leaves(swarm.params)[0].shape[0]
   sharding = jax.tree.leaves(swarm.params)[0].sharding
-  losses = jax.ShapeDtypeStruct((period, num_particles), jnp.float32,
-                                sharding=NamedSharding(sharding.mesh, P(None, AXIS)))
-  steps_c = steps_fn.lower(swarm.params, swarm.batch_stats, swarm.opt_state, data,
-                           jnp.int32(0)).compile()
+  losses = jax.ShapeDtypeStruct(
+    (period, num_particles), jnp.float32, sharding=NamedSharding(sharding.mesh, P(None, AXIS))
+  )
+  steps_c = steps_fn.lower(
+    swarm.params, swarm.batch_stats, swarm.opt_state, data, jnp.int32(0)
+  ).compile()
   sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses).compile()
   return chain_calls(steps_c, sync_c, period, chunk)
 
@@ -411,9 +488,20 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
 # Initial state and data placement.
 
 
-def init_swarm(model, tx, strategy, sample_images: np.ndarray, num_particles: int, seed: int,
-               mesh, mean, std, init: str = "shared") -> Swarm:
-  """The swarm on the mesh: every particle from the same initial weights ("shared"), or each from its
+def init_swarm(
+  model,
+  tx,
+  strategy,
+  sample_images: np.ndarray,
+  num_particles: int,
+  seed: int,
+  mesh,
+  mean,
+  std,
+  init: str = "shared",
+) -> Swarm:
+  """The swarm on the mesh: every particle from the same initial weights ("shared"), or each from
+  its
   own key fold_in(seed, particle index) ("independent")."""
   x = normalize(jnp.asarray(sample_images[:1]), mean, std)
 
@@ -425,10 +513,12 @@ def init_swarm(model, tx, strategy, sample_images: np.ndarray, num_particles: in
     if init == "shared":
       one = init_one(jax.random.key(seed))
       params, batch_stats = jax.tree.map(
-          lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one)
+        lambda a: jnp.broadcast_to(a, (num_particles,) + a.shape), one
+      )
     else:
       keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-          jnp.arange(num_particles))
+        jnp.arange(num_particles)
+      )
       params, batch_stats = jax.vmap(init_one)(keys)
     return Swarm(params, batch_stats, jax.vmap(tx.init)(params), jax.vmap(strategy.init)(params))
 
@@ -445,8 +535,12 @@ def put_global(array: np.ndarray, sharding) -> jax.Array:
 def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
   """Each particle's shard on its own device; the probe batch on every device."""
   by_particle, replicated = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
-  return DeviceData(put_global(train_shards[0], by_particle), put_global(train_shards[1], by_particle),
-                    put_global(probe[0], replicated), put_global(probe[1], replicated))
+  return DeviceData(
+    put_global(train_shards[0], by_particle),
+    put_global(train_shards[1], by_particle),
+    put_global(probe[0], replicated),
+    put_global(probe[1], replicated),
+  )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,11 +548,12 @@ def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
 
 
 def accuracy_and_loss(model, params, batch_stats, images, labels, mean, std):
-  """(accuracy, mean cross-entropy) of one model (BatchNorm with its running statistics) over a whole
+  """(accuracy, mean cross-entropy) of one model (BatchNorm with its running statistics) over a
+  whole
   split, in unrolled chunks of EVAL_CHUNK."""
   correct, total_loss = 0.0, 0.0
   for start in range(0, labels.shape[0], EVAL_CHUNK):
-    x, y = images[start:start + EVAL_CHUNK], labels[start:start + EVAL_CHUNK]
+    x, y = images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
     logits, _ = apply_model(model, params, batch_stats, normalize(x, mean, std), train=False)
     correct += jnp.sum(jnp.argmax(logits, -1) == y)
     total_loss += optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
@@ -473,6 +568,7 @@ class Evaluators(NamedTuple):
   one(params, batch_stats, images, labels) -> (accuracy, loss): a single model on one device;
   mean(params, batch_stats) -> their means over the particles (the averaged weights).
   """
+
   particles: Any
   one: Any
   mean: Any
@@ -487,13 +583,22 @@ def compile_evaluators(model, swarm: Swarm, test: tuple, test_one: tuple, mean, 
   def device_particles(params, batch_stats, images, labels):
     return per_particle(lambda p, s: fn(p, s, images, labels), "unroll")(params, batch_stats)
 
-  particles = jax.jit(jax.shard_map(device_particles, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P(), P()),
-                                    out_specs=(P(AXIS), P(AXIS))))
+  particles = jax.jit(
+    jax.shard_map(
+      device_particles,
+      mesh=mesh,
+      in_specs=(P(AXIS), P(AXIS), P(), P()),
+      out_specs=(P(AXIS), P(AXIS)),
+    )
+  )
   on_device = test_one[0].sharding
-  one_model = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=on_device),
-                           (swarm.params, swarm.batch_stats))
+  one_model = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=on_device),
+    (swarm.params, swarm.batch_stats),
+  )
   average = lambda params, batch_stats: jax.tree.map(lambda a: a.mean(0), (params, batch_stats))
   return Evaluators(
-      particles=particles.lower(swarm.params, swarm.batch_stats, *test).compile(),
-      one=jax.jit(fn).lower(*one_model, *test_one).compile(),
-      mean=jax.jit(average).lower(swarm.params, swarm.batch_stats).compile())
+    particles=particles.lower(swarm.params, swarm.batch_stats, *test).compile(),
+    one=jax.jit(fn).lower(*one_model, *test_one).compile(),
+    mean=jax.jit(average).lower(swarm.params, swarm.batch_stats).compile(),
+  )

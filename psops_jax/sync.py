@@ -1,31 +1,38 @@
-"""Synchronization strategies: what the particles do with each other's weights at the end of a round.
+"""Synchronization strategies: what the particles do with each other's weights at the end of a
+round.
 
 Every strategy is a `SyncStrategy`, a NamedTuple of pure functions in the manner of optax:
 
     strategy = psops_jax.sync.pso(inertia=0.5, cognitive=0.5, social=0.5, axis_name="particles")
     state = strategy.init(params)                                   # one particle's params
     params, state = strategy.sync(params, state, fitness, key)      # runs where axis_name is bound
-    grads = strategy.reduce_grads(grads)                            # every local step (ssgd all-reduces)
+    grads = strategy.reduce_grads(grads)                            # every local step (ssgd
+    all-reduces)
 
 `init`, `sync` and `reduce_grads` see ONE particle's pytree; the particle axis is the named axis
-`axis_name`, bound by `jax.shard_map`, `jax.pmap` or `jax.vmap(..., axis_name=...)`: the same functions
-run under all three. `axis_name` may also be a tuple of names, e.g. ("particles", "local") for several
+`axis_name`, bound by `jax.shard_map`, `jax.pmap` or `jax.vmap(..., axis_name=...)`: the same
+functions
+run under all three. `axis_name` may also be a tuple of names, e.g. ("particles", "local") for
+several
 particles per device (a mesh axis times a vmap axis): the particles are then numbered d * L + l.
 `key` may be the same for every particle; strategies that need per-particle randomness fold in
-`particle_index(axis_name)`. `opt_state = reduce_opt_state(opt_state, new_state, key)` is applied to the
+`particle_index(axis_name)`. `opt_state = reduce_opt_state(opt_state, new_state, key)` is applied to
+the
 optimizer state after every sync (identity except for `average(average_opt_state=True)` and pso's
 `opt_state_on_move`).
 
 Models with BatchNorm carry running statistics beside the weights. `sync_with_stats(params,
 batch_stats, state, fitness, key) -> (params, batch_stats, state)` is the sync that also decides a
-particle's batch statistics, in the same collective as the weights (a ravelled all-reduce carries both):
+particle's batch statistics, in the same collective as the weights (a ravelled all-reduce carries
+both):
 averaging strategies average them, selecting strategies take them from the particles they select,
 `none` keeps them local, the robust average takes their median (or trimmed mean). `sync` is that
 function with no statistics; every strategy's docstring says what it does with them.
 
 `bytes_per_round(params, period, opt_state=None)` is the communication model: the bytes ONE particle
 puts into collectives during one round of `period` local steps (the payload of each all-reduce or
-all-gather that particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of the
+all-gather that particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of
+the
 collective. Its arguments may be arrays or jax.ShapeDtypeStruct.
 """
 
@@ -69,16 +76,18 @@ class SyncStrategy(NamedTuple):
   shares_batch_stats: bool = True  # the batch statistics travel in the sync's collective
 
 
-def make_strategy(init, sync_with_stats, reduce_grads, bytes_per_round, export,
-                  **kwargs) -> SyncStrategy:
+def make_strategy(
+  init, sync_with_stats, reduce_grads, bytes_per_round, export, **kwargs
+) -> SyncStrategy:
   """A SyncStrategy from its `sync_with_stats`; `sync` is the same function without statistics."""
 
   def sync(params, state, fitness, key):
     params, _, state = sync_with_stats(params, (), state, fitness, key)
     return params, state
 
-  return SyncStrategy(init, sync, reduce_grads, bytes_per_round, export,
-                      sync_with_stats=sync_with_stats, **kwargs)
+  return SyncStrategy(
+    init, sync, reduce_grads, bytes_per_round, export, sync_with_stats=sync_with_stats, **kwargs
+  )
 
 
 def sync_variables(strategy: SyncStrategy, params, batch_stats, state, fitness, key):
@@ -87,8 +96,10 @@ def sync_variables(strategy: SyncStrategy, params, batch_stats, state, fitness, 
   if strategy.sync_with_stats is not None:
     return strategy.sync_with_stats(params, batch_stats, state, fitness, key)
   if jax.tree.leaves(batch_stats):
-    raise ValueError("this sync strategy has no sync_with_stats: it cannot sync a model with batch "
-                     "statistics (BatchNorm)")
+    raise ValueError(
+      "this sync strategy has no sync_with_stats: it cannot sync a model with batch "
+      "statistics (BatchNorm)"
+    )
   params, state = strategy.sync(params, state, fitness, key)
   return params, batch_stats, state
 
@@ -113,8 +124,9 @@ def _identity(tree: PyTree) -> PyTree:
 def map_floats(fn: Callable, tree: PyTree, *others: PyTree) -> PyTree:
   """fn applied to the floating-point leaves of `tree` (with the matching leaves of `others`);
   integer leaves (e.g. optax step counts) unchanged."""
-  return jax.tree.map(lambda a, *b: fn(a, *b) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                      tree, *others)
+  return jax.tree.map(
+    lambda a, *b: fn(a, *b) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree, *others
+  )
 
 
 def _float_leaves(tree: PyTree) -> list:
@@ -125,7 +137,8 @@ def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
   """lax.psum of the floating-point leaves of `tree` in ONE all-reduce; integer leaves unchanged.
 
   The float leaves are concatenated into one vector (ravel_pytree, in their common dtype) and split
-  back after the sum: the same sums as one psum per leaf, but one collective instead of one per leaf,
+  back after the sum: the same sums as one psum per leaf, but one collective instead of one per
+  leaf,
   which XLA:CPU does not combine itself (benchmarks/throughput.py: lax.pmean of the LeNet-5 weights
   leaf by leaf took 3.1x the time of this). The price is the concatenated vector: one weight-sized
   buffer more than a per-leaf all-reduce needs (where the caller builds a masked copy anyway, as the
@@ -178,12 +191,12 @@ def none(axis_name: AxisName = "particles") -> SyncStrategy:
   Batch statistics stay local."""
   del axis_name
   return make_strategy(
-      init=lambda params: (),
-      sync_with_stats=lambda params, stats, state, fitness, key: (params, stats, state),
-      reduce_grads=_identity,
-      bytes_per_round=lambda params, period, opt_state=None: 0,
-      export="best_particle",
-      shares_batch_stats=False,
+    init=lambda params: (),
+    sync_with_stats=lambda params, stats, state, fitness, key: (params, stats, state),
+    reduce_grads=_identity,
+    bytes_per_round=lambda params, period, opt_state=None: 0,
+    export="best_particle",
+    shares_batch_stats=False,
   )
 
 
@@ -203,29 +216,35 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
     return params, stats, state
 
   return make_strategy(
-      init=lambda params: (),
-      sync_with_stats=sync_with_stats,
-      reduce_grads=_identity,
-      bytes_per_round=lambda params, period, opt_state=None: tree_bytes(params) + (
-          tree_bytes(_float_leaves(opt_state)) if average_opt_state and opt_state is not None else 0),
-      export="mean",
-      reduce_opt_state=reduce_opt_state if average_opt_state else keep_opt_state,
+    init=lambda params: (),
+    sync_with_stats=sync_with_stats,
+    reduce_grads=_identity,
+    bytes_per_round=lambda params, period, opt_state=None: (
+      tree_bytes(params)
+      + (tree_bytes(_float_leaves(opt_state)) if average_opt_state and opt_state is not None else 0)
+    ),
+    export="mean",
+    reduce_opt_state=reduce_opt_state if average_opt_state else keep_opt_state,
   )
 
 
 def ssgd(axis_name: AxisName = "particles") -> SyncStrategy:
-  """Synchronous SGD: gradients all-reduced every step, g := (1/N) sum_k g_k; no sync between rounds.
+  """Synchronous SGD: gradients all-reduced every step, g := (1/N) sum_k g_k; no sync between
+  rounds.
 
   Particles that start identical stay identical (same gradient, same optimizer update). Batch
   statistics (each particle's own batches) are averaged at the end of every round, one all-reduce.
   """
   return make_strategy(
-      init=lambda params: (),
-      sync_with_stats=lambda params, stats, state, fitness, key: (
-          params, pmean_floats(stats, axis_name), state),
-      reduce_grads=lambda grads: pmean_floats(grads, axis_name),
-      bytes_per_round=lambda params, period, opt_state=None: period * tree_bytes(params),
-      export="mean",
+    init=lambda params: (),
+    sync_with_stats=lambda params, stats, state, fitness, key: (
+      params,
+      pmean_floats(stats, axis_name),
+      state,
+    ),
+    reduce_grads=lambda grads: pmean_floats(grads, axis_name),
+    bytes_per_round=lambda params, period, opt_state=None: period * tree_bytes(params),
+    export="mean",
   )
 
 
@@ -239,7 +258,8 @@ class PSOState(NamedTuple):
   velocity:          v_i, same structure as the params, starts at zero; () unless w is used.
   personal_best:     p_i, starts at the initial params; () with memory="round" (p_i = x_i' always).
   personal_fitness:  f(p_i), starts at +inf.
-  global_best:       g after the last sync (the same on every particle), starts at the initial params;
+  global_best:       g after the last sync (the same on every particle), starts at the initial
+  params;
                      () when the winner's new position is g itself (w unused, no mean pull,
                      memory="round"): then g = the params of particle `global_index`.
   global_fitness:    f(g), starts at +inf.
@@ -268,7 +288,8 @@ def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_n
   """g := p_j with j = argmin_k f(p_k) (ties: lowest index), fetched with ONE masked all-reduce
   (`personal_best` may be any pytree: the weights, or the weights and the batch statistics).
 
-  The N scalar fitnesses are all-gathered; the weights are psum(where(i == j, p_i, 0)), so no device ever
+  The N scalar fitnesses are all-gathered; the weights are psum(where(i == j, p_i, 0)), so no device
+  ever
   holds more than one other particle's weights. `where` (not a multiply) keeps a NaN in a losing
   particle's weights out of the sum.
   Returns (g, f(g), j).
@@ -281,7 +302,8 @@ def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_n
 
 
 def draw_r(key: jax.Array, params: PyTree, random: str) -> tuple[PyTree, PyTree]:
-  """r1, r2 ~ U(0,1): one scalar each per particle ("particle") or one per coordinate ("coordinate");
+  """r1, r2 ~ U(0,1): one scalar each per particle ("particle") or one per coordinate
+  ("coordinate");
   "none" gives r1 = r2 = 1 (deterministic PSO).
 
   Returned as pytrees shaped like `params` (broadcastable scalars unless "coordinate").
@@ -331,17 +353,19 @@ def _used(coefficient: Coefficient) -> bool:
   return callable(coefficient) or coefficient != 0
 
 
-def pso(inertia: Coefficient = 0.0,
-        cognitive: Coefficient = 0.0,
-        social: Coefficient = 1.0,
-        mean_pull: float = 0.0,
-        memory: str = "round",
-        memory_decay: float = 0.0,
-        random: str = "particle",
-        max_velocity_norm: float = 0.0,
-        max_velocity_ratio: float = 0.0,
-        opt_state_on_move: str = "keep",
-        axis_name: AxisName = "particles") -> SyncStrategy:
+def pso(
+  inertia: Coefficient = 0.0,
+  cognitive: Coefficient = 0.0,
+  social: Coefficient = 1.0,
+  mean_pull: float = 0.0,
+  memory: str = "round",
+  memory_decay: float = 0.0,
+  random: str = "particle",
+  max_velocity_norm: float = 0.0,
+  max_velocity_ratio: float = 0.0,
+  opt_state_on_move: str = "keep",
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
   """PSO-PS (Ye et al. 2020): the sync is one Particle Swarm Optimization step.
 
   With x_i' the weights after the round's local steps and f_i their fitness (lower is better):
@@ -356,11 +380,13 @@ def pso(inertia: Coefficient = 0.0,
 
   w = inertia, c1 = cognitive, c2 = social: numbers, or schedules (callables of the sync count, e.g.
   `optax.linear_schedule`). c3 = mean_pull (c3 > 0 is `pso_average`, one more all-reduce);
-  r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never becomes a
+  r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never becomes
+  a
   personal or global best. Batch statistics: every particle takes those of particle j (its current
   running statistics), fetched in the same masked all-reduce as g.
 
-  memory: how long a best counts. "forever" (textbook PSO: f(p_i) compared as stored), "round" (f(p_i)
+  memory: how long a best counts. "forever" (textbook PSO: f(p_i) compared as stored), "round"
+  (f(p_i)
   reset to +inf at every sync, i.e. p_i := x_i'), "decay" (f(p_i) := f(p_i) (1 + memory_decay) at
   every sync before the comparison: an old best must have been that much better), "reevaluate"
   (f(p_i) is measured again on this round's probe batch before the comparison: the round does it,
@@ -369,18 +395,22 @@ def pso(inertia: Coefficient = 0.0,
   opt_state_on_move: what a particle's optimizer state does when PSO moves its weights. "keep";
   "reset" (floating-point leaves, e.g. momentum, set to 0); "follow" (they move like the weights
   without inertia: s_i := s_i + c2 r2 (s_j - s_i) + c3 (mean_k s_k - s_i), s_j the current state of
-  the particle j holding g: one more all-reduce of the state's size; needs random "particle" or "none").
+  the particle j holding g: one more all-reduce of the state's size; needs random "particle" or
+  "none").
   """
   if memory not in MEMORY_CHOICES:
     raise ValueError(f"sync.pso.memory={memory!r}: accepted values are {MEMORY_CHOICES}")
   if random not in RANDOM_CHOICES:
     raise ValueError(f"sync.pso.random={random!r}: accepted values are {RANDOM_CHOICES}")
   if opt_state_on_move not in OPT_STATE_CHOICES:
-    raise ValueError(f"sync.pso.opt_state_on_move={opt_state_on_move!r}: accepted values are "
-                     f"{OPT_STATE_CHOICES}")
+    raise ValueError(
+      f"sync.pso.opt_state_on_move={opt_state_on_move!r}: accepted values are {OPT_STATE_CHOICES}"
+    )
   if opt_state_on_move == "follow" and random == "coordinate":
-    raise ValueError("sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or 'none' "
-                     "(one r2 per particle to move the optimizer state with)")
+    raise ValueError(
+      "sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or 'none' "
+      "(one r2 per particle to move the optimizer state with)"
+    )
   value = lambda c, count: c(count) if callable(c) else c
   keeps_velocity = _used(inertia)
   keeps_personal_best = memory != "round"
@@ -390,14 +420,14 @@ def pso(inertia: Coefficient = 0.0,
   def init(params: PyTree) -> PSOState:
     inf = jnp.array(jnp.inf, jnp.float32)
     return PSOState(
-        velocity=maybe(keeps_velocity, jax.tree.map(jnp.zeros_like, params)),
-        personal_best=maybe(keeps_personal_best, params),
-        personal_fitness=inf,
-        global_best=maybe(keeps_global_best, params),
-        global_fitness=inf,
-        global_index=jnp.array(-1, jnp.int32),
-        distance=jnp.zeros((), jnp.float32),
-        count=jnp.array(0, jnp.int32),
+      velocity=maybe(keeps_velocity, jax.tree.map(jnp.zeros_like, params)),
+      personal_best=maybe(keeps_personal_best, params),
+      personal_fitness=inf,
+      global_best=maybe(keeps_global_best, params),
+      global_fitness=inf,
+      global_index=jnp.array(-1, jnp.int32),
+      distance=jnp.zeros((), jnp.float32),
+      count=jnp.array(0, jnp.int32),
     )
 
   def remembered_fitness(state: PSOState) -> jax.Array:
@@ -411,18 +441,23 @@ def pso(inertia: Coefficient = 0.0,
     fitness = sanitize_fitness(fitness)
     remembered = remembered_fitness(state)
     improved = fitness < remembered
-    personal_best = (jax.tree.map(lambda x, p: jnp.where(improved, x, p), params, state.personal_best)
-                     if keeps_personal_best else params)
+    personal_best = (
+      jax.tree.map(lambda x, p: jnp.where(improved, x, p), params, state.personal_best)
+      if keeps_personal_best
+      else params
+    )
     personal_fitness = jnp.where(improved, fitness, remembered)
     (global_best, stats), global_fitness, winner = fetch_global_best(
-        (personal_best, stats), personal_fitness, axis_name)
+      (personal_best, stats), personal_fitness, axis_name
+    )
     r1, r2 = draw_r(particle_key(key, axis_name), params, random)
     w, c1, c2 = (value(c, state.count) for c in (inertia, cognitive, social))
     to_best = jax.tree.map(jnp.subtract, global_best, params)
     velocity = jax.tree.map(lambda d, b: c2 * b * d, to_best, r2)
     if keeps_personal_best and _used(cognitive):
-      velocity = jax.tree.map(lambda v, x, p, a: v + c1 * a * (p - x), velocity, params,
-                              personal_best, r1)
+      velocity = jax.tree.map(
+        lambda v, x, p, a: v + c1 * a * (p - x), velocity, params, personal_best, r1
+      )
     if keeps_velocity:
       velocity = jax.tree.map(lambda v, old: v + w * old, velocity, state.velocity)
     if mean_pull:
@@ -431,10 +466,16 @@ def pso(inertia: Coefficient = 0.0,
     velocity = clip_by_global_norm(velocity, max_velocity_norm)
     velocity = clip_relative(velocity, max_velocity_ratio, params)
     new_params = jax.tree.map(jnp.add, params, velocity)
-    new_state = PSOState(maybe(keeps_velocity, velocity),
-                         maybe(keeps_personal_best, personal_best), personal_fitness,
-                         maybe(keeps_global_best, global_best), global_fitness,
-                         winner.astype(jnp.int32), optax.tree.norm(to_best), state.count + 1)
+    new_state = PSOState(
+      maybe(keeps_velocity, velocity),
+      maybe(keeps_personal_best, personal_best),
+      personal_fitness,
+      maybe(keeps_global_best, global_best),
+      global_fitness,
+      winner.astype(jnp.int32),
+      optax.tree.norm(to_best),
+      state.count + 1,
+    )
     return new_params, stats, new_state
 
   def move_opt_state(opt_state, state: PSOState, key):
@@ -444,8 +485,9 @@ def pso(inertia: Coefficient = 0.0,
     if opt_state_on_move == "reset":
       return map_floats(jnp.zeros_like, opt_state)
     is_winner = particle_index(axis_name) == state.global_index
-    winners = psum_floats(map_floats(lambda a: jnp.where(is_winner, a, jnp.zeros_like(a)), opt_state),
-                          axis_name)
+    winners = psum_floats(
+      map_floats(lambda a: jnp.where(is_winner, a, jnp.zeros_like(a)), opt_state), axis_name
+    )
     _, r2 = draw_r(particle_key(key, axis_name), jnp.zeros(()), random)  # the sync's r2
     c2 = value(social, state.count - 1)
     moved = map_floats(lambda a, b: a + c2 * r2 * (b - a), opt_state, winners)
@@ -460,8 +502,15 @@ def pso(inertia: Coefficient = 0.0,
     extra = num_allreduce * moved if opt_state_on_move == "follow" else 0
     return num_allreduce * tree_bytes(params) + extra + 4  # + the fitness in the all-gather
 
-  return make_strategy(init, sync_with_stats, _identity, bytes_per_round, export="global_best",
-                       reduce_opt_state=move_opt_state, reevaluates_best=memory == "reevaluate")
+  return make_strategy(
+    init,
+    sync_with_stats,
+    _identity,
+    bytes_per_round,
+    export="global_best",
+    reduce_opt_state=move_opt_state,
+    reevaluates_best=memory == "reevaluate",
+  )
 
 
 def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> SyncStrategy:
@@ -497,9 +546,13 @@ def best_pull(pull: float = 0.25, axis_name: AxisName = "particles") -> SyncStra
     params, stats = psum_floats(jax.tree.map(share, (params, stats)), axis_name)
     return params, stats, state
 
-  return make_strategy(lambda params: (), sync_with_stats, _identity,
-                       lambda params, period, opt_state=None: tree_bytes(params) + 4,
-                       export="mean")
+  return make_strategy(
+    lambda params: (),
+    sync_with_stats,
+    _identity,
+    lambda params, period, opt_state=None: tree_bytes(params) + 4,
+    export="mean",
+  )
 
 
 def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
@@ -517,16 +570,21 @@ def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
     params, stats = jax.tree.map(lambda s: s / k, psum_floats(masked, axis_name))
     return params, stats, state
 
-  return make_strategy(lambda params: (), sync_with_stats, _identity,
-                       lambda params, period, opt_state=None: tree_bytes(params) + 4,
-                       export="mean")
+  return make_strategy(
+    lambda params: (),
+    sync_with_stats,
+    _identity,
+    lambda params, period, opt_state=None: tree_bytes(params) + 4,
+    export="mean",
+  )
 
 
 ROBUST_METHODS = ("median", "trimmed_mean")
 
 
-def robust_average(method: str = "median", trim: int = 1,
-                   axis_name: AxisName = "particles") -> SyncStrategy:
+def robust_average(
+  method: str = "median", trim: int = 1, axis_name: AxisName = "particles"
+) -> SyncStrategy:
   """A robust parameter average, coordinate by coordinate, over all N particles:
 
       median:        x_i := median_k x_k'            (NaN values ignored; all NaN gives NaN)
@@ -549,16 +607,23 @@ def robust_average(method: str = "median", trim: int = 1,
       return jnp.nanmedian(stacked, axis=0)
     n = stacked.shape[0]
     if not 0 <= 2 * trim < n:
-      raise ValueError(f"sync.robust.trim={trim}: accepted values are 0..{(n - 1) // 2} for {n} "
-                       "particles (2 * trim < num_particles)")
+      raise ValueError(
+        f"sync.robust.trim={trim}: accepted values are 0..{(n - 1) // 2} for {n} "
+        "particles (2 * trim < num_particles)"
+      )
     return trimmed_mean(stacked, trim)
 
   def sync_with_stats(params, stats, state, fitness, key):
     params, stats = jax.tree.map(combine, (params, stats))
     return params, stats, state
 
-  return make_strategy(lambda params: (), sync_with_stats, _identity,
-                       lambda params, period, opt_state=None: tree_bytes(params), export="mean")
+  return make_strategy(
+    lambda params: (),
+    sync_with_stats,
+    _identity,
+    lambda params, period, opt_state=None: tree_bytes(params),
+    export="mean",
+  )
 
 
 def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
@@ -574,7 +639,7 @@ def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
   rank = jnp.arange(n).reshape((n,) + (1,) * (stacked.ndim - 1))
   keep = (rank >= t) & (rank < count - t)
   masked = jnp.where(keep, ordered, 0).sum(axis=0) / keep.sum(axis=0)  # no finite value: 0/0 = NaN
-  return jnp.where(count == n, ordered[trim:n - trim].mean(axis=0), masked)
+  return jnp.where(count == n, ordered[trim : n - trim].mean(axis=0), masked)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -582,9 +647,11 @@ def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
 
 
 class CenterState(NamedTuple):
-  """A copy, on every particle, of the shared variable: EASGD's center, or DiLoCo's outer weights and
+  """A copy, on every particle, of the shared variable: EASGD's center, or DiLoCo's outer weights
+  and
   the outer optimizer's momentum (zeros for EASGD). `init` takes the center from the particle's own
   params, so the particles must start from the same weights (train.init="shared")."""
+
   center: PyTree
   momentum: PyTree
 
@@ -612,12 +679,21 @@ def easgd(alpha: float = 0.1, axis_name: AxisName = "particles") -> SyncStrategy
     center = jax.tree.map(lambda c, t: c + alpha * t, state.center, total)
     return new_params, map_floats(lambda s: s / n, stats_sum), state._replace(center=center)
 
-  return make_strategy(_center_init, sync_with_stats, _identity,
-                       lambda params, period, opt_state=None: tree_bytes(params), export="center")
+  return make_strategy(
+    _center_init,
+    sync_with_stats,
+    _identity,
+    lambda params, period, opt_state=None: tree_bytes(params),
+    export="center",
+  )
 
 
-def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = True,
-           axis_name: AxisName = "particles") -> SyncStrategy:
+def diloco(
+  learning_rate: float = 0.7,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
   """DiLoCo-style outer optimizer (Douillard et al. 2023): the round's mean displacement is a
   pseudo-gradient for SGD with (Nesterov) momentum on shared outer weights theta:
 
@@ -638,15 +714,30 @@ def diloco(learning_rate: float = 0.7, momentum: float = 0.9, nesterov: bool = T
     theta = jax.tree.map(lambda t, s: t - learning_rate * s, state.center, step)
     return theta, stats, CenterState(theta, m)
 
-  return make_strategy(_center_init, sync_with_stats, _identity,
-                       lambda params, period, opt_state=None: tree_bytes(params), export="mean")
+  return make_strategy(
+    _center_init,
+    sync_with_stats,
+    _identity,
+    lambda params, period, opt_state=None: tree_bytes(params),
+    export="mean",
+  )
 
 
 # --------------------------------------------------------------------------------------------------
 # Construction from a config.
 
-STRATEGIES = ("pso", "pso_average", "average", "ssgd", "easgd", "diloco", "none", "best_pull",
-              "topk_average", "robust_average")
+STRATEGIES = (
+  "pso",
+  "pso_average",
+  "average",
+  "ssgd",
+  "easgd",
+  "diloco",
+  "none",
+  "best_pull",
+  "topk_average",
+  "robust_average",
+)
 SELECTING = ("pso", "pso_average", "best_pull", "topk_average")  # strategies that read the fitness
 
 
@@ -660,18 +751,30 @@ def coefficient_schedule(start: float, end: float, schedule: str, rounds: int) -
 
 
 def from_config(sync_config, rounds: int = 1, axis_name: AxisName = "particles") -> SyncStrategy:
-  """The strategy a `config.sync` section names (`rounds`: length of the coefficients' schedules)."""
+  """The strategy a `config.sync` section names (`rounds`: length of the schedules)."""
   name = sync_config.strategy
   if name in ("pso", "pso_average"):
     c = sync_config.pso
-    w, c1, c2 = (coefficient_schedule(c[k], c[k + "_final"] if c.schedule == "linear" else c[k],
-                                      c.schedule, rounds)
-                 for k in ("inertia", "cognitive", "social"))
+    w, c1, c2 = (
+      coefficient_schedule(
+        c[k], c[k + "_final"] if c.schedule == "linear" else c[k], c.schedule, rounds
+      )
+      for k in ("inertia", "cognitive", "social")
+    )
     mean_pull = c.mean_pull if name == "pso_average" else 0.0
-    return pso(inertia=w, cognitive=c1, social=c2, mean_pull=mean_pull, memory=c.memory,
-               memory_decay=c.memory_decay, random=c.random, max_velocity_norm=c.max_velocity_norm,
-               max_velocity_ratio=c.max_velocity_ratio, opt_state_on_move=c.opt_state_on_move,
-               axis_name=axis_name)
+    return pso(
+      inertia=w,
+      cognitive=c1,
+      social=c2,
+      mean_pull=mean_pull,
+      memory=c.memory,
+      memory_decay=c.memory_decay,
+      random=c.random,
+      max_velocity_norm=c.max_velocity_norm,
+      max_velocity_ratio=c.max_velocity_ratio,
+      opt_state_on_move=c.opt_state_on_move,
+      axis_name=axis_name,
+    )
   if name == "best_pull":
     return best_pull(sync_config.best_pull, axis_name)
   if name == "topk_average":

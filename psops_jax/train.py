@@ -1,8 +1,11 @@
-"""`train_and_evaluate(config, workdir)`: the host loop over rounds, logging, checkpoints, the report.
+"""`train_and_evaluate(config, workdir)`: the host loop over rounds, logging, checkpoints, the
+report.
 
-The host only dispatches one jitted round per iteration (local steps of every particle, then the sync),
+The host only dispatches one jitted round per iteration (local steps of every particle, then the
+sync),
 reads the round's small metrics every `train.log_every` rounds (and at checkpoints), evaluates every
-`train.eval_every` rounds (0: only at the end), checkpoints every `train.checkpoint_every` rounds and at
+`train.eval_every` rounds (0: only at the end), checkpoints every `train.checkpoint_every` rounds
+and at
 the end, and writes (process 0 only):
 
   workdir/config.json    the run's config (a resumed run must match it)
@@ -33,16 +36,26 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import config_check
+from psops_jax import config_check, models
 from psops_jax import data as data_lib
-from psops_jax import models
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 from psops_jax import workdir as workdir_lib
 
-SUMMARY_KEYS = ("final_test_accuracy", "test_accuracy_best_particle", "test_accuracy_mean_particle",
-                "test_accuracy_averaged_weights", "strategy", "period", "num_particles", "rounds",
-                "steps", "communicated_bytes_per_particle", "train_seconds", "samples_per_second")
+SUMMARY_KEYS = (
+  "final_test_accuracy",
+  "test_accuracy_best_particle",
+  "test_accuracy_mean_particle",
+  "test_accuracy_averaged_weights",
+  "strategy",
+  "period",
+  "num_particles",
+  "rounds",
+  "steps",
+  "communicated_bytes_per_particle",
+  "train_seconds",
+  "samples_per_second",
+)
 PROBE_POOL = 8  # sync.pso.probe_resample: probe batches are drawn from 8 x probe_size examples
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume
 
@@ -51,8 +64,10 @@ class Preempted(Exception):
   """SIGTERM arrived; the run checkpointed after `rounds_done` rounds and stopped."""
 
   def __init__(self, rounds_done: int, directory: str):
-    super().__init__(f"preempted (SIGTERM): checkpoint after round {rounds_done} in {directory}; "
-                     "rerun the same command to resume")
+    super().__init__(
+      f"preempted (SIGTERM): checkpoint after round {rounds_done} in {directory}; "
+      "rerun the same command to resume"
+    )
     self.rounds_done = rounds_done
 
 
@@ -139,9 +154,11 @@ def accelerator_note(backend: str, installed=None) -> str | None:
         pass
   if not installed:
     return None
-  return (f"psops_jax: WARNING: JAX is running on the CPU although {', '.join(installed)} is "
-          "installed: the accelerator did not load (see the messages above). Set JAX_PLATFORMS=cuda "
-          "(or tpu) to make that an error, or JAX_PLATFORMS=cpu to silence this.")
+  return (
+    f"psops_jax: WARNING: JAX is running on the CPU although {', '.join(installed)} is "
+    "installed: the accelerator did not load (see the messages above). Set JAX_PLATFORMS=cuda "
+    "(or tpu) to make that an error, or JAX_PLATFORMS=cpu to silence this."
+  )
 
 
 def _finite_or_none(value) -> float | None:
@@ -155,7 +172,8 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, t
   the exported model (global best for PSO-PS, the center for EASGD, averaged weights for the other
   averaging-type strategies, the best particle for independent training), each with its batch
   statistics. The best particle is the one with the lowest final fitness (a training-split quantity:
-  the test split never chooses). `test` is replicated on the mesh (for the particles), `test_one` lies
+  the test split never chooses). `test` is replicated on the mesh (for the particles), `test_one`
+  lies
   on one local device (single models)."""
   accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
   accuracies = accuracies.astype(np.float64)
@@ -164,17 +182,18 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, t
   accuracy_of = lambda model: float(evaluators.one(*jax.device_put(model, device), *test_one)[0])
   averaged = jax.tree.map(to_host, evaluators.mean(swarm.params, swarm.batch_stats))
   result = {
-      "test_accuracy_particles": accuracies.tolist(),
-      "test_accuracy_best_particle": float(accuracies[best]),
-      "best_particle": best,
-      "test_accuracy_mean_particle": float(np.mean(accuracies)),
-      "test_accuracy_averaged_weights": accuracy_of(averaged),
+    "test_accuracy_particles": accuracies.tolist(),
+    "test_accuracy_best_particle": float(accuracies[best]),
+    "best_particle": best,
+    "test_accuracy_mean_particle": float(np.mean(accuracies)),
+    "test_accuracy_averaged_weights": accuracy_of(averaged),
   }
   if strategy.export == "global_best":
     result["final_test_accuracy"] = accuracy_of(global_best(swarm))
   elif strategy.export == "center":  # the statistics are averaged: equal on every particle
-    result["final_test_accuracy"] = accuracy_of((first_particle(swarm.sync_state.center),
-                                                 first_particle(swarm.batch_stats)))
+    result["final_test_accuracy"] = accuracy_of(
+      (first_particle(swarm.sync_state.center), first_particle(swarm.batch_stats))
+    )
   elif strategy.export == "mean":
     result["final_test_accuracy"] = result["test_accuracy_averaged_weights"]
   else:
@@ -185,14 +204,17 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, t
 def round_record(r, metrics, config, samples_per_round, bytes_per_round, train_seconds):
   """The metrics.jsonl line after round r (0-based) from the round's metrics (host arrays)."""
   loss = metrics["loss"]
-  record = {"round": r + 1, "step": (r + 1) * config.sync.period,
-            "samples": (r + 1) * samples_per_round,
-            "train_loss": float(np.mean(loss[np.isfinite(loss)])) if np.isfinite(loss).any() else None,
-            "train_loss_particles": [_finite_or_none(v) for v in loss],
-            "fitness_particles": [_finite_or_none(v) for v in metrics["fitness"]],
-            "diverged_particles": [int(i) for i in np.flatnonzero(~np.isfinite(loss))],
-            "communicated_bytes_per_particle": (r + 1) * bytes_per_round,
-            "train_seconds": train_seconds}
+  record = {
+    "round": r + 1,
+    "step": (r + 1) * config.sync.period,
+    "samples": (r + 1) * samples_per_round,
+    "train_loss": float(np.mean(loss[np.isfinite(loss)])) if np.isfinite(loss).any() else None,
+    "train_loss_particles": [_finite_or_none(v) for v in loss],
+    "fitness_particles": [_finite_or_none(v) for v in metrics["fitness"]],
+    "diverged_particles": [int(i) for i in np.flatnonzero(~np.isfinite(loss))],
+    "communicated_bytes_per_particle": (r + 1) * bytes_per_round,
+    "train_seconds": train_seconds,
+  }
   if "global_best" in metrics:
     record["global_best_particle"] = int(metrics["global_best"][0])
   for key in ("distance_to_global_best", "velocity_norm"):
@@ -202,11 +224,18 @@ def round_record(r, metrics, config, samples_per_round, bytes_per_round, train_s
 
 
 def tensorboard_scalars(record: dict) -> dict:
-  """The scalars of a metrics.jsonl record that TensorBoard shows: losses, accuracies, bytes, seconds
+  """The scalars of a metrics.jsonl record that TensorBoard shows: losses, accuracies, bytes,
+  seconds
   (per-particle lists and indices left out)."""
-  return {k: v for k, v in record.items()
-          if k not in ("round", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
-          and k != "best_particle" and k != "global_best_particle"}
+  return {
+    k: v
+    for k, v in record.items()
+    if k not in ("round", "step")
+    and isinstance(v, (int, float))
+    and not isinstance(v, bool)
+    and k != "best_particle"
+    and k != "global_best_particle"
+  }
 
 
 class EventsWriter:
@@ -256,7 +285,8 @@ class SigtermFlag:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Train a swarm as `config` says, resuming from `workdir`'s checkpoints if any; write config.json,
+  """Train a swarm as `config` says, resuming from `workdir`'s checkpoints if any; write
+  config.json,
   metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary. Holds the
   workdir's lock while it runs (process 0 takes it for the run): WorkdirBusy when another live
   run holds it."""
@@ -276,19 +306,26 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   n = config.num_particles
   mesh = swarm_lib.make_mesh(n, config.num_devices)
 
-  dataset = data_lib.load(config.data.name, config.data.source, config.data.dir or None, config.seed,
-                          config.data.synthetic_size)
+  dataset = data_lib.load(
+    config.data.name,
+    config.data.source,
+    config.data.dir or None,
+    config.seed,
+    config.data.synthetic_size,
+  )
   if config.data.validation_size:  # evaluate on a held-out part of the training split
     dataset = data_lib.carve_validation(dataset, config.data.validation_size, config.seed)
   if config.data.partition == "dirichlet":
-    shards = data_lib.shard_by_labels(dataset.train_images, dataset.train_labels, n,
-                                      config.data.dirichlet_alpha, config.seed)
+    shards = data_lib.shard_by_labels(
+      dataset.train_images, dataset.train_labels, n, config.data.dirichlet_alpha, config.seed
+    )
   else:
     shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
   if config.train.batch_size > shards[1].shape[1]:
     raise config_check.ConfigError(
-        f"train.batch_size={config.train.batch_size}: must be <= the shard of each particle "
-        f"({shards[1].shape[1]} examples = {len(dataset.train_labels)} // num_particles={n})")
+      f"train.batch_size={config.train.batch_size}: must be <= the shard of each particle "
+      f"({shards[1].shape[1]} examples = {len(dataset.train_labels)} // num_particles={n})"
+    )
   probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
   probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels, probe_pool, config.seed)
 
@@ -297,24 +334,47 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
   uses_probe = config.sync.strategy in sync_lib.SELECTING and config.sync.pso.fitness == "probe"
   round_cfg = swarm_lib.RoundConfig(
-      period=config.sync.period, batch_size=config.train.batch_size,
-      fitness="probe" if uses_probe else "round_loss", probe_size=config.sync.pso.probe_size,
-      loop=swarm_lib.resolve_loop(config.train.loop), local_layout=config.train.local_layout,
-      max_unroll=config.train.max_unroll,
-      fault=swarm_lib.Fault(config.faults.kind, config.faults.particles,
-                            config.faults.step // config.sync.period,
-                            config.faults.scale),
-      augment=config.data.name == "cifar10", mean=dataset.mean, std=dataset.std)
+    period=config.sync.period,
+    batch_size=config.train.batch_size,
+    fitness="probe" if uses_probe else "round_loss",
+    probe_size=config.sync.pso.probe_size,
+    loop=swarm_lib.resolve_loop(config.train.loop),
+    local_layout=config.train.local_layout,
+    max_unroll=config.train.max_unroll,
+    fault=swarm_lib.Fault(
+      config.faults.kind,
+      config.faults.particles,
+      config.faults.step // config.sync.period,
+      config.faults.scale,
+    ),
+    augment=config.data.name == "cifar10",
+    mean=dataset.mean,
+    std=dataset.std,
+  )
 
-  swarm = swarm_lib.init_swarm(model, tx, strategy, dataset.train_images, n, config.seed, mesh,
-                               dataset.mean, dataset.std, init=config.train.init)
+  swarm = swarm_lib.init_swarm(
+    model,
+    tx,
+    strategy,
+    dataset.train_images,
+    n,
+    config.seed,
+    mesh,
+    dataset.mean,
+    dataset.std,
+    init=config.train.init,
+  )
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   device_data = swarm_lib.put_data(shards, probe, mesh)
-  test = (swarm_lib.put_global(dataset.test_images, replicated),
-          swarm_lib.put_global(dataset.test_labels, replicated))
+  test = (
+    swarm_lib.put_global(dataset.test_images, replicated),
+    swarm_lib.put_global(dataset.test_labels, replicated),
+  )
   local_device = jax.local_devices()[0]
-  test_one = (jax.device_put(dataset.test_images, local_device),
-              jax.device_put(dataset.test_labels, local_device))
+  test_one = (
+    jax.device_put(dataset.test_images, local_device),
+    jax.device_put(dataset.test_labels, local_device),
+  )
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   start, spent = 0, {"train_seconds": 0.0, "compile_seconds": 0.0}
@@ -330,19 +390,28 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   evaluators = swarm_lib.compile_evaluators(model, swarm, test, test_one, dataset.mean, dataset.std)
   compile_seconds = spent["compile_seconds"] + time.perf_counter() - t0
 
-  one_particle = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-  bytes_per_round = sync_lib.round_bytes(strategy, one_particle(swarm.params), config.sync.period,
-                                         one_particle(swarm.opt_state),
-                                         one_particle(swarm.batch_stats))
+  one_particle = lambda tree: jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
+  )
+  bytes_per_round = sync_lib.round_bytes(
+    strategy,
+    one_particle(swarm.params),
+    config.sync.period,
+    one_particle(swarm.opt_state),
+    one_particle(swarm.batch_stats),
+  )
   samples_per_round = n * config.sync.period * config.train.batch_size
   rounds = config.train.rounds
   if is_main:
     resumed = f", resumed after round {start}" if start else ""
-    print(f"psops_jax: {config.sync.strategy}, {n} particles on {mesh.devices.size} "
-          f"{jax.default_backend()} devices ({jax.process_count()} process(es)), {config.model.name} "
-          f"on {config.data.name} ({shards[1].shape[1]} training examples per particle), period "
-          f"{config.sync.period}, {rounds} rounds, loop={round_cfg.loop}{resumed}; round compiled in "
-          f"{compile_seconds:.1f}s", flush=True)
+    print(
+      f"psops_jax: {config.sync.strategy}, {n} particles on {mesh.devices.size} "
+      f"{jax.default_backend()} devices ({jax.process_count()} process(es)), {config.model.name} "
+      f"on {config.data.name} ({shards[1].shape[1]} training examples per particle), period "
+      f"{config.sync.period}, {rounds} rounds, loop={round_cfg.loop}{resumed}; round compiled in "
+      f"{compile_seconds:.1f}s",
+      flush=True,
+    )
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if is_main:  # keep the lines of the rounds the checkpoint holds, drop any logged after it
@@ -355,19 +424,29 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   train_seconds = spent["train_seconds"]
   host_metrics = None
   if "loss" in spent:  # the metrics of the checkpoint's last round
-    host_metrics = {k: np.asarray([np.nan if v is None else v for v in spent[k]], np.float64)
-                    for k in ("loss", "fitness")}
+    host_metrics = {
+      k: np.asarray([np.nan if v is None else v for v in spent[k]], np.float64)
+      for k in ("loss", "fitness")
+    }
 
   def save(rounds_done):
-    checkpointer.save(rounds_done, swarm, {
-        "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+    checkpointer.save(
+      rounds_done,
+      swarm,
+      {
+        "train_seconds": train_seconds,
+        "compile_seconds": compile_seconds,
         "loss": [_finite_or_none(v) for v in host_metrics["loss"]],
-        "fitness": [_finite_or_none(v) for v in host_metrics["fitness"]]})
+        "fitness": [_finite_or_none(v) for v in host_metrics["fitness"]],
+      },
+    )
 
   events = EventsWriter(workdir, is_main, start * config.sync.period + 1 if start else None)
-  with open(metrics_path, "a") if is_main else open(os.devnull, "w") as metrics_file, \
-       tqdm(total=rounds, initial=start, unit="round", disable=not is_main) as bar, \
-       SigtermFlag() as sigterm:
+  with (
+    open(metrics_path, "a") if is_main else open(os.devnull, "w") as metrics_file,
+    tqdm(total=rounds, initial=start, unit="round", disable=not is_main) as bar,
+    SigtermFlag() as sigterm,
+  ):
     for r in range(start, rounds):
       t0 = time.perf_counter()
       swarm, round_metrics = compiled_round(swarm, device_data, jnp.int32(r))
@@ -380,23 +459,34 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
       if logged or stop:
         host_metrics = {k: to_host(v).astype(np.float64) for k, v in round_metrics.items()}
         train_seconds += time.perf_counter() - t0
-        record = round_record(r, host_metrics, config, samples_per_round, bytes_per_round,
-                              train_seconds)
+        record = round_record(
+          r, host_metrics, config, samples_per_round, bytes_per_round, train_seconds
+        )
         if not np.isfinite(host_metrics["loss"]).any():
           checkpointer.wait()
           last = checkpointer.latest_round()
           message = (
-              f"all {n} particles diverged by round {done} (loss NaN or inf); last good checkpoint: "
-              f"{'round ' + str(last) if last is not None else 'none'} in {checkpointer.directory}. "
-              f"Try a smaller optimizer.learning_rate (now {config.optimizer.learning_rate}).")
+            f"all {n} particles diverged by round {done} (loss NaN or inf); last good checkpoint: "
+            f"{'round ' + str(last) if last is not None else 'none'} in {checkpointer.directory}. "
+            f"Try a smaller optimizer.learning_rate (now {config.optimizer.learning_rate})."
+          )
           if is_main:  # the study records the run as diverged (not as missing)
-            write_json_atomically(os.path.join(workdir, "diverged.json"), {
-                "diverged": True, "round": done, "steps": done * config.sync.period,
-                "message": message, "strategy": config.sync.strategy, "config": config.to_dict()})
+            write_json_atomically(
+              os.path.join(workdir, "diverged.json"),
+              {
+                "diverged": True,
+                "round": done,
+                "steps": done * config.sync.period,
+                "message": message,
+                "strategy": config.sync.strategy,
+                "config": config.to_dict(),
+              },
+            )
           raise Diverged(message)
         if evaluate_now and done != rounds:
-          record.update(evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test,
-                                       test_one))
+          record.update(
+            evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test, test_one)
+          )
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         events.write(record)
@@ -415,27 +505,27 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   events.write({"step": rounds * config.sync.period, **final})
   events.close()
   summary = {
-      **final,
-      "strategy": config.sync.strategy,
-      "period": config.sync.period,
-      "num_particles": n,
-      "num_devices": int(mesh.devices.size),
-      "num_processes": jax.process_count(),
-      "rounds": rounds,
-      "steps": rounds * config.sync.period,
-      "samples": rounds * samples_per_round,
-      "communicated_bytes_per_particle": rounds * bytes_per_round,
-      "communicated_bytes_total": rounds * bytes_per_round * n,
-      "train_seconds": train_seconds,
-      "compile_seconds": compile_seconds,
-      "samples_per_second": rounds * samples_per_round / train_seconds,
-      "final_train_loss_particles": [_finite_or_none(v) for v in host_metrics["loss"]],
-      "params_fingerprint": params_fingerprint(swarm.params, swarm.batch_stats),
-      "resumed_from_round": start,
-      "evaluated_on": "validation" if config.data.validation_size else "test",
-      "config": config.to_dict(),
-      "backend": jax.default_backend(),
-      "jax_version": jax.__version__,
+    **final,
+    "strategy": config.sync.strategy,
+    "period": config.sync.period,
+    "num_particles": n,
+    "num_devices": int(mesh.devices.size),
+    "num_processes": jax.process_count(),
+    "rounds": rounds,
+    "steps": rounds * config.sync.period,
+    "samples": rounds * samples_per_round,
+    "communicated_bytes_per_particle": rounds * bytes_per_round,
+    "communicated_bytes_total": rounds * bytes_per_round * n,
+    "train_seconds": train_seconds,
+    "compile_seconds": compile_seconds,
+    "samples_per_second": rounds * samples_per_round / train_seconds,
+    "final_train_loss_particles": [_finite_or_none(v) for v in host_metrics["loss"]],
+    "params_fingerprint": params_fingerprint(swarm.params, swarm.batch_stats),
+    "resumed_from_round": start,
+    "evaluated_on": "validation" if config.data.validation_size else "test",
+    "config": config.to_dict(),
+    "backend": jax.default_backend(),
+    "jax_version": jax.__version__,
   }
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)

@@ -41,18 +41,24 @@ def prepare(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise WorkdirError(f"--workdir={workdir} cannot be created ({e.strerror}): pass a directory "
-                       "that exists or can be created, and that this user can write") from e
+    raise WorkdirError(
+      f"--workdir={workdir} cannot be created ({e.strerror}): pass a directory "
+      "that exists or can be created, and that this user can write"
+    ) from e
   if not os.access(workdir, os.W_OK | os.X_OK):
-    raise WorkdirError(f"--workdir={workdir} is not writable by this user: pass a directory this "
-                       "user can write")
+    raise WorkdirError(
+      f"--workdir={workdir} is not writable by this user: pass a directory this user can write"
+    )
 
 
 def holder_record() -> dict:
   """What the lock file says about this process: host, pid, start time, command line."""
-  return {"host": socket.gethostname(), "pid": os.getpid(),
-          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-          "command": " ".join(sys.argv)[:300]}
+  return {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "command": " ".join(sys.argv)[:300],
+  }
 
 
 def describe(holder: dict | None) -> str:
@@ -60,8 +66,10 @@ def describe(holder: dict | None) -> str:
   if not holder:
     return "a process that has not named itself yet"
   command = f", command: {holder['command']}" if holder.get("command") else ""
-  return (f"pid {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started')}"
-          f"{command})")
+  return (
+    f"pid {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started')}"
+    f"{command})"
+  )
 
 
 def read_holder(fd: int) -> dict | None:
@@ -86,10 +94,15 @@ def busy_holder(fd: int) -> dict | None:
 def busy_message(workdir: str, holder: dict | None) -> str:
   """The refusal of a second run on `workdir`, with how to proceed."""
   here = holder and holder.get("host") == socket.gethostname()
-  stop = (f"stop it (kill {holder.get('pid')}: SIGTERM checkpoints it, and a rerun resumes)" if here
-          else "stop it on its host")
-  return (f"--workdir={workdir} is in use by another run: {describe(holder)}.\n"
-          f"Wait for it to finish, {stop}, or pass another --workdir.")
+  stop = (
+    f"stop it (kill {holder.get('pid')}: SIGTERM checkpoints it, and a rerun resumes)"
+    if here
+    else "stop it on its host"
+  )
+  return (
+    f"--workdir={workdir} is in use by another run: {describe(holder)}.\n"
+    f"Wait for it to finish, {stop}, or pass another --workdir."
+  )
 
 
 def inherited_fd(path: str) -> int | None:
@@ -119,14 +132,19 @@ class Lock:
     try:
       fd = adopted if adopted is not None else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-      raise WorkdirError(f"--workdir={workdir}: cannot write {path} ({e.strerror}): pass a "
-                         "directory this user can write") from e
+      raise WorkdirError(
+        f"--workdir={workdir}: cannot write {path} ({e.strerror}): pass a "
+        "directory this user can write"
+      ) from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a filesystem without flock
-        print(f"psops_jax: warning: {path} cannot be locked ({e.strerror}): nothing keeps a second "
-              "run off this workdir", file=sys.stderr)
+        print(
+          f"psops_jax: warning: {path} cannot be locked ({e.strerror}): nothing keeps a second "
+          "run off this workdir",
+          file=sys.stderr,
+        )
         if adopted is None:
           os.close(fd)
         return cls(path, None)
@@ -138,8 +156,11 @@ class Lock:
       return cls(path, fd, owner=False)
     left = read_holder(fd)
     if left:
-      print(f"psops_jax: took over the lock of {workdir} left by {describe(left)}: that run is "
-            "gone", file=sys.stderr, flush=True)
+      print(
+        f"psops_jax: took over the lock of {workdir} left by {describe(left)}: that run is gone",
+        file=sys.stderr,
+        flush=True,
+      )
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder_record()).encode(), 0)
     os.fsync(fd)
@@ -184,8 +205,9 @@ def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
   if not agree(error is None):
     if lock:
       lock.release()
-    raise error or WorkdirError(f"--workdir={workdir}: another process of this run cannot use it "
-                                "(see process 0's message)")
+    raise error or WorkdirError(
+      f"--workdir={workdir}: another process of this run cannot use it (see process 0's message)"
+    )
   try:
     yield lock
   finally:

@@ -1,10 +1,12 @@
-"""Run train.py as N processes on this machine, as on N hosts: JAX's multi-controller runtime with CPU
+"""Run train.py as N processes on this machine, as on N hosts: JAX's multi-controller runtime with
+CPU
 collectives over gloo, coordinator on 127.0.0.1.
 
   python scripts/launch_local.py --processes 2 --devices-per-process 2 -- \
       --config configs/digits_pso.py --config.num_particles=4 --workdir /tmp/two_hosts
 
-Everything after `--` goes to every train.py process. Process 0's output is shown; process i's goes to
+Everything after `--` goes to every train.py process. Process 0's output is shown; process i's goes
+to
 WORKDIR/process_i.log. SIGTERM or Ctrl-C is forwarded to every process (each checkpoints and stops).
 Exits with the first non-zero exit code of the processes, or 0.
 """
@@ -28,6 +30,7 @@ def free_port() -> int:
 
 def positive(kind):
   """An argparse type: a finite number of `kind` (int or float) > 0."""
+
   def parse(text: str):
     try:
       value = kind(text)
@@ -37,6 +40,7 @@ def positive(kind):
       name = "an integer" if kind is int else "a finite number"
       raise argparse.ArgumentTypeError(f"{text!r}: must be {name} > 0")
     return value
+
   return parse
 
 
@@ -50,11 +54,14 @@ def workdir_of(train_args: list[str]) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--processes", type=positive(int), default=2)
   parser.add_argument("--devices-per-process", type=positive(int), default=2)
-  parser.add_argument("--timeout", type=positive(float), default=None,
-                      help="seconds before all are killed")
+  parser.add_argument(
+    "--timeout", type=positive(float), default=None, help="seconds before all are killed"
+  )
   parser.add_argument("train_args", nargs=argparse.REMAINDER)
   args = parser.parse_args()
   train_args = [a for a in args.train_args if a != "--"]
@@ -65,9 +72,15 @@ def main():
   env.pop("XLA_FLAGS", None)  # each process sets its own CPU device count
   procs, logs = [], []
   for i in range(args.processes):
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), *train_args,
-           f"--coordinator_address={address}", f"--num_processes={args.processes}",
-           f"--process_id={i}", f"--local_cpu_devices={args.devices_per_process}"]
+    cmd = [
+      sys.executable,
+      os.path.join(REPO, "train.py"),
+      *train_args,
+      f"--coordinator_address={address}",
+      f"--num_processes={args.processes}",
+      f"--process_id={i}",
+      f"--local_cpu_devices={args.devices_per_process}",
+    ]
     log = None if i == 0 else open(os.path.join(workdir, f"process_{i}.log"), "w")
     logs.append(log)
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log))

@@ -5,15 +5,19 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from benchmarks import accelerator_check
 
-import accelerator_check  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cpu_smoke_runs_every_part_and_ends_with_one_json_line():
-  done = subprocess.run([sys.executable, "benchmarks/accelerator_check.py", "--cpu-smoke"], cwd=REPO,
-                        capture_output=True, text=True, timeout=900)
+  done = subprocess.run(
+    [sys.executable, "benchmarks/accelerator_check.py", "--cpu-smoke"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
   record = json.loads(done.stdout.strip().splitlines()[-1])["accelerator_check"]
   assert record["mode"] == "cpu-smoke"

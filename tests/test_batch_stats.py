@@ -5,21 +5,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_sync import RUNNERS, numpy_trimmed_mean, random_params
 
 from configs import digits_pso
 from psops_jax import models
 from psops_jax import sync as sync_lib
-from test_sync import RUNNERS, numpy_trimmed_mean, random_params
 
 
 def random_stats(rng, n):
-  return {"bn": {"mean": rng.normal(size=(n, 4)).astype(np.float32),
-                 "var": rng.uniform(0.5, 2.0, size=(n, 4)).astype(np.float32)}}
+  return {
+    "bn": {
+      "mean": rng.normal(size=(n, 4)).astype(np.float32),
+      "var": rng.uniform(0.5, 2.0, size=(n, 4)).astype(np.float32),
+    }
+  }
 
 
 def expected_stats(name, stats, fitness, config):
   """The NumPy rule for the statistics after the sync (leaves stacked over particles)."""
-  n = len(fitness)
   f = np.where(np.isfinite(fitness), fitness, np.inf)
   order = np.argsort(f, kind="stable")
   every = lambda fn: jax.tree.map(lambda a: np.broadcast_to(fn(a), a.shape), stats)
@@ -33,7 +36,7 @@ def expected_stats(name, stats, fitness, config):
     c = config.sync.best_pull
     return every(lambda a: (1 - c) * a.mean(0) + c * a[order[0]])
   if name == "topk_average":
-    return every(lambda a: a[order[:config.sync.topk]].mean(0))
+    return every(lambda a: a[order[: config.sync.topk]].mean(0))
   if name == "robust_average":
     return every(lambda a: np.nanmedian(a, 0))
   raise AssertionError(name)
@@ -59,8 +62,9 @@ def test_every_strategy_syncs_batch_stats_as_documented(runner, n, name):
   strategy = sync_lib.from_config(config.sync, axis_name=axis_name)
   state = run(strategy.init, params, in_axes=(0,))
   key = jax.random.key(0)
-  new_params, new_stats, _ = run(strategy.sync_with_stats, params, stats, state, fitness, key,
-                                 in_axes=(0, 0, 0, 0, None))
+  new_params, new_stats, _ = run(
+    strategy.sync_with_stats, params, stats, state, fitness, key, in_axes=(0, 0, 0, 0, None)
+  )
   want = expected_stats(name, stats, fitness, config)
   for got, ref in zip(jax.tree.leaves(new_stats), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-6, atol=1e-6)
@@ -77,8 +81,15 @@ def test_trimmed_mean_of_batch_stats(runner):
   params, stats = random_params(rng, 8), random_stats(rng, 8)
   stats["bn"]["mean"][2] = np.nan
   strategy = sync_lib.robust_average("trimmed_mean", trim=2, axis_name=axis_name)
-  _, new_stats, _ = run(strategy.sync_with_stats, params, stats, (), np.zeros(8, np.float32),
-                        jax.random.key(0), in_axes=(0, 0, None, 0, None))
+  _, new_stats, _ = run(
+    strategy.sync_with_stats,
+    params,
+    stats,
+    (),
+    np.zeros(8, np.float32),
+    jax.random.key(0),
+    in_axes=(0, 0, None, 0, None),
+  )
   for got, leaf in zip(jax.tree.leaves(new_stats), jax.tree.leaves(stats)):
     np.testing.assert_allclose(np.asarray(got)[0], numpy_trimmed_mean(leaf, 2), rtol=1e-6)
 
@@ -100,8 +111,9 @@ def test_resnet20_has_batch_stats_and_the_size_of_the_paper():
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (4, 10)
-  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), updates["batch_stats"],
-                       variables["batch_stats"])
+  moved = jax.tree.map(
+    lambda a, b: float(jnp.abs(a - b).max()), updates["batch_stats"], variables["batch_stats"]
+  )
   assert min(jax.tree.leaves(moved)) > 0  # training mode updates every running statistic
   eval_logits = model.apply({"params": variables["params"], **updates}, x, train=False)
   assert not np.allclose(eval_logits, logits)  # evaluation normalises with the running statistics
@@ -119,5 +131,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_params(name):
   out_full, out_half = full.apply(variables, x), half.apply(variables, x)
   assert out_half.dtype == jnp.float32  # the logits (and so the loss) are float32
   jaxpr = str(jax.make_jaxpr(lambda v: half.apply(v, x))(variables))
-  assert "bf16" in jaxpr and "bf16" not in str(jax.make_jaxpr(lambda v: full.apply(v, x))(variables))
+  assert "bf16" in jaxpr and "bf16" not in str(
+    jax.make_jaxpr(lambda v: full.apply(v, x))(variables)
+  )
   np.testing.assert_allclose(out_half, out_full, atol=0.1 * float(jnp.abs(out_full).max()) + 0.05)

@@ -1,5 +1,5 @@
 """Checkpoints, resume after kill -9 and SIGTERM, config guard, damaged checkpoints, divergence, and
-2 processes x 2 devices against 1 process x 4 devices. Real processes, on loopback, with timeouts."""
+2 processes x 2 devices against 1 process x 4 devices. Real processes on loopback, with timeouts."""
 
 import json
 import os
@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from psops_jax import checkpoint as checkpoint_lib
@@ -20,15 +18,27 @@ from tests.test_train import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 particles of small_cnn, period 8: about a quarter of a second per round on 2 cores
-RUN = ["--config", "configs/digits_pso.py", "--config.train.rounds=40", "--config.train.eval_every=0",
-       "--config.train.checkpoint_every=3", "--config.sync.pso.probe_size=128"]
+RUN = [
+  "--config",
+  "configs/digits_pso.py",
+  "--config.train.rounds=40",
+  "--config.train.eval_every=0",
+  "--config.train.checkpoint_every=3",
+  "--config.sync.pso.probe_size=128",
+]
 
 
 def cli(args, workdir, **kwargs):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets its own
-  return subprocess.Popen([sys.executable, "train.py", *args, "--workdir", str(workdir)], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          **kwargs)
+  return subprocess.Popen(
+    [sys.executable, "train.py", *args, "--workdir", str(workdir)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    **kwargs,
+  )
 
 
 def finish(args, workdir, timeout=300):
@@ -43,7 +53,9 @@ def wait_for_checkpoint(workdir, at_least, proc, timeout=240):
   directory = os.path.join(workdir, "checkpoints")
   while time.time() < deadline:
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    steps = (
+      [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    )
     if steps and max(steps) >= at_least:
       return
     time.sleep(0.05)
@@ -76,8 +88,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, ho
   resumed = json.loads((tmp_path / "summary.json").read_text())
   assert resumed["resumed_from_round"] >= 6
   assert resumed["params_fingerprint"] == uninterrupted["params_fingerprint"]
-  for key in ("final_test_accuracy", "test_accuracy_particles", "final_train_loss_particles",
-              "communicated_bytes_per_particle"):
+  for key in (
+    "final_test_accuracy",
+    "test_accuracy_particles",
+    "final_train_loss_particles",
+    "communicated_bytes_per_particle",
+  ):
     assert resumed[key] == uninterrupted[key], key
   rounds = [json.loads(l)["round"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rounds == list(range(1, 41))  # no round logged twice or lost
@@ -86,8 +102,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, ho
 def test_different_config_is_refused_unless_allowed(tmp_path):
   train.train_and_evaluate(small_config(), str(tmp_path))
   changed = small_config(**{"optimizer.learning_rate": 0.2, "train.rounds": 5})
-  with pytest.raises(checkpoint_lib.CheckpointError,
-                     match=r"(?s)different config.*optimizer.learning_rate: 0.05 -> 0.2"):
+  with pytest.raises(
+    checkpoint_lib.CheckpointError,
+    match=r"(?s)different config.*optimizer.learning_rate: 0.05 -> 0.2",
+  ):
     train.train_and_evaluate(changed, str(tmp_path))
   changed.train.allow_config_change = True
   summary = train.train_and_evaluate(changed, str(tmp_path))
@@ -101,8 +119,9 @@ def test_when_no_checkpoint_restores_the_run_stops_and_moves_nothing(tmp_path):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(7)
-  with pytest.raises(checkpoint_lib.CheckpointError,
-                     match=f"checkpoint {latest} cannot be restored .*It is damaged"):
+  with pytest.raises(
+    checkpoint_lib.CheckpointError, match=f"checkpoint {latest} cannot be restored .*It is damaged"
+  ):
     train.train_and_evaluate(small_config(**{"train.rounds": 5}), str(tmp_path))
   assert latest.is_dir() and not (tmp_path / checkpoint_lib.DAMAGED_DIR).exists()
 
@@ -129,10 +148,18 @@ def damage(step_dir, how: str) -> None:
         f.write(os.urandom(64))
 
 
-TINY = ["--config", "configs/digits_pso.py", "--config.num_particles=4", "--config.model.name=mlp",
-        "--config.sync.period=2", "--config.sync.pso.probe_size=64", "--config.train.eval_every=0",
-        "--config.train.rounds=5", "--config.train.checkpoint_every=1",
-        "--config.train.keep_checkpoints=5"]
+TINY = [
+  "--config",
+  "configs/digits_pso.py",
+  "--config.num_particles=4",
+  "--config.model.name=mlp",
+  "--config.sync.period=2",
+  "--config.sync.pso.probe_size=64",
+  "--config.train.eval_every=0",
+  "--config.train.rounds=5",
+  "--config.train.checkpoint_every=1",
+  "--config.train.keep_checkpoints=5",
+]
 
 
 def test_damaged_newest_checkpoints_are_set_aside_and_the_run_resumes_to_the_same_weights(tmp_path):
@@ -155,8 +182,10 @@ def test_damaged_newest_checkpoints_are_set_aside_and_the_run_resumes_to_the_sam
   assert code == 0, err[-3000:]
   assert f"took over the lock of {workdir} left by pid {dead.pid}" in err
   for step in hows:
-    assert (f"checkpoint {workdir}/checkpoints/{step} cannot be restored" in err and
-            f"moved to {workdir}/{checkpoint_lib.DAMAGED_DIR}/{step}; resuming from round 1" in err)
+    assert (
+      f"checkpoint {workdir}/checkpoints/{step} cannot be restored" in err
+      and f"moved to {workdir}/{checkpoint_lib.DAMAGED_DIR}/{step}; resuming from round 1" in err
+    )
   assert "its arrays do not match the checksum" in err  # random_middle: only the checksum sees it
   assert sorted(os.listdir(workdir / checkpoint_lib.DAMAGED_DIR)) == ["2", "3", "4", "5"]
   resumed = json.loads((workdir / "summary.json").read_text())
@@ -168,38 +197,76 @@ def test_damaged_newest_checkpoints_are_set_aside_and_the_run_resumes_to_the_sam
 
 
 def test_all_particles_diverging_stops_and_keeps_good_checkpoints(tmp_path):
-  config = small_config(**{"optimizer.learning_rate": 1e4, "train.rounds": 30,
-                           "train.checkpoint_every": 1, "sync.strategy": "average"})
+  config = small_config(
+    **{
+      "optimizer.learning_rate": 1e4,
+      "train.rounds": 30,
+      "train.checkpoint_every": 1,
+      "sync.strategy": "average",
+    }
+  )
   with pytest.raises(train.Diverged, match=r"all 4 particles diverged by round \d+.*learning_rate"):
     train.train_and_evaluate(config, str(tmp_path))
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=3)
   for step in checkpointer.manager.all_steps():
-    meta = checkpointer.manager.restore(step, args=checkpoint_lib.ocp.args.Composite(
-        meta=checkpoint_lib.ocp.args.JsonRestore()))["meta"]
+    meta = checkpointer.manager.restore(
+      step, args=checkpoint_lib.ocp.args.Composite(meta=checkpoint_lib.ocp.args.JsonRestore())
+    )["meta"]
     assert any(v is not None for v in meta["loss"])  # a checkpoint holds a round with a finite loss
 
 
 def test_bad_data_dir_gets_a_message_not_a_traceback(tmp_path):
-  code, _, err = finish(["--config", "configs/fashion_mnist_pso.py",
-                         f"--config.data.dir={tmp_path}/none"], tmp_path / "w")
+  code, _, err = finish(
+    ["--config", "configs/fashion_mnist_pso.py", f"--config.data.dir={tmp_path}/none"],
+    tmp_path / "w",
+  )
   assert code == 2
   assert "no train-images-idx3-ubyte[.gz]" in err and "Traceback" not in err
 
 
 def test_two_processes_equal_one_process(tmp_path):
-  args = ["--config", "configs/digits_pso.py", "--config.num_particles=4", "--config.model.name=mlp",
-          "--config.train.rounds=6", "--config.sync.period=4", "--config.sync.pso.probe_size=64"]
+  args = [
+    "--config",
+    "configs/digits_pso.py",
+    "--config.num_particles=4",
+    "--config.model.name=mlp",
+    "--config.train.rounds=6",
+    "--config.sync.period=4",
+    "--config.sync.pso.probe_size=64",
+  ]
   single_code, _, err = finish(args, tmp_path / "one")
   assert single_code == 0, err[-2000:]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   launched = subprocess.run(
-      [sys.executable, "scripts/launch_local.py", "--processes", "2", "--devices-per-process", "2",
-       "--timeout", "300", "--", *args, "--workdir", str(tmp_path / "two")],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=360)
+    [
+      sys.executable,
+      "scripts/launch_local.py",
+      "--processes",
+      "2",
+      "--devices-per-process",
+      "2",
+      "--timeout",
+      "300",
+      "--",
+      *args,
+      "--workdir",
+      str(tmp_path / "two"),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=360,
+  )
   assert launched.returncode == 0, launched.stderr[-3000:]
   one = json.loads((tmp_path / "one" / "summary.json").read_text())
   two = json.loads((tmp_path / "two" / "summary.json").read_text())
   assert two["num_processes"] == 2 and one["num_processes"] == 1
-  for key in ("params_fingerprint", "final_test_accuracy", "test_accuracy_particles",
-              "test_accuracy_averaged_weights", "final_train_loss_particles"):
+  for key in (
+    "params_fingerprint",
+    "final_test_accuracy",
+    "test_accuracy_particles",
+    "test_accuracy_averaged_weights",
+    "final_train_loss_particles",
+  ):
     assert two[key] == one[key], key

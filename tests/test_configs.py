@@ -1,16 +1,16 @@
 """Every file in configs/ runs: each run config through train_and_evaluate for a few rounds on small
-data of its real format (IDX files, CIFAR-10 python batches, TFDS through its mock), and every cell of
+data of its real format (IDX files, CIFAR-10 python batches, TFDS through its mock), and every cell
+of
 every study grid is a valid config whose distinct settings run too."""
 
 import importlib
 import os
 
+import fake_data
 import numpy as np
 import pytest
 
-import fake_data
-from psops_jax import config_check
-from psops_jax import train
+from psops_jax import config_check, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso")
@@ -18,8 +18,11 @@ STUDY_CONFIGS = ("study_digits", "study_fashion_mnist", "study_pso_variants", "s
 
 
 def test_every_config_file_is_tested_here():
-  names = {f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
-           if f.endswith(".py") and f != "__init__.py"}
+  names = {
+    f[:-3]
+    for f in os.listdir(os.path.join(REPO, "configs"))
+    if f.endswith(".py") and f != "__init__.py"
+  }
   assert names == set(RUN_CONFIGS) | set(STUDY_CONFIGS)
 
 
@@ -33,9 +36,15 @@ def set_field(config, dotted, value):
 
 def toy(config, data_dir, rounds=2):
   """The config at toy size: 2 rounds of 2 steps of batch 8, a small probe, the data in data_dir."""
-  for dotted, value in {"train.rounds": rounds, "sync.period": 2, "train.batch_size": 8,
-                        "sync.pso.probe_size": 32, "train.eval_every": 1, "train.log_every": 1,
-                        "data.validation_size": min(config.data.validation_size, 20)}.items():
+  for dotted, value in {
+    "train.rounds": rounds,
+    "sync.period": 2,
+    "train.batch_size": 8,
+    "sync.pso.probe_size": 32,
+    "train.eval_every": 1,
+    "train.log_every": 1,
+    "data.validation_size": min(config.data.validation_size, 20),
+  }.items():
     set_field(config, dotted, value)
   if config.data.source == "files":
     config.data.dir = data_dir
@@ -68,14 +77,16 @@ def test_run_config_trains_on_data_of_its_format(name, tmp_path):
     config.sync.period, config.train.rounds, config.train.eval_every = 8, 10, 5
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   check_summary(summary, config)
-  assert summary["config"]["model"]["name"] == importlib.import_module(
-      f"configs.{name}").get_config().model.name
+  assert (
+    summary["config"]["model"]["name"]
+    == importlib.import_module(f"configs.{name}").get_config().model.name
+  )
   if name == "cifar10_pso":  # chance is 0.1 (0.42 after these 80 steps when this was written)
     assert summary["final_test_accuracy"] > 0.3, summary["final_test_accuracy"]
 
 
 def test_cifar10_config_through_tfds_mock(tmp_path):
-  """The config's own source, TFDS, through tfds.testing.mock_data (the MLP: ResNet-20 ran above)."""
+  """The config's own source, TFDS, through tfds.testing.mock_data (MLP; ResNet-20 ran above)."""
   tfds = pytest.importorskip("tensorflow_datasets")
   config = toy(importlib.import_module("configs.cifar10_pso").get_config(), "", rounds=1)
   assert config.data.source == "tfds"
@@ -88,12 +99,14 @@ def test_cifar10_config_through_tfds_mock(tmp_path):
 def study_cells(name):
   """(grid name, cell name, config) of every cell of every grid of the study config `name`."""
   from benchmarks import study as study_lib
+
   spec = importlib.import_module(f"configs.{name}").get_config()
   grids = [""] + [k for k, v in spec.items() if isinstance(v, dict) and "variants" in v]
   for grid in grids:
     study = study_lib.load_study(os.path.join(REPO, "configs", f"{name}.py"), grid)
     base = importlib.import_module(
-        "configs." + os.path.splitext(os.path.basename(study.base))[0]).get_config()
+      "configs." + os.path.splitext(os.path.basename(study.base))[0]
+    ).get_config()
     for cell, _, _, _, _, overrides in study_lib.cells(study):
       config = base.copy_and_resolve_references()
       for dotted, value in overrides.items():
@@ -109,8 +122,12 @@ def test_study_cells_are_valid_and_their_scenarios_run(tmp_path):
   for name in STUDY_CONFIGS:
     for grid, cell, config in study_cells(name):
       config_check.validate(config)
-      key = (config.data.name, config.data.partition, config.faults.kind,
-             config.data.validation_size > 0)
+      key = (
+        config.data.name,
+        config.data.partition,
+        config.faults.kind,
+        config.data.validation_size > 0,
+      )
       if key in seen:
         continue
       seen.add(key)

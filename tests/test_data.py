@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from fake_data import write_cifar10_dir, write_mnist_dir
+
 from psops_jax import data as data_lib
 from psops_jax import swarm as swarm_lib
 
@@ -99,10 +99,12 @@ def test_each_particle_sees_a_disjoint_shard(n):
 def test_batch_indices_cover_each_shard_once_per_epoch():
   key = jax.random.key(0)
   shard_size, batch = 50, 8  # 6 steps per epoch, 2 examples left out per epoch
-  epoch0 = np.concatenate([np.asarray(swarm_lib.batch_indices(key, s, shard_size, batch))
-                           for s in range(6)])
-  epoch1 = np.concatenate([np.asarray(swarm_lib.batch_indices(key, s, shard_size, batch))
-                           for s in range(6, 12)])
+  epoch0 = np.concatenate(
+    [np.asarray(swarm_lib.batch_indices(key, s, shard_size, batch)) for s in range(6)]
+  )
+  epoch1 = np.concatenate(
+    [np.asarray(swarm_lib.batch_indices(key, s, shard_size, batch)) for s in range(6, 12)]
+  )
   assert len(set(epoch0.tolist())) == 48 and len(set(epoch1.tolist())) == 48
   assert not np.array_equal(epoch0, epoch1)
 
@@ -112,10 +114,15 @@ def test_round_batch_indices_equal_the_per_step_definition(period):
   # 6 steps per epoch: rounds start inside an epoch, at its last step, and span up to 3 epochs.
   key, shard_size, batch = jax.random.key(3), 50, 8
   for first_step in (0, 5, 7, 17):
-    expected = np.stack([np.asarray(swarm_lib.batch_indices(key, first_step + t, shard_size, batch))
-                         for t in range(period)])
+    expected = np.stack(
+      [
+        np.asarray(swarm_lib.batch_indices(key, first_step + t, shard_size, batch))
+        for t in range(period)
+      ]
+    )
     got = jax.jit(swarm_lib.round_batch_indices, static_argnums=(2, 3, 4))(
-        key, jnp.int32(first_step), period, shard_size, batch)
+      key, jnp.int32(first_step), period, shard_size, batch
+    )
     np.testing.assert_array_equal(np.asarray(got), expected)
 
 
@@ -127,9 +134,16 @@ def test_augmentation_is_a_shifted_window_or_its_mirror():
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
   flips = 0
   for img, pad_img, got in zip(images, padded, out):
-    matches = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
-               if np.array_equal((pad_img[dy:dy + 6, dx:dx + 6][:, ::-1] if flip
-                                  else pad_img[dy:dy + 6, dx:dx + 6]), got)]
+    matches = [
+      (dy, dx, flip)
+      for dy in range(5)
+      for dx in range(5)
+      for flip in (False, True)
+      if np.array_equal(
+        (pad_img[dy : dy + 6, dx : dx + 6][:, ::-1] if flip else pad_img[dy : dy + 6, dx : dx + 6]),
+        got,
+      )
+    ]
     assert matches, "output is not a crop of the padded image"
     flips += all(m[2] for m in matches)
   assert 0 < flips < 16  # some images flipped, some not
@@ -137,9 +151,14 @@ def test_augmentation_is_a_shifted_window_or_its_mirror():
 
 def test_validation_split_is_carved_from_training_data_only():
   ids = np.arange(500)
-  ds = data_lib.Dataset(train_images=ids.reshape(-1, 1, 1, 1), train_labels=ids,
-                        test_images=np.full((10, 1, 1, 1), -1), test_labels=np.full(10, -1),
-                        mean=(0.0,), std=(1.0,))
+  ds = data_lib.Dataset(
+    train_images=ids.reshape(-1, 1, 1, 1),
+    train_labels=ids,
+    test_images=np.full((10, 1, 1, 1), -1),
+    test_labels=np.full(10, -1),
+    mean=(0.0,),
+    std=(1.0,),
+  )
   carved = data_lib.carve_validation(ds, 120, seed=0)
   held, kept = set(carved.test_labels.tolist()), set(carved.train_labels.tolist())
   assert len(held) == 120 and len(kept) == 380 and not held & kept

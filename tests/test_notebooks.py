@@ -1,8 +1,11 @@
 """The notebooks in notebooks/: stored without outputs, and each runs top to bottom at tiny size.
 
-Every notebook is executed with papermill in a fresh kernel (the `python3` kernel, which resolves to the
-Python running pytest), with tiny parameters injected into its `parameters` cell: scikit-learn's digits,
-4 particles, 6 rounds of period 4, a test evaluation every 2 rounds. The kernel is a separate process:
+Every notebook is executed with papermill in a fresh kernel (the `python3` kernel, which resolves to
+the
+Python running pytest), with tiny parameters injected into its `parameters` cell: scikit-learn's
+digits,
+4 particles, 6 rounds of period 4, a test evaluation every 2 rounds. The kernel is a separate
+process:
 it inherits XLA_FLAGS from tests/conftest.py, and the notebook sets the device count itself anyway.
 """
 
@@ -20,8 +23,16 @@ NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
 COMPARISONS = ("psops_mnist.ipynb", "psops_cifar10.ipynb")
 
-TINY = {"DATASET": "digits", "DATA_SOURCE": "sklearn", "DATA_DIR": "", "MODEL": "auto",
-        "NUM_PARTICLES": 4, "PERIOD": 4, "ROUNDS": 6, "EVAL_EVERY": 2}
+TINY = {
+  "DATASET": "digits",
+  "DATA_SOURCE": "sklearn",
+  "DATA_DIR": "",
+  "MODEL": "auto",
+  "NUM_PARTICLES": 4,
+  "PERIOD": 4,
+  "ROUNDS": 6,
+  "EVAL_EVERY": 2,
+}
 CELL_TIMEOUT_SECONDS = 300
 
 
@@ -56,8 +67,14 @@ def test_runs_top_to_bottom_at_tiny_size(path, tmp_path):
   executed = str(tmp_path / os.path.basename(path))
   # Raises PapermillExecutionError (with the failing cell's traceback) if any cell fails.
   papermill.execute_notebook(
-      path, executed, parameters={**TINY, "WORKDIR": workdir}, kernel_name="python3",
-      cwd=NOTEBOOK_DIR, execution_timeout=CELL_TIMEOUT_SECONDS, progress_bar=False)
+    path,
+    executed,
+    parameters={**TINY, "WORKDIR": workdir},
+    kernel_name="python3",
+    cwd=NOTEBOOK_DIR,
+    execution_timeout=CELL_TIMEOUT_SECONDS,
+    progress_bar=False,
+  )
 
   nb = nbformat.read(executed, as_version=4)
   printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)

@@ -1,23 +1,23 @@
 """The paths users are promised, through train_and_evaluate: checkpoints of BatchNorm models, mixed
-precision, and the scan loop (what GPUs and TPUs run) against the unrolled one. (ResNet-20 learning on
+precision, and the scan loop (what GPUs and TPUs run) against the unrolled one. (ResNet-20 learning
+on
 CIFAR-10 batches: tests/test_configs.py.)"""
 
 import json
 import os
 
+import fake_data
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import fake_data
 from configs import cifar10_pso, digits_pso
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import models
+from psops_jax import models, train
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
-from psops_jax import train
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,13 @@ def test_checkpoints_hold_the_batch_stats(tmp_path):
   model, tx = models.create("resnet20"), optax.sgd(0.1)
   images = np.zeros((4, 32, 32, 3), np.uint8)
   mean, std = (0.5,) * 3, (0.25,) * 3
-  swarm = swarm_lib.init_swarm(model, tx, sync_lib.average(swarm_lib.AXES), images, 2, 0, mesh,
-                               mean, std, init="independent")
-  stats = jax.tree.map(lambda a: a + jnp.arange(2, dtype=a.dtype).reshape((2,) + (1,) * (a.ndim - 1)),
-                       swarm.batch_stats)
+  swarm = swarm_lib.init_swarm(
+    model, tx, sync_lib.average(swarm_lib.AXES), images, 2, 0, mesh, mean, std, init="independent"
+  )
+  stats = jax.tree.map(
+    lambda a: a + jnp.arange(2, dtype=a.dtype).reshape((2,) + (1,) * (a.ndim - 1)),
+    swarm.batch_stats,
+  )
   swarm = swarm._replace(batch_stats=stats)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=1)
   checkpointer.save(1, swarm, {"train_seconds": 0.0})
@@ -91,9 +94,17 @@ def test_scan_loop_gives_the_unrolled_numbers(cifar_dir, tmp_path, strategy):
   round and the final accuracies agree to float tolerance."""
   runs = {}
   for loop in ("scan", "unroll"):
-    config = cifar_config(cifar_dir, **{"sync.strategy": strategy, "sync.period": 4,
-                                        "train.rounds": 3, "train.loop": loop,
-                                        "train.max_unroll": 2, "model.name": "mlp"})
+    config = cifar_config(
+      cifar_dir,
+      **{
+        "sync.strategy": strategy,
+        "sync.period": 4,
+        "train.rounds": 3,
+        "train.loop": loop,
+        "train.max_unroll": 2,
+        "model.name": "mlp",
+      },
+    )
     summary = train.train_and_evaluate(config, str(tmp_path / loop))
     runs[loop] = (summary, read_metrics(str(tmp_path / loop)))
   (scan, scan_metrics), (unroll, unroll_metrics) = runs["scan"], runs["unroll"]
@@ -101,15 +112,18 @@ def test_scan_loop_gives_the_unrolled_numbers(cifar_dir, tmp_path, strategy):
   for a, b in zip(scan_metrics, unroll_metrics):
     np.testing.assert_allclose(a["train_loss_particles"], b["train_loss_particles"], rtol=1e-4)
     np.testing.assert_allclose(a["fitness_particles"], b["fitness_particles"], rtol=1e-4)
-  np.testing.assert_allclose(scan["test_accuracy_particles"], unroll["test_accuracy_particles"],
-                             atol=1.5 / 64)
+  np.testing.assert_allclose(
+    scan["test_accuracy_particles"], unroll["test_accuracy_particles"], atol=1.5 / 64
+  )
 
 
 def read_events(workdir):
   """(tag, step, value) of every scalar in the workdir's TensorBoard event files: TFRecord framing
   (uint64 length, uint32 crc, payload, uint32 crc) around Event protos."""
   import struct
+
   from tensorboardX.proto import event_pb2
+
   scalars = []
   for name in sorted(os.listdir(workdir)):
     if not name.startswith("events.out.tfevents"):
@@ -118,8 +132,8 @@ def read_events(workdir):
       raw = f.read()
     offset = 0
     while offset < len(raw):
-      (length,) = struct.unpack("<Q", raw[offset:offset + 8])
-      event = event_pb2.Event.FromString(raw[offset + 12:offset + 12 + length])
+      (length,) = struct.unpack("<Q", raw[offset : offset + 8])
+      event = event_pb2.Event.FromString(raw[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4
       scalars += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
   return scalars
@@ -136,4 +150,7 @@ def test_tensorboard_events_hold_the_metrics(tmp_path):
   assert loss == pytest.approx({m["step"]: m["train_loss"] for m in metrics})
   accuracy = [(step, value) for tag, step, value in events if tag == "final_test_accuracy"]
   assert accuracy[-1] == (8, pytest.approx(summary["final_test_accuracy"]))
-  assert (4, pytest.approx(metrics[1]["final_test_accuracy"])) in accuracy  # the evaluation at round 2
+  assert (
+    4,
+    pytest.approx(metrics[1]["final_test_accuracy"]),
+  ) in accuracy  # the evaluation at round 2

@@ -1,12 +1,12 @@
-"""benchmarks/round_cost.py: the runners it builds, the ratio table on hand-made timings, bad input."""
+"""benchmarks/round_cost.py: the runners it builds, the ratios on hand-made timings, bad input."""
 
 import os
 import subprocess
 import sys
 
+from benchmarks import round_cost
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import round_cost  # noqa: E402
 
 
 def test_cases_cover_each_probe_size_and_pso_average_at_the_largest():
@@ -18,8 +18,12 @@ def test_cases_cover_each_probe_size_and_pso_average_at_the_largest():
 
 
 def test_ratios_are_medians_over_repetitions_relative_to_average_at_the_same_period():
-  seconds = {"p4/average": [0.30, 0.10, 0.20], "p4/pso": [0.9, 0.5, 0.4],
-             "p16/average": [1.0, 1.0], "p16/pso": [1.5, 1.1]}
+  seconds = {
+    "p4/average": [0.30, 0.10, 0.20],
+    "p4/pso": [0.9, 0.5, 0.4],
+    "p16/average": [1.0, 1.0],
+    "p16/pso": [1.5, 1.1],
+  }
   table = round_cost.ratios(seconds, [4, 16], ["average", "pso"])
   assert table[4]["average"] == {"ms_per_round": 200.0, "vs_average": 1.0}
   assert table[4]["pso"] == {"ms_per_round": 500.0, "vs_average": 2.5}  # medians 0.5 / 0.2
@@ -27,6 +31,11 @@ def test_ratios_are_medians_over_repetitions_relative_to_average_at_the_same_per
 
 
 def test_bad_input_is_named():
-  result = subprocess.run([sys.executable, "benchmarks/round_cost.py", "--reps", "0"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "benchmarks/round_cost.py", "--reps", "0"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2 and "--reps must be at least 1, got 0" in result.stderr

@@ -1,4 +1,5 @@
-"""benchmarks/study.py end to end on a tiny digits grid: rows, tables, plots, resumability, cell locks."""
+"""benchmarks/study.py end to end on a tiny digits grid: rows, tables, plots, resumability, cell
+locks."""
 
 import csv
 import json
@@ -8,7 +9,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY_STUDY = '''
+TINY_STUDY = """
 def get_config():
   study = {"base": "configs/digits_pso.py",
            "variants": {"pso": {"sync.strategy": "pso"}, "average": {"sync.strategy": "average"}},
@@ -17,14 +18,19 @@ def get_config():
            "one_big_worker": True, "reference": "average"}
   study["quick"] = study
   return study
-'''
+"""
 
 
 def run_study(study_file, out, *flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run([sys.executable, "benchmarks/study.py", "--study", str(study_file),
-                           "--out", str(out), *flags], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run(
+    [sys.executable, "benchmarks/study.py", "--study", str(study_file), "--out", str(out), *flags],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
@@ -39,9 +45,18 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
     rows = list(csv.DictReader(f))
   assert sorted(r["variant"] for r in rows) == ["average", "one big worker", "pso"]
   for row in rows:
-    summary = json.loads((out / "runs" / {"pso": "pso_p4_n2_s0", "average": "average_p4_n2_s0",
-                                          "one big worker": "one_big_worker_n2_s0"}[row["variant"]]
-                          / "summary.json").read_text())
+    summary = json.loads(
+      (
+        out
+        / "runs"
+        / {
+          "pso": "pso_p4_n2_s0",
+          "average": "average_p4_n2_s0",
+          "one big worker": "one_big_worker_n2_s0",
+        }[row["variant"]]
+        / "summary.json"
+      ).read_text()
+    )
     assert float(row["final_test_accuracy"]) == summary["final_test_accuracy"]
   big = next(r for r in rows if r["variant"] == "one big worker")
   assert int(big["steps"]) == 32  # 2 particles x 16 steps, as one worker
@@ -52,8 +67,10 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   assert "Gap to `average`" in table  # one seed: the gap is pso - average, in points
   assert f"| pso | {100 * (accuracy['pso'] - accuracy['average']):+.1f} (n=1) |" in table
   pso = next(r for r in rows if r["variant"] == "pso")
-  assert (f"| pso | {int(pso['communicated_bytes_per_particle']) / 1e6:.1f} MB, "
-          f"{float(pso['train_seconds']):.0f} s |") in table  # one seed: its own seconds
+  assert (
+    f"| pso | {int(pso['communicated_bytes_per_particle']) / 1e6:.1f} MB, "
+    f"{float(pso['train_seconds']):.0f} s |"
+  ) in table  # one seed: its own seconds
   for key in ("steps", "bytes", "seconds"):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   assert (out / "runs" / "pso_p4_n2_s0" / "run.lock").read_text() == ""  # the cell's lock, released
@@ -69,10 +86,11 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   assert not (out / "final_accuracy_vs_period.png").exists()
 
 
-def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(tmp_path,
-                                                                                   capsys):
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-  import study
+def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(
+  tmp_path, capsys
+):
+  from benchmarks import study
+
   cell = tmp_path / "runs" / "pso_p4_n2_s0"
   lock = study.take_cell(str(cell))  # free: ours (the workdir's lock, psops_jax/workdir.py)
   assert json.loads((cell / "run.lock").read_text())["pid"] == os.getpid()
@@ -87,21 +105,31 @@ def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_ov
 
 
 def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-  import study
+  from benchmarks import study
 
   def row(variant, period, seed, accuracy, diverged=False):
-    return {"variant": variant, "period": period, "num_particles": 8, "seed": seed,
-            "diverged": diverged, "final_test_accuracy": accuracy}
+    return {
+      "variant": variant,
+      "period": period,
+      "num_particles": 8,
+      "seed": seed,
+      "diverged": diverged,
+      "final_test_accuracy": accuracy,
+    }
 
-  rows = [row("pso", 64, 0, 0.80), row("pso", 4, 0, 0.70), row("pso", 4, 1, 0.74),
-          row("pso", 4, 2, None, diverged=True), row(study.BIG_WORKER, 64, 0, 0.9),
-          row("average", 4, 0, 0.85)]
+  rows = [
+    row("pso", 64, 0, 0.80),
+    row("pso", 4, 0, 0.70),
+    row("pso", 4, 1, 0.74),
+    row("pso", 4, 2, None, diverged=True),
+    row(study.BIG_WORKER, 64, 0, 0.9),
+    row("average", 4, 0, 0.85),
+  ]
   means = study.period_means(rows)
   assert sorted(means) == [("average", 8), ("pso", 8)]  # the big worker is not a period line
   (p4, mean4, std4, n4), (p64, mean64, std64, n64) = means[("pso", 8)]
   assert (p4, n4, p64, n64) == (4, 2, 64, 1)
-  assert abs(mean4 - 0.72) < 1e-12 and abs(std4 - 0.04 / 2 ** 0.5) < 1e-12  # sample std of .70, .74
+  assert abs(mean4 - 0.72) < 1e-12 and abs(std4 - 0.04 / 2**0.5) < 1e-12  # sample std of .70, .74
   assert (mean64, std64) == (0.80, 0.0)
   grid = study.Study(variants={"pso": {}, "average": {}}, periods=[4, 64], num_particles=[8])
   study.plot_periods(grid, rows, str(tmp_path))
@@ -109,15 +137,24 @@ def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_p
 
 
 def test_the_same_grid_runs_on_another_base_config_with_overrides_for_every_cell():
-  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   import pytest
-  import study
-  grid = study.Study(base="configs/fashion_mnist_pso.py", overrides={"data.validation_size": 0},
-                     variants={"pso": {"sync.strategy": "pso"}}, periods=[16], num_particles=[8],
-                     seeds=[0], total_steps=32, evals=1, one_big_worker=False)
+
+  from benchmarks import study
+
+  grid = study.Study(
+    base="configs/fashion_mnist_pso.py",
+    overrides={"data.validation_size": 0},
+    variants={"pso": {"sync.strategy": "pso"}},
+    periods=[16],
+    num_particles=[8],
+    seeds=[0],
+    total_steps=32,
+    evals=1,
+    one_big_worker=False,
+  )
   mnist = study.with_base(grid, os.path.join(REPO, "configs", "mnist_pso.py"), ["data.source=tfds"])
   assert grid.base == "configs/fashion_mnist_pso.py" and "data.source" not in grid.overrides
-  (_, _, _, _, _, overrides), = study.cells(mnist)
+  ((_, _, _, _, _, overrides),) = study.cells(mnist)
   args = study.command(mnist, "/tmp/w", overrides)
   assert args[args.index("--config") + 1] == os.path.join(REPO, "configs", "mnist_pso.py")
   assert "--config.data.source=tfds" in args and "--config.data.validation_size=0" in args

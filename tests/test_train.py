@@ -12,12 +12,10 @@ import optax
 import pytest
 
 from configs import digits_pso
-from psops_jax import config_check
+from psops_jax import config_check, models, train
 from psops_jax import data as data_lib
-from psops_jax import models
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
-from psops_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,19 +37,34 @@ def small_config(**overrides):
   return config
 
 
-def run_rounds(strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll",
-               max_unroll=0, fault=None):
-  """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics and
+def run_rounds(
+  strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll", max_unroll=0, fault=None
+):
+  """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics
+  and
   the jitted round."""
   ds = data_lib.load("digits", "sklearn")
   mesh = swarm_lib.make_mesh(n, devices)
   model, tx = models.create("mlp"), optax.sgd(0.1)
-  cfg = swarm_lib.RoundConfig(period=period, batch_size=16, fitness="round_loss", probe_size=32,
-                              loop=loop, local_layout=layout, max_unroll=max_unroll, augment=False,
-                              mean=ds.mean, std=ds.std, fault=fault)
+  cfg = swarm_lib.RoundConfig(
+    period=period,
+    batch_size=16,
+    fitness="round_loss",
+    probe_size=32,
+    loop=loop,
+    local_layout=layout,
+    max_unroll=max_unroll,
+    augment=False,
+    mean=ds.mean,
+    std=ds.std,
+    fault=fault,
+  )
   swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
-  data = swarm_lib.put_data(data_lib.shard(ds.train_images, ds.train_labels, n, 0),
-                            data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0), mesh)
+  data = swarm_lib.put_data(
+    data_lib.shard(ds.train_images, ds.train_labels, n, 0),
+    data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0),
+    mesh,
+  )
   round_fn = swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed=0)
   metrics = None
   for r in range(rounds):
@@ -70,17 +83,21 @@ def test_ssgd_keeps_particles_identical_and_none_lets_them_drift():
   synchronous, _, _ = run_rounds(sync_lib.ssgd(swarm_lib.AXES), rounds=2, period=3)
   independent, _, _ = run_rounds(sync_lib.none(swarm_lib.AXES), rounds=2, period=3)
   for leaf in jax.tree.leaves(synchronous.params):
-    np.testing.assert_allclose(np.asarray(leaf), np.broadcast_to(np.asarray(leaf)[0], leaf.shape),
-                               atol=1e-6)
-  drift = [np.abs(np.asarray(leaf)[0] - np.asarray(leaf)[1]).max()
-           for leaf in jax.tree.leaves(independent.params)]
+    np.testing.assert_allclose(
+      np.asarray(leaf), np.broadcast_to(np.asarray(leaf)[0], leaf.shape), atol=1e-6
+    )
+  drift = [
+    np.abs(np.asarray(leaf)[0] - np.asarray(leaf)[1]).max()
+    for leaf in jax.tree.leaves(independent.params)
+  ]
   assert max(drift) > 1e-3
 
 
 def test_scan_and_unroll_give_the_same_round():
   unrolled, m1, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXES), rounds=2, period=3)
-  scanned, m2, _ = run_rounds(sync_lib.pso(axis_name=swarm_lib.AXES), rounds=2, period=3,
-                              loop="scan")
+  scanned, m2, _ = run_rounds(
+    sync_lib.pso(axis_name=swarm_lib.AXES), rounds=2, period=3, loop="scan"
+  )
   for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(scanned.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(m1["loss"]), np.asarray(m2["loss"]), rtol=1e-4)
@@ -94,10 +111,15 @@ def test_round_compiles_once():
 def test_a_round_in_several_calls_gives_the_same_numbers():
   """period 6, max_unroll 4: 3 calls of 2 steps, then the sync; the same as one call; each jitted
   function compiles once."""
-  assert swarm_lib.chunk_length(6, "unroll", 4) == 3 and swarm_lib.chunk_length(64, "unroll", 16) == 16
-  assert swarm_lib.chunk_length(64, "scan", 16) == 64 and swarm_lib.chunk_length(64, "unroll", 0) == 64
-  strategy = lambda: sync_lib.pso(inertia=0.5, cognitive=0.5, memory="forever",
-                                  axis_name=swarm_lib.AXES)
+  assert (
+    swarm_lib.chunk_length(6, "unroll", 4) == 3 and swarm_lib.chunk_length(64, "unroll", 16) == 16
+  )
+  assert (
+    swarm_lib.chunk_length(64, "scan", 16) == 64 and swarm_lib.chunk_length(64, "unroll", 0) == 64
+  )
+  strategy = lambda: sync_lib.pso(
+    inertia=0.5, cognitive=0.5, memory="forever", axis_name=swarm_lib.AXES
+  )
   one, m1, _ = run_rounds(strategy(), rounds=3, period=6)
   chunked, m2, round_fn = run_rounds(strategy(), rounds=3, period=6, max_unroll=2)
   assert [f._cache_size() for f in round_fn.chunked[:2]] == [1, 1]
@@ -108,9 +130,17 @@ def test_a_round_in_several_calls_gives_the_same_numbers():
 
 
 def test_short_digits_run_learns_and_writes_summary(tmp_path):
-  config = small_config(**{"num_particles": 8, "model.name": "small_cnn", "train.rounds": 12,
-                           "sync.period": 8, "train.eval_every": 6, "train.log_every": 5,
-                           "sync.pso.probe_size": 256})
+  config = small_config(
+    **{
+      "num_particles": 8,
+      "model.name": "small_cnn",
+      "train.rounds": 12,
+      "sync.period": 8,
+      "train.eval_every": 6,
+      "train.log_every": 5,
+      "sync.pso.probe_size": 256,
+    }
+  )
   summary = train.train_and_evaluate(config, str(tmp_path))
   for key in train.SUMMARY_KEYS:
     assert key in summary, key
@@ -129,23 +159,38 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
     assert line["distance_to_global_best_particles"][winner] == 0.0
     assert line["velocity_norm_particles"][winner] == 0.0
     assert max(line["velocity_norm_particles"]) > 0
-  params = sum(np.prod(np.shape(a)) for a in jax.tree.leaves(
-      models.create("small_cnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]))
+  params = sum(
+    np.prod(np.shape(a))
+    for a in jax.tree.leaves(
+      models.create("small_cnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    )
+  )
   assert summary["communicated_bytes_per_particle"] == 12 * (4 * params + 4)
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("sync.strategy", "gossip", r"sync.strategy='gossip': accepted values are \('pso'"),
     ("sync.period", 0, r"sync.period=0: must be an integer >= 1"),
     ("sync.pso.social", -1.0, r"sync.pso.social=-1.0: must be a number >= 0"),
-    ("num_devices", 9, r"num_devices=9: this process sees 8 cpu devices. Accepted: 0 \(auto\) or 1..8"),
+    (
+      "num_devices",
+      9,
+      r"num_devices=9: this process sees 8 cpu devices. Accepted: 0 \(auto\) or 1..8",
+    ),
     ("num_devices", 3, r"num_particles=4 is not a multiple of num_devices=3"),
     ("model.name", "resnet", r"model.name='resnet': accepted values are"),
     ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
-    ("sync.strategy,sync.topk", ("topk_average", 5), r"sync.topk=5: accepted values are the integers 1..num_particles=4"),
+    (
+      "sync.strategy,sync.topk",
+      ("topk_average", 5),
+      r"sync.topk=5: accepted values are the integers 1..num_particles=4",
+    ),
     ("sync.best_pull", 1.5, r"sync.best_pull=1.5: accepted values are 0..1"),
     ("sync.pso.opt_state_on_move", "drop", r"opt_state_on_move='drop': accepted values are"),
-])
+  ],
+)
 def test_bad_config_names_the_field(tmp_path, field, value, message):
   overrides = dict(zip(field.split(","), value)) if "," in field else {field: value}
   with pytest.raises(ValueError, match=message):
@@ -153,38 +198,62 @@ def test_bad_config_names_the_field(tmp_path, field, value, message):
 
 
 def test_command_line_override_and_clean_error(tmp_path):
-  base = [sys.executable, "train.py", "--config", "configs/digits_pso.py",
-          "--config.num_particles=2", "--config.model.name=mlp", "--config.train.rounds=2",
-          "--config.sync.pso.probe_size=32"]
-  ok = subprocess.run(base + ["--workdir", str(tmp_path / "ok")], cwd=REPO, capture_output=True,
-                      text=True, timeout=300)
+  base = [
+    sys.executable,
+    "train.py",
+    "--config",
+    "configs/digits_pso.py",
+    "--config.num_particles=2",
+    "--config.model.name=mlp",
+    "--config.train.rounds=2",
+    "--config.sync.pso.probe_size=32",
+  ]
+  ok = subprocess.run(
+    base + ["--workdir", str(tmp_path / "ok")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert ok.returncode == 0, ok.stderr
   summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
   assert summary["num_particles"] == 2 and summary["rounds"] == 2
   assert "final test accuracy" in ok.stdout
-  bad = subprocess.run(base + ["--config.sync.strategy=gossip", "--workdir", str(tmp_path / "bad")],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    base + ["--config.sync.strategy=gossip", "--workdir", str(tmp_path / "bad")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 2
   assert "sync.strategy='gossip'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("devices,layout", [(2, "unroll"), (1, "vmap"), (4, "vmap")])
 def test_particles_per_device_do_not_change_the_numbers(devices, layout):
-  strategy = lambda: sync_lib.pso(inertia=0.5, cognitive=0.5, social=0.5, memory="forever",
-                                  axis_name=swarm_lib.AXES)
+  strategy = lambda: sync_lib.pso(
+    inertia=0.5, cognitive=0.5, social=0.5, memory="forever", axis_name=swarm_lib.AXES
+  )
   reference, ref_metrics, _ = run_rounds(strategy(), rounds=3, period=2, n=8, devices=8)
-  packed, metrics, _ = run_rounds(strategy(), rounds=3, period=2, n=8, devices=devices, layout=layout)
-  np.testing.assert_allclose(np.asarray(metrics["loss"]), np.asarray(ref_metrics["loss"]), rtol=1e-5)
-  np.testing.assert_array_equal(np.asarray(packed.sync_state.global_index),
-                                np.asarray(reference.sync_state.global_index))
+  packed, metrics, _ = run_rounds(
+    strategy(), rounds=3, period=2, n=8, devices=devices, layout=layout
+  )
+  np.testing.assert_allclose(
+    np.asarray(metrics["loss"]), np.asarray(ref_metrics["loss"]), rtol=1e-5
+  )
+  np.testing.assert_array_equal(
+    np.asarray(packed.sync_state.global_index), np.asarray(reference.sync_state.global_index)
+  )
   for a, b in zip(jax.tree.leaves(packed.params), jax.tree.leaves(reference.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", sync_lib.STRATEGIES)
 def test_every_strategy_trains_through_train_and_evaluate(tmp_path, strategy):
-  config = small_config(**{"sync.strategy": strategy, "num_devices": 2, "train.rounds": 4,
-                           "sync.period": 4})
+  config = small_config(
+    **{"sync.strategy": strategy, "num_devices": 2, "train.rounds": 4, "sync.period": 4}
+  )
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["strategy"] == strategy
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -201,9 +270,21 @@ def test_independent_init_is_refused_by_center_strategies(tmp_path):
 
 
 def test_command_line_typo_in_a_config_field(tmp_path):
-  result = subprocess.run([sys.executable, "train.py", "--config", "configs/digits_pso.py",
-                           "--config.sync.perod=4", "--workdir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "train.py",
+      "--config",
+      "configs/digits_pso.py",
+      "--config.sync.perod=4",
+      "--workdir",
+      str(tmp_path),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2
   assert "unknown config field" in result.stderr and '"period"' in result.stderr
   assert "Traceback" not in result.stderr
@@ -212,35 +293,51 @@ def test_command_line_typo_in_a_config_field(tmp_path):
 def test_issue8_pso_options_train_and_export_the_global_best(tmp_path):
   """Bests re-measured on a new probe batch every round, momentum moved with the weights, relative
   velocity clipping: trains, and the exported model is the particle holding g (not stored)."""
-  config = small_config(**{"sync.pso.memory": "reevaluate", "sync.pso.probe_resample": True,
-                           "sync.pso.probe_size": 32, "sync.pso.opt_state_on_move": "follow",
-                           "sync.pso.max_velocity_ratio": 0.5, "train.rounds": 4,
-                           "sync.period": 4, "num_devices": 2})
+  config = small_config(
+    **{
+      "sync.pso.memory": "reevaluate",
+      "sync.pso.probe_resample": True,
+      "sync.pso.probe_size": 32,
+      "sync.pso.opt_state_on_move": "follow",
+      "sync.pso.max_velocity_ratio": 0.5,
+      "train.rounds": 4,
+      "sync.period": 4,
+      "num_devices": 2,
+    }
+  )
   summary = train.train_and_evaluate(config, str(tmp_path))
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert lines[-1]["train_loss"] < lines[0]["train_loss"]
   assert summary["final_test_accuracy"] > 0.5
   with pytest.raises(config_check.ConfigError, match=r"memory='reevaluate'.*fitness='probe'"):
-    train.train_and_evaluate(small_config(**{"sync.pso.memory": "reevaluate",
-                                             "sync.pso.fitness": "round_loss"}), str(tmp_path / "b"))
+    train.train_and_evaluate(
+      small_config(**{"sync.pso.memory": "reevaluate", "sync.pso.fitness": "round_loss"}),
+      str(tmp_path / "b"),
+    )
   # the default options keep no copy of g: the exported model is particle global_best_particle
   default = train.train_and_evaluate(small_config(), str(tmp_path / "default"))
   last = json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[-1])
   assert default["final_test_accuracy"] == pytest.approx(
-      default["test_accuracy_particles"][last["global_best_particle"]], abs=1e-6)
+    default["test_accuracy_particles"][last["global_best_particle"]], abs=1e-6
+  )
 
 
 def test_round_probe_is_a_new_subset_of_the_pool_every_round():
   pool = 64
-  data = swarm_lib.DeviceData(None, None, jnp.arange(pool, dtype=jnp.uint8).reshape(pool, 1, 1, 1),
-                              jnp.arange(pool, dtype=jnp.int32))
+  data = swarm_lib.DeviceData(
+    None,
+    None,
+    jnp.arange(pool, dtype=jnp.uint8).reshape(pool, 1, 1, 1),
+    jnp.arange(pool, dtype=jnp.int32),
+  )
   picks = [np.asarray(swarm_lib.round_probe(data, 16, jax.random.key(0), r)[1]) for r in range(3)]
   for p in picks:
     assert len(set(p.tolist())) == 16 and p.max() < pool
   assert not np.array_equal(picks[0], picks[1])
   np.testing.assert_array_equal(picks[0], swarm_lib.round_probe(data, 16, jax.random.key(0), 0)[1])
-  np.testing.assert_array_equal(swarm_lib.round_probe(data, pool, jax.random.key(0), 1)[1],
-                                np.arange(pool))  # the whole pool: the fixed probe
+  np.testing.assert_array_equal(
+    swarm_lib.round_probe(data, pool, jax.random.key(0), 1)[1], np.arange(pool)
+  )  # the whole pool: the fixed probe
 
 
 def test_lr_fault_scales_the_faulty_particles_updates():
@@ -249,8 +346,9 @@ def test_lr_fault_scales_the_faulty_particles_updates():
   init, _, _ = run_rounds(none(), rounds=0, period=1)
   clean, _, _ = run_rounds(none(), rounds=1, period=1)
   hit, _, _ = run_rounds(none(), rounds=1, period=1, fault=swarm_lib.Fault("lr", 1, 0, 10.0))
-  for x0, a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(clean.params),
-                      jax.tree.leaves(hit.params)):
+  for x0, a, b in zip(
+    jax.tree.leaves(init.params), jax.tree.leaves(clean.params), jax.tree.leaves(hit.params)
+  ):
     x0, a, b = np.asarray(x0), np.asarray(a), np.asarray(b)
     np.testing.assert_allclose(b[:3], a[:3], rtol=1e-6, atol=1e-7)  # healthy particles untouched
     np.testing.assert_allclose(b[3] - x0[3], 10 * (a[3] - x0[3]), rtol=1e-3, atol=1e-6)
@@ -271,26 +369,34 @@ def test_nan_and_noise_faults_hit_the_last_particles_at_their_round():
   kernel = lambda swarm, i: np.asarray(swarm.params["Dense_0"]["kernel"][i])
   assert kernel(before, 3).std() < 1.0 and kernel(after, 3).std() > 3.0  # (after one SGD step)
   assert kernel(after, 0).std() < 1.0
-  noise = swarm_lib.corrupt({"k": jnp.zeros((100, 100))}, jax.random.key(0),
-                            swarm_lib.Fault("noise", 1, 1, 5.0))["k"]
+  noise = swarm_lib.corrupt(
+    {"k": jnp.zeros((100, 100))}, jax.random.key(0), swarm_lib.Fault("noise", 1, 1, 5.0)
+  )["k"]
   assert 4.9 < float(noise.std()) < 5.1 and abs(float(noise.mean())) < 0.2
 
 
 def test_faults_through_train_and_evaluate(tmp_path):
   """A NaN worker: PSO-PS finishes with a finite exported model and reports the NaN particle;
   averaging is poisoned: the run stops as diverged and says so in diverged.json."""
-  faults = {"faults.kind": "nan", "faults.particles": 1, "faults.step": 2, "train.rounds": 4,
-            "num_devices": 2}
+  faults = {
+    "faults.kind": "nan",
+    "faults.particles": 1,
+    "faults.step": 2,
+    "train.rounds": 4,
+    "num_devices": 2,
+  }
   summary = train.train_and_evaluate(small_config(**faults), str(tmp_path / "pso"))
   assert summary["final_test_accuracy"] > 0.5
   lines = [json.loads(l) for l in (tmp_path / "pso" / "metrics.jsonl").read_text().splitlines()]
   assert lines[0]["diverged_particles"] == [] and lines[-1]["diverged_particles"] == [3]
   with pytest.raises(train.Diverged, match="all 4 particles diverged by round 3"):
-    train.train_and_evaluate(small_config(**faults, **{"sync.strategy": "average"}),
-                             str(tmp_path / "average"))
+    train.train_and_evaluate(
+      small_config(**faults, **{"sync.strategy": "average"}), str(tmp_path / "average")
+    )
   record = json.loads((tmp_path / "average" / "diverged.json").read_text())
   assert record["diverged"] and record["round"] == 3 and record["steps"] == 6
   # the robust average drops the NaN worker and trains on
-  robust = train.train_and_evaluate(small_config(**faults, **{"sync.strategy": "robust_average"}),
-                                    str(tmp_path / "robust"))
+  robust = train.train_and_evaluate(
+    small_config(**faults, **{"sync.strategy": "robust_average"}), str(tmp_path / "robust")
+  )
   assert robust["final_test_accuracy"] > 0.5

@@ -14,8 +14,15 @@ import pytest
 from psops_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config", "configs/digits_pso.py", "--config.num_particles=4", "--config.model.name=mlp",
-        "--config.sync.period=2", "--config.sync.pso.probe_size=64", "--config.train.eval_every=0"]
+TINY = [
+  "--config",
+  "configs/digits_pso.py",
+  "--config.num_particles=4",
+  "--config.model.name=mlp",
+  "--config.sync.period=2",
+  "--config.sync.pso.probe_size=64",
+  "--config.train.eval_every=0",
+]
 
 
 def dead_pid() -> int:
@@ -38,8 +45,11 @@ def test_a_held_lock_refuses_a_second_holder_and_is_cleared_on_release(tmp_path,
     assert holder_of(workdir)["pid"] == os.getpid()
     assert holder_of(workdir)["host"] == socket.gethostname()
     pid, host = os.getpid(), socket.gethostname()
-    with pytest.raises(workdir_lib.WorkdirBusy, match=rf"(?s)in use by another run: pid {pid} on "
-                       rf"host {host}.*kill {pid}.*another --workdir"):
+    with pytest.raises(
+      workdir_lib.WorkdirBusy,
+      match=rf"(?s)in use by another run: pid {pid} on "
+      rf"host {host}.*kill {pid}.*another --workdir",
+    ):
       workdir_lib.Lock.acquire(workdir)  # another open file: flock refuses it, even in-process
   assert holder_of(workdir) is None
   workdir_lib.Lock.acquire(workdir).release()
@@ -57,12 +67,21 @@ def test_the_lock_of_a_run_that_is_gone_is_taken_over_and_said(tmp_path, capsys)
 
 
 def test_a_lock_handed_to_a_child_process_is_adopted_and_stays_held(tmp_path):
-  adopt = ("import sys; from psops_jax import workdir; "
-           "workdir.Lock.acquire(sys.argv[1]).release(); print('adopted')")
+  adopt = (
+    "import sys; from psops_jax import workdir; "
+    "workdir.Lock.acquire(sys.argv[1]).release(); print('adopted')"
+  )
   child = [sys.executable, "-c", adopt, str(tmp_path)]
   with workdir_lib.Lock.acquire(str(tmp_path)) as lock:
-    handed = subprocess.run(child, cwd=REPO, env=os.environ | lock.child_env(),
-                            pass_fds=(lock.fd,), capture_output=True, text=True, timeout=60)
+    handed = subprocess.run(
+      child,
+      cwd=REPO,
+      env=os.environ | lock.child_env(),
+      pass_fds=(lock.fd,),
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
     assert handed.returncode == 0 and "adopted" in handed.stdout, handed.stderr
     stranger = subprocess.run(child, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert stranger.returncode != 0 and "WorkdirBusy" in stranger.stderr
@@ -90,26 +109,37 @@ def test_a_second_train_py_on_a_live_runs_workdir_is_refused(tmp_path):
   (-9, no chance to release), its lock is free and says who left it."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   command = [sys.executable, "train.py", *TINY, "--workdir", str(tmp_path)]
-  first = subprocess.Popen(command + ["--config.train.rounds=100000",
-                                      "--config.train.checkpoint_every=100000"],
-                           cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+  first = subprocess.Popen(
+    command + ["--config.train.rounds=100000", "--config.train.checkpoint_every=100000"],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     deadline = time.time() + 120
     while holder_of(tmp_path) is None:
       assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
       time.sleep(0.1)
     t0 = time.time()
-    second = subprocess.run(command + ["--config.train.rounds=2"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+      command + ["--config.train.rounds=2"],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     refused_in = time.time() - t0
     assert first.poll() is None, "the first run ended before the second one was refused"
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
   assert second.returncode == 2, second.stderr[-2000:]
-  assert (f"--workdir={tmp_path} is in use by another run: pid {first.pid} on host "
-          f"{socket.gethostname()}") in second.stderr
+  assert (
+    f"--workdir={tmp_path} is in use by another run: pid {first.pid} on host {socket.gethostname()}"
+  ) in second.stderr
   assert f"kill {first.pid}" in second.stderr and "Traceback" not in second.stderr
   assert not (tmp_path / "summary.json").exists()
   assert refused_in < 60  # before any compilation
