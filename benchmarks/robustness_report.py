@@ -28,19 +28,11 @@ import os
 import statistics
 
 from benchmarks import study  # paired_gap
+from configs import study_robustness
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SCENARIOS = (
-  "nan",
-  "noise",
-  "lr",
-  "dirichlet_0.1",
-  "dirichlet_1",
-  "dirichlet_100",
-  "lr_edge",
-  "lr_2x",
-)
-STRATEGIES = ("pso", "pso_average", "average", "robust_median", "robust_trimmed", "ssgd", "none")
+SCENARIOS = (*study_robustness.SCENARIOS, "lr_edge", "lr_2x")  # the study's grids
+STRATEGIES = tuple(study_robustness.STRATEGIES)  # the study config's variants, in its order
 REFERENCES = ("average", "robust_median")
 
 
