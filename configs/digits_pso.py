@@ -64,8 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   # | best_pull | topk_average | robust_average
   config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
-  # Defaults from measurements (DESIGN.md): bests forgotten each round and particles compared on one
-  # common probe batch recovered most of the gap to averaging that textbook PSO-PS showed.
+  # Defaults from measurements (docs/RESULTS.md, the search over PSO-PS's options): bests forgotten
+  # each round and particles compared on one common probe batch came closest to averaging.
   config.sync.pso.inertia = 0.0  # w
   config.sync.pso.cognitive = 0.0  # c1
   config.sync.pso.social = 1.0  # c2

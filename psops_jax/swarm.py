@@ -425,7 +425,7 @@ def make_round(
     return device_sync(Swarm(*state, swarm.sync_state), data, round_index, losses)
 
   data_spec = DeviceData(P(AXIS), P(AXIS), P(), P())
-  # check_vma=False: collectives over (mesh axis, vmap axis) need it with jax 0.10 (DESIGN.md)
+  # check_vma=False: collectives over (mesh axis, vmap axis) need it with jax 0.10 (docs/DESIGN.md)
   on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
   chunk = chunk_length(cfg.period, cfg.loop, cfg.max_unroll)
   if chunk == cfg.period:
