@@ -46,8 +46,7 @@ def time_round(
   max_unroll: int = 0,
 ) -> dict:
   """Compile the project's round (PSO-PS sync by default, see `build_round`) and time `rounds`
-  rounds
-  after a warm-up.
+  rounds after a warm-up.
 
   Returns compile seconds and the median milliseconds per local step of the whole swarm, and per
   particle-step (that divided by the particle count).

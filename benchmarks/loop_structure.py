@@ -1,8 +1,7 @@
 """How to compile a round's local steps: unrolled in the program, or inside `lax.scan`.
 
 Runs the project's jitted round (PSO-PS sync) both ways, side by side in one process, for each model
-and
-period asked, and reports compile seconds and milliseconds per local step of the swarm (median).
+and period asked, and reports compile seconds and milliseconds per local step of the swarm (median).
 --max-unroll also times unrolled rounds split into calls of at most that many steps plus a sync call
 (train.max_unroll), e.g. whether LeNet-5 on CPU prefers short chunks to one 16-step program.
 
@@ -11,8 +10,7 @@ period asked, and reports compile seconds and milliseconds per local step of the
   python benchmarks/loop_structure.py --models lenet5 --periods 16 --max-unroll 1 2 4 8
 
 Writes benchmarks/results/loop_structure.json (override with --out). Data: random uint8 images of
-the
-model's input size (speed does not depend on pixel values).
+the model's input size (speed does not depend on pixel values).
 """
 
 import argparse

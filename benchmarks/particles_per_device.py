@@ -2,15 +2,12 @@
 device?
 
 For each device count D in --devices, side by side in one process: the baseline swarm of D
-particles,
-one per device, and the swarm of N particles (8 by default) packed N / D per device on the same D
-devices, with the per-device passes either written one after another ("unroll", the default layout)
-or
-vmapped ("vmap": grouped convolutions on XLA:CPU). Reports milliseconds per particle-step (median
-round
-time / period / particles) and the packed swarm's ratio to the baseline on the same devices (1.0 =
-no
-cost for packing; the baseline and the packed swarm use the same hardware).
+particles, one per device, and the swarm of N particles (8 by default) packed N / D per device on
+the same D devices, with the per-device passes either written one after another ("unroll", the
+default layout) or vmapped ("vmap": grouped convolutions on XLA:CPU). Reports milliseconds per
+particle-step (median round time / period / particles) and the packed swarm's ratio to the baseline
+on the same devices (1.0 = no cost for packing; the baseline and the packed swarm use the same
+hardware).
 
   python benchmarks/particles_per_device.py
   python benchmarks/particles_per_device.py --models lenet5 --devices 2 --rounds 3

@@ -2,10 +2,8 @@
 0.9).
 
 benchmarks/throughput.py found a plain jitted JAX step of LeNet-5 at about half the samples/s of
-torch
-eager on this CPU. This script takes the step apart and times each piece alone, JAX (jax.jit,
-compiled
-once, every call waited for) against torch (eager), side by side in one process:
+torch eager on this CPU. This script takes the step apart and times each piece alone, JAX (jax.jit,
+compiled once, every call waited for) against torch (eager), side by side in one process:
 
   1. forward, layer by layer, with the shapes the model sees (psops_jax/models.py's LeNet5; the
   layers
@@ -16,11 +14,9 @@ once, every call waited for) against torch (eager), side by side in one process:
   output:
      "dW" = gradient w.r.t. kernel and bias, "dX" = gradient w.r.t. the input. JAX: jax.vjp of the
      Flax layer (the forward conv is dead code and removed); torch: aten.convolution_backward, the
-     op
-     autograd calls, with the same output mask. The training step needs conv0 dW, conv1 dX and conv1
-     dW
-     (conv0 dX is the gradient w.r.t. the data: neither framework computes it in the step; shown for
-     reference).
+     op autograd calls, with the same output mask. The training step needs conv0 dW, conv1 dX and
+     conv1 dW (conv0 dX is the gradient w.r.t. the data: neither framework computes it in the step;
+     shown for reference).
   3. the whole model: forward (torch no_grad), forward + backward (jax.value_and_grad of the mean
      cross-entropy w.r.t. the params; torch: zero_grad, loss, backward), and the training step
      (+ optax.sgd(0.01, momentum=0.9), params and optimizer state donated and carried; torch:
@@ -29,30 +25,24 @@ once, every call waited for) against torch (eager), side by side in one process:
   torch op.
 
 Timing: each line is a block of n calls (n chosen so a block lasts ~20 ms; a block slowed down by
-the
-machine's load stops after 50 ms and at least 2 calls), after one untimed call; us = block seconds /
-calls. All blocks of all lines and frameworks run in interleaved repetitions (--reps,
+the machine's load stops after 50 ms and at least 2 calls), after one untimed call; us = block
+seconds / calls. All blocks of all lines and frameworks run in interleaved repetitions (--reps,
 new random order each repetition, 5 ms pause between blocks so torch's OpenMP threads stop
-spinning);
-the table gives the median over repetitions and [min, max], and the ratio jax/torch taken repetition
-by
-repetition (paired), median [min, max]. Torch runs with torch.set_num_threads(1) and (2) (--threads
-picks one); JAX/XLA:CPU uses its own intra-op thread pool (one thread per core, here 2), which no
-option of this script changes. The column "cores" is process CPU seconds / wall seconds during the
-JAX blocks. On a machine whose cores are busy with other processes, torch's OpenMP threads wait for
-each
-other at every parallel region and 2 threads can be far slower than 1; the report says so when it
-happens (torch 2-thread step > 3x the 1-thread step).
+spinning); the table gives the median over repetitions and [min, max], and the ratio jax/torch taken
+repetition by repetition (paired), median [min, max]. Torch runs with torch.set_num_threads(1) and
+(2) (--threads picks one); JAX/XLA:CPU uses its own intra-op thread pool (one thread per core, here
+2), which no option of this script changes. The column "cores" is process CPU seconds / wall seconds
+during the JAX blocks. On a machine whose cores are busy with other processes, torch's OpenMP
+threads wait for each other at every parallel region and 2 threads can be far slower than 1; the
+report says so when it happens (torch 2-thread step > 3x the 1-thread step).
 
 How to read it: ratio > 1 means JAX is slower. The conclusion takes the step's time difference
 D = JAX step - torch step (for each torch thread count, the faster first; skipped when JAX is not
 slower) and attributes it to the layers: for each
 piece of the step, (JAX us - torch us) / D, and the rest (ReLU / pool / dense backward, loss,
-optimizer,
-fusion effects) as the remainder. Pieces timed alone do not add up exactly to the step (XLA fuses
-bias
-and ReLU into neighbours, caches are warm, each call pays its own dispatch), so the fractions are an
-attribution, not an exact decomposition.
+optimizer, fusion effects) as the remainder. Pieces timed alone do not add up exactly to the step
+(XLA fuses bias and ReLU into neighbours, caches are warm, each call pays its own dispatch), so the
+fractions are an attribution, not an exact decomposition.
 
 Which convolution implementation XLA:CPU uses: the optimized HLO of the compiled training step
 (`jax.jit(step).lower(...).compile().as_text()`) is parsed. A `convolution` left in the entry
@@ -60,32 +50,26 @@ computation runs as XLA:CPU's ConvolutionThunk, which calls Eigen's spatial conv
 naive loop kernel instead only for convolutions Eigen cannot take); a convolution inside a `fusion`
 whose backend_config kind is "__ynn_fusion" / "__xnn_fusion" / "__onednn_fusion" runs in YNNPACK /
 XNNPACK / oneDNN; a custom-call names its target. Runtime evidence: a child process runs one
-training
-step with TF_CPP_VMODULE=convolution_thunk=3 and lists the convolutions ConvolutionThunk executed
-(the
-ones missing from that list ran elsewhere); a torch child runs one step with ONEDNN_VERBOSE=1 and
-lists
-torch's convolution primitives.
+training step with TF_CPP_VMODULE=convolution_thunk=3 and lists the convolutions ConvolutionThunk
+executed (the ones missing from that list ran elsewhere); a torch child runs one step with
+ONEDNN_VERBOSE=1 and lists torch's convolution primitives.
 
 XLA flags: the flags of FLAG_VARIANTS exist in the installed jaxlib (each name is checked to be a
-string
-of jaxlib/libjax_common.so, as `strings libjax_common.so | grep xla_cpu_` shows; a missing one is
-skipped). Each variant compiles the conv lines and the training step again with the flag passed as a
-compiler option (`.compile(compiler_options)` sets the same DebugOptions field as XLA_FLAGS, per
-compilation), so the variants are timed in the same process, in the same interleaved repetitions as
-everything else, and compared with the default build of the same line (paired ratio, < 1 = the flag
-makes it faster). The report also says whether the flag changed the optimized HLO. For
-ynn_off, the ConvolutionThunk child is run a second time with the flag in XLA_FLAGS, as a
-cross-check
-of the compiler-option route.
+string of jaxlib/libjax_common.so, as `strings libjax_common.so | grep xla_cpu_` shows; a missing
+one is skipped). Each variant compiles the conv lines and the training step again with the flag
+passed as a compiler option (`.compile(compiler_options)` sets the same DebugOptions field as
+XLA_FLAGS, per compilation), so the variants are timed in the same process, in the same interleaved
+repetitions as everything else, and compared with the default build of the same line (paired ratio,
+< 1 = the flag makes it faster). The report also says whether the flag changed the optimized HLO.
+For ynn_off, the ConvolutionThunk child is run a second time with the flag in XLA_FLAGS, as a
+cross-check of the compiler-option route.
 
   python benchmarks/profile_lenet5.py                  # torch with 1 and 2 threads, 15 repetitions
   python benchmarks/profile_lenet5.py --reps 9 --threads 2 --no-flags
 
 Writes benchmarks/results/profile_lenet5.json (--out): machine (platform, cpus, jax and torch
-versions,
-load average before and after), rows, conclusion, the implementation evidence, the flag variants and
-the printed report. On 2 shared cores the defaults take about 2 minutes.
+versions, load average before and after), rows, conclusion, the implementation evidence, the flag
+variants and the printed report. On 2 shared cores the defaults take about 2 minutes.
 """
 
 import argparse
@@ -224,8 +208,7 @@ def jax_layers():
 
 def conv_backward_fns(name: str):
   """JAX functions (p, a, g) -> gradient w.r.t. the conv layer's params (dW) / its input (dX), g
-  being
-  a cotangent of the conv output before the ReLU."""
+  being a cotangent of the conv output before the ReLU."""
   import flax.linen as nn
   import jax
 
@@ -350,8 +333,7 @@ def compile_jax(prep: dict, only=None, compiler_options=None):
 
 def build_torch(params, inputs, cotangents, x_np, y_np):
   """The torch lines, same weights, inputs and cotangents as JAX. Returns ({line: call}, the logits
-  of
-  the batch, to compare with JAX's)."""
+  of the batch, to compare with JAX's)."""
   import numpy as np
   import torch
   import torch.nn.functional as F
@@ -437,9 +419,8 @@ def measure(blocks: dict, reps: int, seed: int = 0) -> dict:
   """Time every block `reps` times, interleaved (a new random order each repetition).
 
   blocks: {key: (setup, call, n)}; a block runs setup(), one untimed call, then n timed calls
-  (fewer,
-  but at least 2, if the block already lasted 2.5 x TARGET_BLOCK_SECONDS: a slowed-down block on a
-  loaded machine does not stretch the run).
+  (fewer, but at least 2, if the block already lasted 2.5 x TARGET_BLOCK_SECONDS: a slowed-down
+  block on a loaded machine does not stretch the run).
   Returns {key: {"us": [per-call microseconds, one per repetition], "cores": [...]}}.
   """
   order = list(blocks)
@@ -475,9 +456,8 @@ def paired_ratio(a: list, b: list) -> dict:
 def hlo_implementations(text: str) -> dict:
   """Parse optimized HLO text: where each convolution and dot runs.
 
-  Returns {"convolutions": [{"instruction", "runs_as", "op_name", "shape", "window"}], "dots":
-  {runs_as:
-  count}, "custom_call_targets": [...], "library_fusions": {kind: count}}.
+  Returns {"convolutions": [{"instruction", "runs_as", "op_name", "shape", "window"}],
+  "dots": {runs_as: count}, "custom_call_targets": [...], "library_fusions": {kind: count}}.
   """
   computations, current = {}, None
   for line in text.splitlines():
@@ -575,8 +555,8 @@ def child_main():
 
 def conv_thunk_log(xla_flags: str = "", timeout: float = 120) -> dict:
   """One training step in a child with TF_CPP_VMODULE=convolution_thunk=3 (and XLA_FLAGS +
-  `xla_flags`):
-  the convolutions XLA:CPU's ConvolutionThunk (Eigen) ran during the step, and the HLO summary."""
+  `xla_flags`): the convolutions XLA:CPU's ConvolutionThunk (Eigen) ran during the step, and the HLO
+  summary."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="convolution_thunk=3")
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
   proc = subprocess.run(

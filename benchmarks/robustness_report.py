@@ -8,8 +8,8 @@ Each scenario is its own study directory (benchmarks/results/robustness_<scenari
                              finished, and how many runs diverged (every particle NaN: reported, not
                              hidden); each strategy's gap in points to `average` and to the robust
                              median, paired by seed; and the cost: bytes sent per worker, and
-                             training
-                             seconds relative to `average` (median over the scenario x seed pairs)
+                             training seconds relative to `average` (median over the scenario x seed
+                             pairs)
   robustness_p<period>.png   the accuracies as grouped bars (error bars: std over seeds; an x where
   every
                              run of the cell diverged)

@@ -1,10 +1,9 @@
 """What a round of each sync strategy costs, side by side, and where PSO-PS's extra time goes.
 
 The robustness study's setting (configs/study_robustness.py): LeNet-5, 8 particles on 8 devices,
-batch
-256, train.max_unroll 4, Fashion-MNIST-sized shards (random uint8 data: the cost does not depend on
-the
-pixels). For each period (--periods), the project's jitted round (`common.build_round`) with:
+batch 256, train.max_unroll 4, Fashion-MNIST-sized shards (random uint8 data: the cost does not
+depend on the pixels). For each period (--periods), the project's jitted round
+(`common.build_round`) with:
 
   none              the local steps alone (no sync)
   average           one all-reduce of the weights
@@ -17,8 +16,8 @@ pixels). For each period (--periods), the project's jitted round (`common.build_
 
 Every runner is timed --reps times, interleaved in a new random order each repetition
 (throughput.measure), so a busy machine slows them alike. Written: median ms per round, and the
-ratio
-to `average` at the same period, in results/round_cost.json (with the command and the machine).
+ratio to `average` at the same period, in results/round_cost.json (with the command and the
+machine).
 
   python benchmarks/round_cost.py                      # periods 4 and 16, probes 1024 and 256
   python benchmarks/round_cost.py --periods 4 --reps 3

@@ -2,21 +2,18 @@
 
 A study config (see configs/study_fashion_mnist.py) names a base run config and a grid of
 variants x periods x particle counts x seeds. Every cell is a normal `train.py` run in its own
-workdir
-(OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not re-run,
-and
-an interrupted cell resumes from its checkpoint, so the whole study is resumable. A cell being run
-is locked with the lock of its workdir (psops_jax/workdir.py: study.py takes it and hands it to the
-cell's train.py), so several study.py processes over the same grid (e.g. one per core group) share
-the cells out instead of running the same cell twice. Every cell of a variant runs the same number
-of local steps per particle (`total_steps`).
+workdir (OUT/runs/<variant>_p<period>_n<particles>_s<seed>); a cell whose summary.json exists is not
+re-run, and an interrupted cell resumes from its checkpoint, so the whole study is resumable. A cell
+being run is locked with the lock of its workdir (psops_jax/workdir.py: study.py takes it and hands
+it to the cell's train.py), so several study.py processes over the same grid (e.g. one per core
+group) share the cells out instead of running the same cell twice. Every cell of a variant runs the
+same number of local steps per particle (`total_steps`).
 
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
   python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_quick
-  --quick
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
-  --report-only
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
+  --quick python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
+  --report-only python benchmarks/study.py --study configs/study_fashion_mnist.py --out
+  results/fmnist \
       --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
   python benchmarks/study.py ... --variants pso average   # only these variants
   python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
@@ -24,15 +21,11 @@ of local steps per particle (`total_steps`).
       MNIST
 
 A slice limits what this process runs; the report always covers every finished cell of the grid.
-Then
-writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over seeds
-per
-variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line per
-variant,
-mean over seeds, one panel per period) and, when finished runs span several periods,
+Then writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over
+seeds per variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line
+per variant, mean over seeds, one panel per period) and, when finished runs span several periods,
 final_accuracy_vs_period.png (final accuracy against the period, mean +- std over seeds, one panel
-per
-particle count).
+per particle count).
 """
 
 import argparse
@@ -422,8 +415,8 @@ def plot(study, curves, out):
 
 def period_means(rows) -> dict:
   """{(variant, particles): [(period, mean, std, n)]}: the final accuracy of the finished runs over
-  seeds
-  (std 0 for one run), periods ascending; diverged runs are left out (results.md counts them)."""
+  seeds (std 0 for one run), periods ascending; diverged runs are left out (results.md counts
+  them)."""
   runs = collections.defaultdict(list)
   for r in rows:
     if not r["diverged"] and r["variant"] != BIG_WORKER:
@@ -440,8 +433,7 @@ ZOOM = 0.1  # final_accuracy_vs_period.png shows this much accuracy below the be
 
 def plot_periods(study, rows, out):
   """final_accuracy_vs_period.png: one panel per particle count, one line per variant (error bars:
-  std
-  over seeds), the one big worker as a horizontal line; cells more than ZOOM below the best are
+  std over seeds), the one big worker as a horizontal line; cells more than ZOOM below the best are
   marked at the bottom edge with their value."""
   import matplotlib
 

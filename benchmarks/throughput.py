@@ -1,6 +1,5 @@
 """Throughput of the project's jitted round against a plain-JAX floor and PyTorch, and the cost of
-the
-PSO-PS sync against an all-reduce. Side by side, in one process, on the same cores.
+the PSO-PS sync against an all-reduce. Side by side, in one process, on the same cores.
 
 For one model, particle count N, period T (local steps per round) and batch size B, all measured in
 interleaved repetitions (the order shuffled each time; medians and spread reported):
@@ -35,9 +34,8 @@ interleaved repetitions (the order shuffled each time; medians and spread report
 Samples per second = N x T x B / (seconds for the whole swarm's round). Data: random uint8 images of
 the model's input shape (speed does not depend on pixel values); a particle's shard holds
 train_size // N of them (--train-size; default the data set's size: digits 1,438, MNIST 60,000), as
-in
-a real run, because the framework's batch drawing costs grow with the shard. Fitness: `round_loss`
-(no extra forward pass) unless --fitness probe.
+in a real run, because the framework's batch drawing costs grow with the shard. Fitness:
+`round_loss` (no extra forward pass) unless --fitness probe.
 
 On CPU the N virtual devices (XLA_FLAGS=--xla_force_host_platform_device_count) are threads of this
 one process and share its cores, exactly like the floor's and torch's threads: all three run on the
@@ -106,8 +104,7 @@ def build_floor(
   """One particle's local steps in plain JAX (also in calls of at most `max_unroll` unrolled steps).
   Returns {variant: fn(first_step)} (each fn runs one round of `period` steps, carrying params and
   optimizer state, and blocks), the compile seconds, and a check that the two batch-drawing
-  functions
-  agree."""
+  functions agree."""
   import jax
   import jax.numpy as jnp
   import optax

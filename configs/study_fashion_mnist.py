@@ -9,12 +9,10 @@
       --out benchmarks/results/study_fashion_mnist_tuned_periods   # periods 1-64, 4 and 8 particles
 
 Every cell: 704 local steps of batch 32 per particle (3 passes over 7,500 examples with 8
-particles),
-SGD lr 0.05 momentum 0.9, evaluated on the test split at 4 points. `variants` maps a name to the
-config
-overrides that make it; the sync methods run with their defaults (configs/digits_pso.py). A study
-config
-is a plain dict (the overrides' keys are dotted config paths).
+particles), SGD lr 0.05 momentum 0.9, evaluated on the test split at 4 points. `variants` maps a
+name to the config overrides that make it; the sync methods run with their defaults
+(configs/digits_pso.py). A study config is a plain dict (the overrides' keys are dotted config
+paths).
 """
 
 STRATEGIES = ("pso", "pso_average", "average", "easgd", "diloco", "ssgd", "none")
@@ -59,11 +57,10 @@ def get_config() -> dict:
   )
   # The same tuning budget for every strategy: its learning rate at 5 values (1/8 to 2x the default
   # 0.05; the grid started at 0.025-0.1 and was extended down, for all seven, while a best rate
-  # sat at
-  # its lowest value: 0.025 won for all, then 0.0125 for four), period 16, 8 particles, seed 0, on a
-  # validation split (5,000 training examples held out; the test split is never used to choose).
-  # PSO-PS's own coefficients and fitness options had their sweep in configs/study_pso_variants.py
-  # (--grid search).
+  # sat at its lowest value: 0.025 won for all, then 0.0125 for four), period 16, 8 particles, seed
+  # 0, on a validation split (5,000 training examples held out; the test split is never used to
+  # choose). PSO-PS's own coefficients and fitness options had their sweep in
+  # configs/study_pso_variants.py (--grid search).
   study["tuning"] = dict(
     study,
     periods=[16],
@@ -95,11 +92,9 @@ def get_config() -> dict:
     },
   )
   # The study of issue 5 at the tuned rates: periods 1/4/16/64, 4 and 8 particles, 3 seeds (the
-  # rates
-  # were chosen at period 16 with 8 particles; they are kept everywhere). Its period-16,
-  # 8-particle cells
-  # are the `tuned` grid's runs of the same variants (copied into this grid's runs/). The one big
-  # worker runs at the base config's rate (0.05), 1 particle, N x 704 steps.
+  # rates were chosen at period 16 with 8 particles; they are kept everywhere). Its period-16,
+  # 8-particle cells are the `tuned` grid's runs of the same variants (copied into this grid's
+  # runs/). The one big worker runs at the base config's rate (0.05), 1 particle, N x 704 steps.
   study["tuned_periods"] = dict(
     study["tuned"],
     periods=[1, 4, 16, 64],

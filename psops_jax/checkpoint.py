@@ -1,18 +1,17 @@
 """Checkpoints of a run (orbax-checkpoint) and the config check that guards resuming.
 
 A checkpoint holds the whole swarm (every particle's weights and optimizer state, the sync
-strategy's
-state) and, as JSON metadata, the number of rounds done and the seconds spent. Nothing else is
-needed to
-continue exactly: mini-batches, augmentation and PSO randomness are drawn from keys derived from
-(seed, particle, step) and (seed, round), so the round index is the whole RNG and data-order state.
+strategy's state) and, as JSON metadata, the number of rounds done and the seconds spent. Nothing
+else is needed to continue exactly: mini-batches, augmentation and PSO randomness are drawn from
+keys derived from (seed, particle, step) and (seed, round), so the round index is the whole RNG and
+data-order state.
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
-killed
-while saving leaves the previous checkpoints intact; the last `keep` are kept. The metadata also
-holds a checksum of the swarm, checked after restoring: orbax does not notice every damaged byte.
-`Checkpointer.restore_latest` resumes from the newest checkpoint that restores, and moves the newer
-damaged ones to WORKDIR/checkpoints_damaged/ (orbax does not list them there; nothing is deleted).
+killed while saving leaves the previous checkpoints intact; the last `keep` are kept. The metadata
+also holds a checksum of the swarm, checked after restoring: orbax does not notice every damaged
+byte. `Checkpointer.restore_latest` resumes from the newest checkpoint that restores, and moves the
+newer damaged ones to WORKDIR/checkpoints_damaged/ (orbax does not list them there; nothing is
+deleted).
 """
 
 import json
@@ -150,8 +149,8 @@ class Checkpointer:
 
   def restore(self, rounds_done: int, like):
     """(swarm, meta) of the checkpoint after `rounds_done` rounds; `like` gives structure, shapes
-    and
-    shardings. CheckpointError when it cannot be read in some process, or its checksum differs."""
+    and shardings. CheckpointError when it cannot be read in some process, or its checksum
+    differs."""
     abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like
     )

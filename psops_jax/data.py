@@ -1,8 +1,7 @@
 """Data sets as in-memory uint8 arrays, and their per-particle shards.
 
 Every loader returns a `Dataset`: uint8 images (N, H, W, C), int32 labels, and the normalisation
-that the
-jitted round applies on device: x = (image / 255 - mean) / std, per channel.
+that the jitted round applies on device: x = (image / 255 - mean) / std, per channel.
 
 Sources:
   sklearn  digits (1,797 real 8x8 images shipped inside scikit-learn; no download).

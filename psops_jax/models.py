@@ -2,16 +2,13 @@
 float32 logits.
 
 Every model is called as `model.apply(variables, x, train=...)`. `resnet20` has BatchNorm: its
-variables
-hold `batch_stats` (running means and variances) beside `params`; `train=True` normalises with the
-batch's statistics and updates the running ones (`mutable=["batch_stats"]`), `train=False` uses the
-running ones. The other models hold only `params` and ignore `train`.
+variables hold `batch_stats` (running means and variances) beside `params`; `train=True` normalises
+with the batch's statistics and updates the running ones (`mutable=["batch_stats"]`), `train=False`
+uses the running ones. The other models hold only `params` and ignore `train`.
 
 `dtype` is the computation dtype (`float32`, or `bfloat16` for mixed precision): activations and
-matrix
-products run in it, while parameters (`param_dtype`), batch statistics and the logits stay float32,
-so
-the optimizer and every sync strategy see float32 only.
+matrix products run in it, while parameters (`param_dtype`), batch statistics and the logits stay
+float32, so the optimizer and every sync strategy see float32 only.
 """
 
 from typing import Any
@@ -122,8 +119,8 @@ class BasicBlock(nn.Module):
 
 class ResNet20(nn.Module):
   """The CIFAR ResNet-20 of He et al. 2016: conv3x3(16)-BN-ReLU, 3 stages of 3 basic blocks of
-  widths
-  16/32/64 (stride 2 at the start of stages 2 and 3), average pooling, logits; 0.27M params."""
+  widths 16/32/64 (stride 2 at the start of stages 2 and 3), average pooling, logits; 0.27M
+  params."""
 
   num_classes: int = 10
   widths: tuple = (16, 32, 64)

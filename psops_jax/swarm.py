@@ -1,27 +1,22 @@
 """The swarm on a device mesh: state, one jitted round (local steps + sync), evaluation.
 
 Particles lie along the mesh axis `AXIS` ("particles"): N particles on D devices, L = N / D per
-device.
-Every array of the swarm carries a leading particle axis of size N, sharded over `AXIS`;
-`jax.shard_map`
-hands each device its block of L particles. Inside the block, the cheap per-particle work (batch
-drawing,
-optimizer update, gradient reduction, the sync) runs under `jax.vmap(..., axis_name=LOCAL)`, and the
-strategies' collectives span all N particles through the axis pair `AXES = (AXIS, LOCAL)`; particle
-d * L + l is local particle l of device d.
+device. Every array of the swarm carries a leading particle axis of size N, sharded over `AXIS`;
+`jax.shard_map` hands each device its block of L particles. Inside the block, the cheap per-particle
+work (batch drawing, optimizer update, gradient reduction, the sync) runs under `jax.vmap(...,
+axis_name=LOCAL)`, and the strategies' collectives span all N particles through the axis pair `AXES
+= (AXIS, LOCAL)`; particle d * L + l is local particle l of device d.
 
 The expensive part, each particle's forward and backward pass, is laid out by `local_layout`:
 "unroll" writes the L passes one after another in the program; "vmap" vmaps them, which XLA:CPU
-compiles
-into grouped convolutions (10x slower on CPU, docs/DESIGN.md). `benchmarks/particles_per_device.py`
-compares the layouts.
+compiles into grouped convolutions (10x slower on CPU, docs/DESIGN.md).
+`benchmarks/particles_per_device.py` compares the layouts.
 
 Loop structure of the local steps (`loop`): "unroll" writes the `period` steps out in the jitted
 program, "scan" runs them in `lax.scan`. Measured on a 2-core CPU (`benchmarks/loop_structure.py`,
 numbers in `benchmarks/results/loop_structure.json`): XLA:CPU ran the steps of the small CNN 10-20x
-and
-of LeNet-5 2-3x slower inside `lax.scan`, so "auto" unrolls on CPU and scans on GPU/TPU, where loop
-bodies run at full speed and compile time stays flat in `period`.
+and of LeNet-5 2-3x slower inside `lax.scan`, so "auto" unrolls on CPU and scans on GPU/TPU, where
+loop bodies run at full speed and compile time stays flat in `period`.
 """
 
 import functools
@@ -199,10 +194,9 @@ def apply_model(model, params, batch_stats, images, train: bool):
 
 def swarm_metrics(params, new_params, sync_state) -> dict:
   """What the swarm did at this sync, for one particle (PSO strategies only, no extra
-  communication):
-  global_best = index of the global best's particle, distance_to_global_best = ||x_i' - g|| (x_i'
-  before the move, g the new global best) and velocity_norm = ||v_i|| = ||x_i - x_i'||, the length
-  of the move; global L2 norms over all leaves."""
+  communication): global_best = index of the global best's particle, distance_to_global_best =
+  ||x_i' - g|| (x_i' before the move, g the new global best) and velocity_norm = ||v_i|| = ||x_i -
+  x_i'||, the length of the move; global L2 norms over all leaves."""
   if not isinstance(sync_state, sync_lib.PSOState):
     return {}
   move = jax.tree.map(jnp.subtract, new_params, params)
@@ -262,8 +256,7 @@ def round_probe(data: DeviceData, size: int, key: jax.Array, round_index):
 
 def per_particle(fn, layout: str):
   """fn mapped over the leading (local particle) axis of its arguments: a vmap ("vmap"), or the
-  calls
-  written one after another ("unroll"), outputs stacked."""
+  calls written one after another ("unroll"), outputs stacked."""
   if layout == "vmap":
     return jax.vmap(fn)
 
@@ -294,18 +287,16 @@ def make_round(
   """The round: `swarm, metrics = round_fn(swarm, data, round_index)`.
 
   Each particle runs `cfg.period` optax steps on mini-batches of its own shard, computes its
-  fitness,
-  then all particles run `strategy.sync` (and `strategy.reduce_opt_state`) together. `strategy` must
-  be
-  built with `axis_name=AXES`. metrics: per-particle "loss" (mean mini-batch loss of the round) and
-  "fitness" (what the sync compared), each of shape (N,). The swarm's buffers are donated.
+  fitness, then all particles run `strategy.sync` (and `strategy.reduce_opt_state`) together.
+  `strategy` must be built with `axis_name=AXES`. metrics: per-particle "loss" (mean mini-batch loss
+  of the round) and "fitness" (what the sync compared), each of shape (N,). The swarm's buffers are
+  donated.
 
   One jitted call per round, unless the steps are unrolled and `period` exceeds `cfg.max_unroll`:
   then the local steps run in calls of `chunk_length(...)` steps and the fitness and sync in one
-  more
-  call (the compile time of an unrolled round grows with its length, and on CPU LeNet-5's steps ran
-  faster in calls of 2-4 steps: benchmarks/results/max_unroll.json; the calls are queued without a
-  host sync, the data stays on the devices). Both give the same numbers.
+  more call (the compile time of an unrolled round grows with its length, and on CPU LeNet-5's steps
+  ran faster in calls of 2-4 steps: benchmarks/results/max_unroll.json; the calls are queued without
+  a host sync, the data stays on the devices). Both give the same numbers.
   """
 
   def loss_fn(params, batch_stats, images, labels, train=True):
@@ -501,8 +492,7 @@ def init_swarm(
   init: str = "shared",
 ) -> Swarm:
   """The swarm on the mesh: every particle from the same initial weights ("shared"), or each from
-  its
-  own key fold_in(seed, particle index) ("independent")."""
+  its own key fold_in(seed, particle index) ("independent")."""
   x = normalize(jnp.asarray(sample_images[:1]), mean, std)
 
   def init_one(key):
@@ -549,8 +539,7 @@ def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
 
 def accuracy_and_loss(model, params, batch_stats, images, labels, mean, std):
   """(accuracy, mean cross-entropy) of one model (BatchNorm with its running statistics) over a
-  whole
-  split, in unrolled chunks of EVAL_CHUNK."""
+  whole split, in unrolled chunks of EVAL_CHUNK."""
   correct, total_loss = 0.0, 0.0
   for start in range(0, labels.shape[0], EVAL_CHUNK):
     x, y = images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]

@@ -11,29 +11,24 @@ Every strategy is a `SyncStrategy`, a NamedTuple of pure functions in the manner
 
 `init`, `sync` and `reduce_grads` see ONE particle's pytree; the particle axis is the named axis
 `axis_name`, bound by `jax.shard_map`, `jax.pmap` or `jax.vmap(..., axis_name=...)`: the same
-functions
-run under all three. `axis_name` may also be a tuple of names, e.g. ("particles", "local") for
-several
-particles per device (a mesh axis times a vmap axis): the particles are then numbered d * L + l.
-`key` may be the same for every particle; strategies that need per-particle randomness fold in
-`particle_index(axis_name)`. `opt_state = reduce_opt_state(opt_state, new_state, key)` is applied to
-the
-optimizer state after every sync (identity except for `average(average_opt_state=True)` and pso's
-`opt_state_on_move`).
+functions run under all three. `axis_name` may also be a tuple of names, e.g. ("particles", "local")
+for several particles per device (a mesh axis times a vmap axis): the particles are then numbered d
+* L + l. `key` may be the same for every particle; strategies that need per-particle randomness fold
+in `particle_index(axis_name)`. `opt_state = reduce_opt_state(opt_state, new_state, key)` is applied
+to the optimizer state after every sync (identity except for `average(average_opt_state=True)` and
+pso's `opt_state_on_move`).
 
 Models with BatchNorm carry running statistics beside the weights. `sync_with_stats(params,
 batch_stats, state, fitness, key) -> (params, batch_stats, state)` is the sync that also decides a
 particle's batch statistics, in the same collective as the weights (a ravelled all-reduce carries
-both):
-averaging strategies average them, selecting strategies take them from the particles they select,
-`none` keeps them local, the robust average takes their median (or trimmed mean). `sync` is that
-function with no statistics; every strategy's docstring says what it does with them.
+both): averaging strategies average them, selecting strategies take them from the particles they
+select, `none` keeps them local, the robust average takes their median (or trimmed mean). `sync` is
+that function with no statistics; every strategy's docstring says what it does with them.
 
 `bytes_per_round(params, period, opt_state=None)` is the communication model: the bytes ONE particle
 puts into collectives during one round of `period` local steps (the payload of each all-reduce or
 all-gather that particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of
-the
-collective. Its arguments may be arrays or jax.ShapeDtypeStruct.
+the collective. Its arguments may be arrays or jax.ShapeDtypeStruct.
 """
 
 import math
@@ -138,11 +133,10 @@ def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
 
   The float leaves are concatenated into one vector (ravel_pytree, in their common dtype) and split
   back after the sum: the same sums as one psum per leaf, but one collective instead of one per
-  leaf,
-  which XLA:CPU does not combine itself (benchmarks/throughput.py: lax.pmean of the LeNet-5 weights
-  leaf by leaf took 3.1x the time of this). The price is the concatenated vector: one weight-sized
-  buffer more than a per-leaf all-reduce needs (where the caller builds a masked copy anyway, as the
-  PSO sync does, that copy becomes the vector).
+  leaf, which XLA:CPU does not combine itself (benchmarks/throughput.py: lax.pmean of the LeNet-5
+  weights leaf by leaf took 3.1x the time of this). The price is the concatenated vector: one
+  weight-sized buffer more than a per-leaf all-reduce needs (where the caller builds a masked copy
+  anyway, as the PSO sync does, that copy becomes the vector).
   """
   floats = _float_leaves(tree)
   if not floats:
@@ -289,9 +283,8 @@ def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_n
   (`personal_best` may be any pytree: the weights, or the weights and the batch statistics).
 
   The N scalar fitnesses are all-gathered; the weights are psum(where(i == j, p_i, 0)), so no device
-  ever
-  holds more than one other particle's weights. `where` (not a multiply) keeps a NaN in a losing
-  particle's weights out of the sum.
+  ever holds more than one other particle's weights. `where` (not a multiply) keeps a NaN in a
+  losing particle's weights out of the sum.
   Returns (g, f(g), j).
   """
   all_fitness = all_gather_scalar(personal_fitness, axis_name)
@@ -303,8 +296,7 @@ def fetch_global_best(personal_best: PyTree, personal_fitness: jax.Array, axis_n
 
 def draw_r(key: jax.Array, params: PyTree, random: str) -> tuple[PyTree, PyTree]:
   """r1, r2 ~ U(0,1): one scalar each per particle ("particle") or one per coordinate
-  ("coordinate");
-  "none" gives r1 = r2 = 1 (deterministic PSO).
+  ("coordinate"); "none" gives r1 = r2 = 1 (deterministic PSO).
 
   Returned as pytrees shaped like `params` (broadcastable scalars unless "coordinate").
   `key` must already be specific to the particle.
@@ -381,16 +373,14 @@ def pso(
   w = inertia, c1 = cognitive, c2 = social: numbers, or schedules (callables of the sync count, e.g.
   `optax.linear_schedule`). c3 = mean_pull (c3 > 0 is `pso_average`, one more all-reduce);
   r1, r2 ~ U(0,1) per particle or per coordinate, or 1 (`random`). Non-finite fitness never becomes
-  a
-  personal or global best. Batch statistics: every particle takes those of particle j (its current
+  a personal or global best. Batch statistics: every particle takes those of particle j (its current
   running statistics), fetched in the same masked all-reduce as g.
 
   memory: how long a best counts. "forever" (textbook PSO: f(p_i) compared as stored), "round"
-  (f(p_i)
-  reset to +inf at every sync, i.e. p_i := x_i'), "decay" (f(p_i) := f(p_i) (1 + memory_decay) at
-  every sync before the comparison: an old best must have been that much better), "reevaluate"
-  (f(p_i) is measured again on this round's probe batch before the comparison: the round does it,
-  see `reevaluates_best`).
+  (f(p_i) reset to +inf at every sync, i.e. p_i := x_i'), "decay" (f(p_i) := f(p_i) (1 +
+  memory_decay) at every sync before the comparison: an old best must have been that much better),
+  "reevaluate" (f(p_i) is measured again on this round's probe batch before the comparison: the
+  round does it, see `reevaluates_best`).
 
   opt_state_on_move: what a particle's optimizer state does when PSO moves its weights. "keep";
   "reset" (floating-point leaves, e.g. momentum, set to 0); "follow" (they move like the weights
@@ -648,9 +638,8 @@ def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
 
 class CenterState(NamedTuple):
   """A copy, on every particle, of the shared variable: EASGD's center, or DiLoCo's outer weights
-  and
-  the outer optimizer's momentum (zeros for EASGD). `init` takes the center from the particle's own
-  params, so the particles must start from the same weights (train.init="shared")."""
+  and the outer optimizer's momentum (zeros for EASGD). `init` takes the center from the particle's
+  own params, so the particles must start from the same weights (train.init="shared")."""
 
   center: PyTree
   momentum: PyTree

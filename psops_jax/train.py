@@ -2,10 +2,9 @@
 report.
 
 The host only dispatches one jitted round per iteration (local steps of every particle, then the
-sync),
-reads the round's small metrics every `train.log_every` rounds (and at checkpoints), evaluates every
-`train.eval_every` rounds (0: only at the end), checkpoints every `train.checkpoint_every` rounds
-and at
+sync), reads the round's small metrics every `train.log_every` rounds (and at checkpoints),
+evaluates every `train.eval_every` rounds (0: only at the end), checkpoints every
+`train.checkpoint_every` rounds and at
 the end, and writes (process 0 only):
 
   workdir/config.json    the run's config (a resumed run must match it)
@@ -173,8 +172,7 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, t
   averaging-type strategies, the best particle for independent training), each with its batch
   statistics. The best particle is the one with the lowest final fitness (a training-split quantity:
   the test split never chooses). `test` is replicated on the mesh (for the particles), `test_one`
-  lies
-  on one local device (single models)."""
+  lies on one local device (single models)."""
   accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
   accuracies = accuracies.astype(np.float64)
   best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
@@ -225,8 +223,7 @@ def round_record(r, metrics, config, samples_per_round, bytes_per_round, train_s
 
 def tensorboard_scalars(record: dict) -> dict:
   """The scalars of a metrics.jsonl record that TensorBoard shows: losses, accuracies, bytes,
-  seconds
-  (per-particle lists and indices left out)."""
+  seconds (per-particle lists and indices left out)."""
   return {
     k: v
     for k, v in record.items()
@@ -286,9 +283,8 @@ class SigtermFlag:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train a swarm as `config` says, resuming from `workdir`'s checkpoints if any; write
-  config.json,
-  metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary. Holds the
-  workdir's lock while it runs (process 0 takes it for the run): WorkdirBusy when another live
+  config.json, metrics.jsonl, checkpoints and summary.json in `workdir`; return the summary. Holds
+  the workdir's lock while it runs (process 0 takes it for the run): WorkdirBusy when another live
   run holds it."""
   config_check.validate(config)  # a bad config creates no workdir
   with workdir_lib.hold(workdir, jax.process_index() == 0, checkpoint_lib.all_processes):

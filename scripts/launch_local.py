@@ -1,14 +1,12 @@
 """Run train.py as N processes on this machine, as on N hosts: JAX's multi-controller runtime with
-CPU
-collectives over gloo, coordinator on 127.0.0.1.
+CPU collectives over gloo, coordinator on 127.0.0.1.
 
   python scripts/launch_local.py --processes 2 --devices-per-process 2 -- \
       --config configs/digits_pso.py --config.num_particles=4 --workdir /tmp/two_hosts
 
 Everything after `--` goes to every train.py process. Process 0's output is shown; process i's goes
-to
-WORKDIR/process_i.log. SIGTERM or Ctrl-C is forwarded to every process (each checkpoints and stops).
-Exits with the first non-zero exit code of the processes, or 0.
+to WORKDIR/process_i.log. SIGTERM or Ctrl-C is forwarded to every process (each checkpoints and
+stops). Exits with the first non-zero exit code of the processes, or 0.
 """
 
 import argparse

@@ -1,7 +1,6 @@
 """Every file in configs/ runs: each run config through train_and_evaluate for a few rounds on small
 data of its real format (IDX files, CIFAR-10 python batches, TFDS through its mock), and every cell
-of
-every study grid is a valid config whose distinct settings run too."""
+of every study grid is a valid config whose distinct settings run too."""
 
 import importlib
 import os

@@ -1,12 +1,10 @@
 """The notebooks in notebooks/: stored without outputs, and each runs top to bottom at tiny size.
 
 Every notebook is executed with papermill in a fresh kernel (the `python3` kernel, which resolves to
-the
-Python running pytest), with tiny parameters injected into its `parameters` cell: scikit-learn's
-digits,
-4 particles, 6 rounds of period 4, a test evaluation every 2 rounds. The kernel is a separate
-process:
-it inherits XLA_FLAGS from tests/conftest.py, and the notebook sets the device count itself anyway.
+the Python running pytest), with tiny parameters injected into its `parameters` cell: scikit-learn's
+digits, 4 particles, 6 rounds of period 4, a test evaluation every 2 rounds. The kernel is a
+separate process: it inherits XLA_FLAGS from tests/conftest.py, and the notebook sets the device
+count itself anyway.
 """
 
 import glob

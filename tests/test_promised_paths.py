@@ -1,7 +1,6 @@
 """The paths users are promised, through train_and_evaluate: checkpoints of BatchNorm models, mixed
 precision, and the scan loop (what GPUs and TPUs run) against the unrolled one. (ResNet-20 learning
-on
-CIFAR-10 batches: tests/test_configs.py.)"""
+on CIFAR-10 batches: tests/test_configs.py.)"""
 
 import json
 import os

@@ -41,8 +41,7 @@ def run_rounds(
   strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll", max_unroll=0, fault=None
 ):
   """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics
-  and
-  the jitted round."""
+  and the jitted round."""
   ds = data_lib.load("digits", "sklearn")
   mesh = swarm_lib.make_mesh(n, devices)
   model, tx = models.create("mlp"), optax.sgd(0.1)
