@@ -13,10 +13,9 @@ compiles into grouped convolutions (10x slower on CPU, docs/DESIGN.md).
 `benchmarks/particles_per_device.py` compares the layouts.
 
 Loop structure of the local steps (`loop`): "unroll" writes the `period` steps out in the jitted
-program, "scan" runs them in `lax.scan`. Measured on a 2-core CPU (`benchmarks/loop_structure.py`,
-numbers in `benchmarks/results/loop_structure.json`): XLA:CPU ran the steps of the small CNN 10-20x
-and of LeNet-5 2-3x slower inside `lax.scan`, so "auto" unrolls on CPU and scans on GPU/TPU, where
-loop bodies run at full speed and compile time stays flat in `period`.
+program, "scan" runs them in `lax.scan`. XLA:CPU runs steps inside `lax.scan` several times slower
+(docs/DESIGN.md, `benchmarks/loop_structure.py`), so "auto" unrolls on CPU and scans on GPU/TPU,
+where loop bodies run at full speed and compile time stays flat in `period`.
 """
 
 import functools
@@ -212,8 +211,8 @@ def round_batch_indices(
 ) -> jax.Array:
   """The indices of a round's `period` mini-batches, shape (period, batch_size):
   row t = batch_indices(key, first_step + t, ...), computed with one permutation per epoch the round
-  touches (usually one) instead of one per step (a permutation of a 7,500-example shard cost 3.6 ms
-  beside an 8.5 ms LeNet-5 step; benchmarks/README.md)."""
+  touches (usually one) instead of one per step (a permutation costs a sizeable part of a small
+  model's step: docs/DESIGN.md)."""
   steps_per_epoch = shard_size // batch_size
   first_epoch = first_step // steps_per_epoch
   last_epoch = (first_step + period - 1) // steps_per_epoch
