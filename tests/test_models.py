@@ -1,4 +1,4 @@
-"""Every registered model: logits of the right shape, and a params pytree the sync can act on."""
+"""Every registered model: logits of the right shape; batch statistics only with BatchNorm."""
 
 import jax
 import jax.numpy as jnp
@@ -6,19 +6,33 @@ import pytest
 
 from psops_jax import models
 
-INPUTS = {"mlp": (8, 8, 1), "small_cnn": (8, 8, 1), "lenet5": (28, 28, 1), "vgg_small": (32, 32, 3)}
+INPUTS = {
+  "mlp": (8, 8, 1),
+  "small_cnn": (8, 8, 1),
+  "lenet5": (28, 28, 1),
+  "vgg_small": (32, 32, 3),
+  "resnet20": (32, 32, 3),
+}
+WITH_BATCH_NORM = ("resnet20",)
+
+
+def test_every_model_has_an_input_shape_here():
+  assert set(INPUTS) == set(models.MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
-def test_model_gives_logits_and_only_params(name):
+def test_model_gives_logits_and_batch_stats_only_with_batch_norm(name):
   model = models.create(name)
   x = jnp.zeros((2,) + INPUTS[name])
   variables = model.init(jax.random.key(0), x)
-  assert set(variables) == {"params"}  # no batch statistics: the sync sees the whole state
-  logits = model.apply(variables, x)
-  assert logits.shape == (2, 10)
+  expected = {"params", "batch_stats"} if name in WITH_BATCH_NORM else {"params"}
+  assert set(variables) == expected
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
 
 
-def test_unknown_model_lists_the_registry():
+def test_unknown_model_and_dtype_list_the_accepted_values():
   with pytest.raises(ValueError, match=r"model.name='resnet50'.*'mlp', 'lenet5'"):
     models.create("resnet50")
+  with pytest.raises(ValueError, match=r"model.dtype='float16'.*'float32', 'bfloat16'"):
+    models.create("mlp", dtype="float16")

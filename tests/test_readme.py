@@ -1,0 +1,117 @@
+"""Every command in the README's bash blocks is run here at toy size (or, for the set-up and test
+commands, checked against what .ci/run runs): a command added to the README without a case here
+fails `test_every_readme_command_has_a_case`."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import fake_data
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETUP = 'python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev]" && '
+TOY = [
+  "--config.train.rounds=2",
+  "--config.sync.period=2",
+  "--config.train.batch_size=8",
+  "--config.sync.pso.probe_size=32",
+  "--config.train.eval_every=0",
+  "--config.num_particles=2",
+]
+
+
+def readme_commands() -> list[str]:
+  with open(os.path.join(REPO, "README.md")) as f:
+    blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+  return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def run_train(command: str, workdir: str, extra: list[str]) -> dict:
+  """A README train.py command with its --workdir replaced and toy-size flags added."""
+  args = command.replace(".venv/bin/python", sys.executable).split()
+  args[args.index("--workdir") + 1] = workdir
+  done = subprocess.run(args + TOY + extra, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+def ci_commands() -> list[str]:
+  with open(os.path.join(REPO, ".ci", "run")) as f:
+    return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def case_setup_and_default_run(command, tmp_path):
+  assert command.startswith(SETUP)  # the same install as .ci/run
+  assert any(line.startswith(SETUP.rstrip("& ")) for line in ci_commands())
+  summary = run_train(command[len(SETUP) :], str(tmp_path / "run"), [])
+  assert summary["config"]["data"]["name"] == "digits" and summary["strategy"] == "pso"
+
+
+def case_setup_and_tests(command, tmp_path):
+  assert command.startswith(SETUP)
+  assert command[len(SETUP) :] in ci_commands()  # CI runs exactly the README's test command
+
+
+def case_fast_tests(command, tmp_path):
+  """The fast subset: collected here (running it would run the suite inside the suite)."""
+  assert command.endswith('-m pytest -q -m "not slow" tests')
+  args = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+  done = subprocess.run(
+    args + ["-m", "not slow", "tests"], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0, done.stdout[-2000:]
+  selected = [line for line in done.stdout.splitlines() if "::" in line]
+  assert len(selected) > 50
+  assert not any("test_notebooks" in line or "test_accelerator_check" in line for line in selected)
+
+
+def case_fashion_mnist(command, tmp_path):
+  fake_data.write_mnist_dir(str(tmp_path / "data"), n_train=200, n_test=40)
+  summary = run_train(command, str(tmp_path / "run"), [f"--config.data.dir={tmp_path / 'data'}"])
+  assert summary["config"]["model"]["name"] == "lenet5"
+
+
+def case_cifar10(command, tmp_path):
+  """The config's default source is TFDS (network); here its python batches, written by the test."""
+  fake_data.write_cifar10_dir(str(tmp_path / "data"), per_batch=16)
+  summary = run_train(
+    command,
+    str(tmp_path / "run"),
+    ["--config.data.source=files", f"--config.data.dir={tmp_path / 'data'}"],
+  )
+  assert summary["config"]["model"]["name"] == "resnet20"
+
+
+def case_accelerator_check(command, tmp_path):
+  """Run by tests/test_accelerator_check.py in its --cpu-smoke mode (every part at toy size)."""
+  with open(os.path.join(REPO, "tests", "test_accelerator_check.py")) as f:
+    assert '"benchmarks/accelerator_check.py", "--cpu-smoke"' in f.read()
+  assert command.endswith("benchmarks/accelerator_check.py")
+
+
+FMNIST = (
+  ".venv/bin/python train.py --config configs/fashion_mnist_pso.py --workdir workdirs/fmnist_pso"
+)
+CIFAR = ".venv/bin/python train.py --config configs/cifar10_pso.py --workdir workdirs/cifar10_pso"
+CASES = {
+  SETUP + ".venv/bin/python train.py --config configs/digits_pso.py --workdir "
+  "workdirs/digits_pso": case_setup_and_default_run,
+  SETUP + ".venv/bin/python -m pytest -q -n 2 tests": case_setup_and_tests,
+  '.venv/bin/python -m pytest -q -m "not slow" tests': case_fast_tests,
+  FMNIST: case_fashion_mnist,
+  CIFAR: case_cifar10,
+  ".venv/bin/python benchmarks/accelerator_check.py": case_accelerator_check,
+}
+
+
+def test_every_readme_command_has_a_case():
+  assert set(readme_commands()) == set(CASES)
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_readme_command(command, tmp_path):
+  CASES[command](command, tmp_path)
