@@ -8,7 +8,7 @@ to print when it is not. Nothing here imports torch before a function is called.
 import functools
 import importlib.util
 
-MISSING = 'torch not installed: pip install -e ".[bench]" (PyTorch CPU); the torch part is skipped'
+MISSING = 'torch not installed: pip install -e ".[bench]" (PyTorch CPU)'
 
 # The last feature map (H, W, C) each model flattens before its first Dense layer.
 FLAT_HWC = {"small_cnn": (2, 2, 64), "lenet5": (5, 5, 16)}
