@@ -1,6 +1,7 @@
 """benchmarks/harness.py on hand-made callables and a fake clock: the interleaving, per-operation
 seconds, slow callables, the record written with every result and the atomic write. No JAX."""
 
+import ast
 import json
 import os
 import subprocess
@@ -150,3 +151,29 @@ def test_the_harness_imports_no_framework():
     [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
   )
   assert done.stdout.strip() == "[]", done.stderr
+
+
+def benchmark_imports(source: str) -> set:
+  """The modules of the benchmarks package that a source file imports."""
+  found = set()
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.ImportFrom) and node.module == "benchmarks":
+      found |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks."):
+      found.add(node.module.split(".")[1])
+    elif isinstance(node, ast.Import):
+      found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("benchmarks.")}
+  return found
+
+
+def test_no_benchmark_imports_another():
+  """Benchmarks share code only through the modules that are not benchmarks. (robustness_report.py
+  is not a benchmark either: it reports the study's results with the study's own formatting.)"""
+  shared = {"common", "harness", "torch_models"}
+  allowed = {"robustness_report.py": {"study"}}
+  folder = os.path.join(REPO, "benchmarks")
+  for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
+    with open(os.path.join(folder, name)) as f:
+      source = f.read()
+    assert benchmark_imports(source) <= shared | allowed.get(name, set()), name
+  assert benchmark_imports("from benchmarks import common, round_cost") == {"common", "round_cost"}
