@@ -54,7 +54,8 @@ LABELS = {
   "floor/unrolled/once": "  unrolled + framework's batches",
   "floor/unrolled/per_step": "  unrolled + former per-step perm.",
 }
-# name -> (faster side, slower side): samples/s of the first over the second, paired.
+# name -> (a, b): samples/s of a over b, paired repetition by repetition ("floor" and "torch":
+# their fastest variant).
 RATIOS = {
   "framework_vs_floor": ("framework/pso", "floor"),
   "framework_1dev_vs_floor": ("framework/1dev", "floor"),
@@ -186,10 +187,11 @@ def summarize(timed: dict, compile_seconds: dict, args) -> tuple:
     "torch": fastest([k for k in rows if k.startswith("torch/")]),
   }
   seconds = lambda k: timed[chosen.get(k, k)]["seconds"]
-  ratios = {
-    key: harness.paired_ratio(seconds(slower), seconds(faster))
-    for key, (faster, slower) in RATIOS.items()
-    if chosen.get(faster, faster) in timed and chosen.get(slower, slower) in timed
+  measured = lambda k: chosen.get(k, k) in timed
+  ratios = {  # samples/s of a over b = seconds of b over a
+    key: harness.paired_ratio(seconds(b), seconds(a))
+    for key, (a, b) in RATIOS.items()
+    if measured(a) and measured(b)
   }
   return rows, ratios, chosen
 
