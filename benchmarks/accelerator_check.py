@@ -1,8 +1,7 @@
 """One command that proves psops_jax on a GPU or TPU (about 8 minutes), or at toy size on a CPU.
 
   python benchmarks/accelerator_check.py                 # on the accelerator JAX finds
-  python benchmarks/accelerator_check.py --cpu-smoke     # every part at toy size on CPU (CI runs
-  it)
+  python benchmarks/accelerator_check.py --cpu-smoke     # every part at toy size (CI runs it)
 
 Each part runs in its own process under its own time limit, and the check carries on after a part
 fails or times out:
@@ -12,20 +11,23 @@ fails or times out:
   resnet20    the CIFAR-10 config on synthetic batches (data.source=synthetic) with ResNet-20,
   vgg_small   and with the VGG-style net: accuracy, compile seconds, samples/s, peak memory
   throughput  8 particles packed on one device, local_layout unroll against vmap, against a
-  plain-JAX
-              floor of the same model (one particle; 8 independent ones vmapped), float32 and
-              bfloat16
+              plain-JAX floor of the same model (one particle; 8 independent ones vmapped),
+              float32 and bfloat16; samples/s of the median round (benchmarks/harness.py)
 
-It prints a table, then one JSON line (`{"accelerator_check": ...}`) with every part's figures.
+It prints a table, then one JSON line (`{"accelerator_check": ...}`) with every part's figures and
+the command, the machine and its load (`harness.record()`).
 """
 
 import argparse
+import itertools
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+
+from benchmarks import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +100,16 @@ def cifar_fields(model: str, smoke: bool) -> dict:
   return {**fields, "train.rounds": 20, "train.log_every": 10}  # 320 steps of the real config
 
 
+def timed_rounds(run, rounds: int, samples_per_round: int, compile_seconds: float) -> dict:
+  """Compile seconds, and samples/s of the median of `rounds` calls of `run` (one round each,
+  waited for) after a warm-up call."""
+  seconds = harness.measure({"round": run}, rounds)["round"]["wall"]["median"]
+  return {
+    "compile_seconds": round(compile_seconds, 2),
+    "samples_per_second": round(samples_per_round / seconds, 1),
+  }
+
+
 def time_swarm(model, dtype, layout, particles, period, rounds, batch_size) -> dict:
   """Samples/s of the project's round: `particles` on one device, averaging sync."""
   import jax
@@ -135,16 +147,13 @@ def time_swarm(model, dtype, layout, particles, period, rounds, batch_size) -> d
     swarm_lib.make_round(net, tx, strategy, cfg, mesh, 0), swarm, data
   )
   compile_seconds = time.perf_counter() - t0
-  swarm, _ = jax.block_until_ready(round_fn(swarm, data, jnp.int32(0)))  # warm-up
-  t0 = time.perf_counter()
-  for r in range(1, rounds + 1):
-    swarm, metrics = round_fn(swarm, data, jnp.int32(r))
-  jax.block_until_ready((swarm, metrics))
-  seconds = time.perf_counter() - t0
-  return {
-    "compile_seconds": round(compile_seconds, 2),
-    "samples_per_second": round(rounds * period * batch_size * particles / seconds, 1),
-  }
+  state, index = [swarm], itertools.count()
+
+  def run():
+    state[0], metrics = round_fn(state[0], data, jnp.int32(next(index)))
+    jax.block_until_ready((state[0], metrics))
+
+  return timed_rounds(run, rounds, period * batch_size * particles, compile_seconds)
 
 
 def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
@@ -197,16 +206,13 @@ def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
   t0 = time.perf_counter()
   run = run.lower(state, key_of(0)).compile()
   compile_seconds = time.perf_counter() - t0
-  state, _ = jax.block_until_ready(run(state, key_of(0)))
-  t0 = time.perf_counter()
-  for r in range(1, rounds + 1):
-    state, values = run(state, key_of(r))
-  jax.block_until_ready((state, values))
-  seconds = time.perf_counter() - t0
-  return {
-    "compile_seconds": round(compile_seconds, 2),
-    "samples_per_second": round(rounds * period * batch_size * particles / seconds, 1),
-  }
+  held, index = [state], itertools.count()
+
+  def run_round():
+    held[0], values = run(held[0], key_of(next(index)))
+    jax.block_until_ready((held[0], values))
+
+  return timed_rounds(run_round, rounds, period * batch_size * particles, compile_seconds)
 
 
 def throughput(smoke: bool) -> dict:
@@ -332,19 +338,13 @@ def main():
   if args.part:
     print(RESULT + json.dumps(run_part(args.part, args.cpu_smoke)), flush=True)
     return
-  import platform
-
   results = {}
   for part in args.parts:
     print(f"accelerator_check: {part} ...", flush=True)
     results[part] = run_isolated(part, args.cpu_smoke)
   print(table(results))
-  record = {
-    "mode": "cpu-smoke" if args.cpu_smoke else "accelerator",
-    "machine": platform.node(),
-    "platform": platform.platform(),
-    "parts": results,
-  }
+  record = {"mode": "cpu-smoke" if args.cpu_smoke else "accelerator", **harness.record()}
+  record["parts"] = results
   print(json.dumps({"accelerator_check": record}), flush=True)
   sys.exit(0 if all(r["status"] == "ok" for r in results.values()) else 1)
 

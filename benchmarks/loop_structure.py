@@ -9,18 +9,18 @@ and period asked, and reports compile seconds and milliseconds per local step of
   python benchmarks/loop_structure.py --particles 2 --periods 4 16 --rounds 5
   python benchmarks/loop_structure.py --models lenet5 --periods 16 --max-unroll 1 2 4 8
 
-Writes benchmarks/results/loop_structure.json (override with --out). Data: random uint8 images of
-the model's input size (speed does not depend on pixel values).
+Writes benchmarks/results/loop_structure.json (override with --out) with the command, machine and
+load. Data: random uint8 images of the model's input size (speed does not depend on pixel values).
 """
 
 import argparse
-import json
+import itertools
 import os
 
-from benchmarks import common
+from benchmarks import common, harness
 
 
-def main():
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
@@ -39,72 +39,55 @@ def main():
     default=[],
     help="also unrolled rounds chunked into calls of at most this many steps",
   )
-  parser.add_argument(
-    "--out", default=os.path.join(os.path.dirname(__file__), "results", "loop_structure.json")
-  )
-  args = parser.parse_args()
-  common.force_host_devices(args.particles)
+  parser.add_argument("--out", default=os.path.join(harness.RESULTS, "loop_structure.json"))
+  return parser.parse_args()
 
+
+def measure(args) -> list:
+  """One row per model, period and loop (`common.time_round`), printed as it comes."""
   rows = []
   print(
     f"{'model':10} {'period':>6} {'loop':>7} {'max_unroll':>10} {'compile s':>10} {'ms/step':>8}"
   )
-  for model_name in args.models:
-    for period in args.periods:
-      variants = [("unroll", 0), ("scan", 0)] + [
-        ("unroll", m) for m in args.max_unroll if m < period
-      ]
-      for loop, max_unroll in variants:
-        row = common.time_round(
-          model_name,
-          args.particles,
-          args.particles,
-          loop,
-          "unroll",
-          period,
-          args.rounds,
-          max_unroll=max_unroll,
-        )
-        rows.append(row)
-        print(
-          f"{model_name:10} {period:6d} {loop:>7} {max_unroll or '-':>10} "
-          f"{row['compile_seconds']:10.2f} {row['ms_per_step']:8.2f}",
-          flush=True,
-        )
-  ratios, chunked = {}, {}
-  for model_name in args.models:
-    for period in args.periods:
-      cell = {
-        (r["loop"], r["max_unroll"]): r
-        for r in rows
-        if r["model"] == model_name and r["period"] == period
-      }
-      whole = cell[("unroll", 0)]["ms_per_step"]
-      ratios[f"{model_name}/period{period}"] = round(cell[("scan", 0)]["ms_per_step"] / whole, 2)
-      for m in args.max_unroll:
-        if ("unroll", m) in cell:
-          chunked[f"{model_name}/period{period}/max_unroll{m}"] = round(
-            cell[("unroll", m)]["ms_per_step"] / whole, 2
-          )
-  result = {
-    "command": common.command_line(),
-    "rows": rows,
-    "scan_over_unroll_time_per_step": ratios,
+  for model, period in itertools.product(args.models, args.periods):
+    chunked = [("unroll", m) for m in args.max_unroll if m < period]
+    for loop, max_unroll in [("unroll", 0), ("scan", 0)] + chunked:
+      devices = {"particles": args.particles, "devices": args.particles}
+      row = common.time_round(
+        model, args.rounds, **devices, loop=loop, period=period, max_unroll=max_unroll
+      )
+      rows.append(row)
+      print(
+        f"{model:10} {period:6d} {loop:>7} {max_unroll or '-':>10} "
+        f"{row['compile_seconds']:10.2f} {row['ms_per_step']:8.2f}",
+        flush=True,
+      )
+  return rows
+
+
+def ratios(rows: list, max_unrolls: list) -> dict:
+  """Time per step of scan, and of each chunked round, over the whole unrolled round's, per model
+  and period."""
+  cells = {}
+  for r in rows:
+    cells.setdefault((r["model"], r["period"]), {})[(r["loop"], r["max_unroll"])] = r["ms_per_step"]
+  scan, chunked = {}, {}
+  for (model, period), cell in cells.items():
+    whole = cell[("unroll", 0)]
+    scan[f"{model}/period{period}"] = round(cell[("scan", 0)] / whole, 2)
+    for m in (m for m in max_unrolls if ("unroll", m) in cell):
+      chunked[f"{model}/period{period}/max_unroll{m}"] = round(cell[("unroll", m)] / whole, 2)
+  return {
+    "scan_over_unroll_time_per_step": scan,
     "chunked_over_whole_round_time_per_step": chunked,
-    "machine": common.machine(),
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(
-    json.dumps(
-      {
-        "scan_over_unroll_time_per_step": ratios,
-        "chunked_over_whole_round_time_per_step": chunked,
-        "machine": result["machine"],
-      }
-    )
-  )
+
+
+def main():
+  args = parse_args()
+  common.force_host_devices(args.particles)
+  rows = measure(args)
+  harness.publish(args.out, ratios(rows, args.max_unroll), {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -12,17 +12,18 @@ hardware).
   python benchmarks/particles_per_device.py
   python benchmarks/particles_per_device.py --models lenet5 --devices 2 --rounds 3
 
-Writes benchmarks/results/particles_per_device.json (override with --out).
+Writes benchmarks/results/particles_per_device.json (override with --out) with the command, machine
+and load.
 """
 
 import argparse
-import json
+import itertools
 import os
 
-from benchmarks import common
+from benchmarks import common, harness
 
 
-def main():
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
@@ -36,54 +37,45 @@ def main():
   )
   parser.add_argument("--period", type=int, default=4)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument(
-    "--out", default=os.path.join(os.path.dirname(__file__), "results", "particles_per_device.json")
-  )
-  args = parser.parse_args()
-  common.force_host_devices(max(args.devices))
+  parser.add_argument("--out", default=os.path.join(harness.RESULTS, "particles_per_device.json"))
+  return parser.parse_args()
 
+
+def measure(args) -> list:
+  """Per model and device count: the baseline (one particle per device), then the packed swarm in
+  each layout, with its ratio to the baseline; printed as they come."""
   rows = []
   print(
     f"{'model':10} {'devices':>7} {'particles':>9} {'layout':>7} {'compile s':>9} "
     f"{'ms/particle-step':>16} {'vs 1/dev':>8}"
   )
-  for model_name in args.models:
-    for devices in args.devices:
-      cells = [(devices, "unroll")] + [(args.particles, layout) for layout in args.layouts]
-      baseline = None
-      for particles, layout in cells:
-        row = common.time_round(
-          model_name, particles, devices, "unroll", layout, args.period, args.rounds
-        )
-        baseline = baseline or row["ms_per_particle_step"]
-        row["vs_one_per_device"] = round(row["ms_per_particle_step"] / baseline, 2)
-        rows.append(row)
-        print(
-          f"{model_name:10} {devices:7d} {particles:9d} {layout:>7} "
-          f"{row['compile_seconds']:9.2f} {row['ms_per_particle_step']:16.3f} "
-          f"{row['vs_one_per_device']:8.2f}",
-          flush=True,
-        )
-  result = {
-    "command": "python benchmarks/particles_per_device.py",
-    "rows": rows,
-    "machine": common.machine(),
+  for model, devices in itertools.product(args.models, args.devices):
+    baseline = None
+    for particles, layout in [(devices, "unroll")] + [(args.particles, l) for l in args.layouts]:
+      row = common.time_round(
+        model, args.rounds, particles=particles, devices=devices, layout=layout, period=args.period
+      )
+      baseline = baseline or row["ms_per_particle_step"]
+      row["vs_one_per_device"] = round(row["ms_per_particle_step"] / baseline, 2)
+      rows.append(row)
+      print(
+        f"{model:10} {devices:7d} {particles:9d} {layout:>7} {row['compile_seconds']:9.2f} "
+        f"{row['ms_per_particle_step']:16.3f} {row['vs_one_per_device']:8.2f}",
+        flush=True,
+      )
+  return rows
+
+
+def main():
+  args = parse_args()
+  common.force_host_devices(max(args.devices))
+  rows = measure(args)
+  packed = {
+    f"{r['model']}/{r['particles']}on{r['devices']}/{r['layout']}": r["vs_one_per_device"]
+    for r in rows
+    if r["particles"] != r["devices"]
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(
-    json.dumps(
-      {
-        "vs_one_per_device": {
-          f"{r['model']}/{r['particles']}on{r['devices']}/{r['layout']}": r["vs_one_per_device"]
-          for r in rows
-          if r["particles"] != r["devices"]
-        },
-        "machine": result["machine"],
-      }
-    )
-  )
+  harness.publish(args.out, {"vs_one_per_device": packed}, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,48 +1,50 @@
 """Where XLA:CPU loses to PyTorch CPU on one LeNet-5 training step (batch 32, 28x28x1, SGD momentum
 0.9).
 
-benchmarks/throughput.py found a plain jitted JAX step of LeNet-5 at about half the samples/s of
+benchmarks/round_vs_floor.py found a plain jitted JAX step of LeNet-5 at about half the samples/s of
 torch eager on this CPU. This script takes the step apart and times each piece alone, JAX (jax.jit,
 compiled once, every call waited for) against torch (eager), side by side in one process:
 
   1. forward, layer by layer, with the shapes the model sees (psops_jax/models.py's LeNet5; the
-  layers
-     below are composed and checked to give LeNet5's logits): conv0 (5x5, 1->6, SAME) + bias + ReLU,
-     pool0 (2x2 max), conv1 (5x5, 6->16, VALID) + bias + ReLU, pool1, dense0 (400->120) + ReLU,
-     dense1 (120->84) + ReLU, dense2 (84->10). Torch runs them under torch.no_grad().
+     layers below are composed and checked to give LeNet5's logits): conv0 (5x5, 1->6, SAME) + bias
+     + ReLU, pool0 (2x2 max), conv1 (5x5, 6->16, VALID) + bias + ReLU, pool1, dense0 (400->120) +
+     ReLU, dense1 (120->84) + ReLU, dense2 (84->10). Torch runs them under torch.no_grad().
   2. each conv layer's backward alone, given the input, the weights and a cotangent of the conv
-  output:
-     "dW" = gradient w.r.t. kernel and bias, "dX" = gradient w.r.t. the input. JAX: jax.vjp of the
-     Flax layer (the forward conv is dead code and removed); torch: aten.convolution_backward, the
-     op autograd calls, with the same output mask. The training step needs conv0 dW, conv1 dX and
-     conv1 dW (conv0 dX is the gradient w.r.t. the data: neither framework computes it in the step;
-     shown for reference).
+     output: "dW" = gradient w.r.t. kernel and bias, "dX" = gradient w.r.t. the input. JAX: jax.vjp
+     of the Flax layer (the forward conv is dead code and removed); torch:
+     aten.convolution_backward, the op autograd calls, with the same output mask. The training step
+     needs conv0 dW, conv1 dX and conv1 dW (conv0 dX is the gradient w.r.t. the data: neither
+     framework computes it in the step; shown for reference).
   3. the whole model: forward (torch no_grad), forward + backward (jax.value_and_grad of the mean
-     cross-entropy w.r.t. the params; torch: zero_grad, loss, backward), and the training step
-     (+ optax.sgd(0.01, momentum=0.9), params and optimizer state donated and carried; torch:
+     cross-entropy w.r.t. the params; torch: zero_grad, loss, backward), and the training step (+
+     optax.sgd(0.01, momentum=0.9), params and optimizer state donated and carried; torch:
      torch.optim.SGD(lr=0.01, momentum=0.9)). The inputs are float32 images (already normalised).
   4. "dispatch" = one tiny op (x + 1 on 8 floats): the fixed cost of one jitted call against one
-  torch op.
+     torch op.
 
-Timing: each line is a block of n calls (n chosen so a block lasts ~20 ms; a block slowed down by
-the machine's load stops after 50 ms and at least 2 calls), after one untimed call; us = block
-seconds / calls. All blocks of all lines and frameworks run in interleaved repetitions (--reps,
-new random order each repetition, 5 ms pause between blocks so torch's OpenMP threads stop
-spinning); the table gives the median over repetitions and [min, max], and the ratio jax/torch taken
-repetition by repetition (paired), median [min, max]. Torch runs with torch.set_num_threads(1) and
-(2) (--threads picks one); JAX/XLA:CPU uses its own intra-op thread pool (one thread per core, here
-2), which no option of this script changes. The column "cores" is process CPU seconds / wall seconds
-during the JAX blocks. On a machine whose cores are busy with other processes, torch's OpenMP
-threads wait for each other at every parallel region and 2 threads can be far slower than 1; the
-report says so when it happens (torch 2-thread step > 3x the 1-thread step).
+Torch's LeNet-5 is benchmarks/torch_models.py's copy, loaded with the Flax weights (checked: the
+same logits). Without torch the script stops with a note (pip install -e ".[bench]").
 
-How to read it: ratio > 1 means JAX is slower. The conclusion takes the step's time difference
-D = JAX step - torch step (for each torch thread count, the faster first; skipped when JAX is not
-slower) and attributes it to the layers: for each
-piece of the step, (JAX us - torch us) / D, and the rest (ReLU / pool / dense backward, loss,
-optimizer, fusion effects) as the remainder. Pieces timed alone do not add up exactly to the step
-(XLA fuses bias and ReLU into neighbours, caches are warm, each call pays its own dispatch), so the
-fractions are an attribution, not an exact decomposition.
+Timing (benchmarks/harness.py): each line is a block of n calls (n chosen so a block lasts ~20 ms; a
+block slowed down by the machine's load stops after 50 ms and at least 2 calls), after one untimed
+call; us = block seconds / calls. All blocks of all lines and frameworks run in interleaved
+repetitions (--reps, new random order each repetition, 5 ms pause between blocks so torch's OpenMP
+threads stop spinning); the table gives the median over repetitions and [min, max], and the ratio
+jax/torch taken repetition by repetition (paired), median [min, max]. Torch runs with
+torch.set_num_threads(1) and (2) (--threads picks one); JAX/XLA:CPU uses its own intra-op thread
+pool (one thread per core, here 2), which no option of this script changes. The column "cores" is
+process CPU seconds / wall seconds during the JAX blocks. On a machine whose cores are busy with
+other processes, torch's OpenMP threads wait for each other at every parallel region and 2 threads
+can be far slower than 1; the report says so when it happens (torch 2-thread step > 3x the 1-thread
+step).
+
+How to read it: ratio > 1 means JAX is slower. The conclusion takes the step's time difference D =
+JAX step - torch step (for each torch thread count, the faster first; skipped when JAX is not
+slower) and attributes it to the layers: for each piece of the step, (JAX us - torch us) / D, and
+the rest (ReLU / pool / dense backward, loss, optimizer, fusion effects) as the remainder. Pieces
+timed alone do not add up exactly to the step (XLA fuses bias and ReLU into neighbours, caches are
+warm, each call pays its own dispatch), so the fractions are an attribution, not an exact
+decomposition.
 
 Which convolution implementation XLA:CPU uses: the optimized HLO of the compiled training step
 (`jax.jit(step).lower(...).compile().as_text()`) is parsed. A `convolution` left in the entry
@@ -67,27 +69,22 @@ cross-check of the compiler-option route.
   python benchmarks/profile_lenet5.py                  # torch with 1 and 2 threads, 15 repetitions
   python benchmarks/profile_lenet5.py --reps 9 --threads 2 --no-flags
 
-Writes benchmarks/results/profile_lenet5.json (--out): machine (platform, cpus, jax and torch
-versions, load average before and after), rows, conclusion, the implementation evidence, the flag
-variants and the printed report. On 2 shared cores the defaults take about 2 minutes.
+Writes benchmarks/results/profile_lenet5.json (--out): the command, the machine (platform, cpus, jax
+and torch versions, XLA_FLAGS) and the load average at the start and the end, rows, conclusion, the
+implementation evidence, the flag variants and the printed report. On 2 shared cores the defaults
+take about 2 minutes.
 """
 
 import argparse
 import json
-import math
 import os
-import platform
-import random
 import re
-import resource
-import statistics
 import subprocess
 import sys
 import time
 
-from benchmarks import common
+from benchmarks import harness, torch_models
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BATCH = 32
 TARGET_BLOCK_SECONDS = 0.02
 
@@ -158,12 +155,6 @@ STEP_PIECES = [
 
 # Conv layers of models.LeNet5: name -> (Flax param key, features, padding as Flax and as torch).
 CONVS = {"conv0": ("Conv_0", 6, "SAME", 2), "conv1": ("Conv_1", 16, "VALID", 0)}
-
-
-def cpu_seconds() -> float:
-  """CPU seconds (user + system) used by this process so far."""
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
 
 
 def random_batch(seed: int = 0):
@@ -331,19 +322,18 @@ def compile_jax(prep: dict, only=None, compiler_options=None):
 # PyTorch.
 
 
-def build_torch(params, inputs, cotangents, x_np, y_np):
-  """The torch lines, same weights, inputs and cotangents as JAX. Returns ({line: call}, the logits
-  of the batch, to compare with JAX's)."""
+def build_torch(prep: dict) -> tuple:
+  """The torch lines, with the weights, inputs and cotangents of `prepare_jax`. Returns ({line:
+  call}, the largest absolute difference of torch's logits of the batch to JAX's)."""
+  import jax
   import numpy as np
   import torch
   import torch.nn.functional as F
-  from throughput import load_flax_params, torch_modules
 
-  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.array(a).transpose(0, 3, 1, 2)))
-  module_cls = torch_modules()["lenet5"]
-  net = module_cls()
-  load_flax_params(net, params, (5, 5, 16))
-  x, y = nchw(x_np), torch.from_numpy(y_np.astype(np.int64))
+  params, inputs, cotangents = prep["params"], prep["inputs"], prep["cotangents"]
+  nchw = torch_models.to_nchw
+  net = torch_models.from_flax("lenet5", params)
+  x, y = nchw(prep["x"]), torch.from_numpy(np.asarray(prep["y"]).astype(np.int64))
   # Flattened dense inputs: torch flattens (C, H, W); load_flax_params permuted dense0's rows
   # for it.
   flat = lambda a: nchw(a).flatten(1) if np.asarray(a).ndim == 4 else torch.from_numpy(np.array(a))
@@ -383,8 +373,7 @@ def build_torch(params, inputs, cotangents, x_np, y_np):
     F.cross_entropy(net(x), y).backward()
 
   calls["forward+backward"] = forward_backward
-  trained = module_cls()
-  trained.load_state_dict(net.state_dict())
+  trained = torch_models.from_flax("lenet5", params)
   opt = torch.optim.SGD(trained.parameters(), lr=0.01, momentum=0.9)
 
   def train_step():
@@ -397,56 +386,8 @@ def build_torch(params, inputs, cotangents, x_np, y_np):
   calls["dispatch"] = no_grad(lambda: tiny + 1.0)
   with torch.no_grad():
     logits = net(x).numpy()
-  return calls, logits
-
-
-# --------------------------------------------------------------------------------------------------
-# Timing.
-
-
-def calibrate(call) -> int:
-  """Calls per block so that a block lasts about TARGET_BLOCK_SECONDS (at least 2, at most 400)."""
-  call()
-  best = math.inf
-  for _ in range(3):
-    t0 = time.perf_counter()
-    call()
-    best = min(best, time.perf_counter() - t0)
-  return max(2, min(400, math.ceil(TARGET_BLOCK_SECONDS / best)))
-
-
-def measure(blocks: dict, reps: int, seed: int = 0) -> dict:
-  """Time every block `reps` times, interleaved (a new random order each repetition).
-
-  blocks: {key: (setup, call, n)}; a block runs setup(), one untimed call, then n timed calls
-  (fewer, but at least 2, if the block already lasted 2.5 x TARGET_BLOCK_SECONDS: a slowed-down
-  block on a loaded machine does not stretch the run).
-  Returns {key: {"us": [per-call microseconds, one per repetition], "cores": [...]}}.
-  """
-  order = list(blocks)
-  rng = random.Random(seed)
-  out = {key: {"us": [], "cores": []} for key in blocks}
-  for _ in range(reps):
-    rng.shuffle(order)
-    for key in order:
-      setup, call, n = blocks[key]
-      setup()
-      call()
-      c0, t0 = cpu_seconds(), time.perf_counter()
-      done, deadline = 0, t0 + 2.5 * TARGET_BLOCK_SECONDS
-      while done < n and (done < 2 or time.perf_counter() < deadline):
-        call()
-        done += 1
-      t1, c1 = time.perf_counter(), cpu_seconds()
-      out[key]["us"].append(1e6 * (t1 - t0) / done)
-      out[key]["cores"].append((c1 - c0) / (t1 - t0))
-      time.sleep(0.005)  # let torch's OpenMP workers stop spinning before the next block
-  return out
-
-
-def paired_ratio(a: list, b: list) -> dict:
-  """Median, min, max of a[i] / b[i] (repetition by repetition)."""
-  return common.spread([p / q for p, q in zip(a, b)])
+  jax_logits = np.asarray(jax.jit(prep["model"].apply)({"params": params}, prep["x"]))
+  return calls, float(np.abs(logits - jax_logits).max())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -598,8 +539,8 @@ def torch_conv_impl(timeout: float = 120) -> list:
   """Torch's convolution primitives in a training step (a child with ONEDNN_VERBOSE=1)."""
   code = (
     "import torch, torch.nn.functional as F\n"
-    "from benchmarks.throughput import torch_modules\n"
-    "net = torch_modules()['lenet5'](); x = torch.randn(32, 1, 28, 28)\n"
+    "from benchmarks.torch_models import modules\n"
+    "net = modules()['lenet5'](); x = torch.randn(32, 1, 28, 28)\n"
     "F.cross_entropy(net(x), torch.zeros(32, dtype=torch.long)).backward()\n"
   )
   proc = subprocess.run(
@@ -739,58 +680,14 @@ def implementation_lines(impl: dict, logs: list, torch_impl: list) -> list:
 # --------------------------------------------------------------------------------------------------
 
 
-def main():
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-  )
-  parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (default 15)")
-  parser.add_argument(
-    "--threads",
-    type=int,
-    choices=[1, 2],
-    default=None,
-    help="torch.set_num_threads for torch (default: both 1 and 2)",
-  )
-  parser.add_argument("--no-flags", action="store_true", help="skip the XLA flag variants")
-  parser.add_argument("--out", default=os.path.join(RESULTS, "profile_lenet5.json"))
-  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.child:
-    return child_main()
-
-  t_start = time.perf_counter()
-  loadavg_before = os.getloadavg()
-  import jax
-  import numpy as np
-  import torch
-
-  thread_counts = [args.threads] if args.threads else [1, 2]
-  torch_keys = [f"torch{t}" for t in thread_counts]
-  print(
-    f"LeNet-5 profile: batch {BATCH}, {args.reps} repetitions, torch threads {thread_counts}; "
-    f"{os.cpu_count()} cores, load average {loadavg_before[0]:.2f}",
-    flush=True,
-  )
-
-  x, y, rng = random_batch()
-  t0 = time.perf_counter()
-  prep = prepare_jax(x, y, rng)
-  jax_calls, step_text = compile_jax(prep)
-  torch_calls, torch_logits = build_torch(prep["params"], prep["inputs"], prep["cotangents"], x, y)
-  jax_logits = np.asarray(jax.jit(prep["model"].apply)({"params": prep["params"]}, prep["x"]))
-  logit_diff = float(np.abs(torch_logits - jax_logits).max())
-  print(
-    f"  compiled {len(jax_calls)} JAX functions in {time.perf_counter() - t0:.1f} s; torch vs JAX "
-    f"logits: max |diff| {logit_diff:.1e}",
-    flush=True,
-  )
-
-  # The flag variants: the conv lines and the step compiled again with compiler options.
-  present = flags_in_jaxlib(
-    [f.lstrip("-").split("=")[0] for f, _ in FLAG_VARIANTS.values()] + [THUNK_RUNTIME_FLAG]
-  )
+def flag_variants(prep: dict, step_text: str, skip: bool) -> tuple:
+  """The conv lines and the step compiled again under each flag of FLAG_VARIANTS found in the
+  jaxlib (as compiler options). Returns ({variant: what it changed}, {variant: {line: call}},
+  {flag name: found in the jaxlib})."""
+  names = [f.lstrip("-").split("=")[0] for f, _ in FLAG_VARIANTS.values()]
+  present = flags_in_jaxlib(names + [THUNK_RUNTIME_FLAG])
   flags, variant_calls = {}, {}
-  for name, (xla_flags, options) in ({} if args.no_flags else FLAG_VARIANTS).items():
+  for name, (xla_flags, options) in ({} if skip else FLAG_VARIANTS).items():
     if not present[xla_flags.lstrip("-").split("=")[0]]:
       flags[name] = {"xla_flags": xla_flags, "skipped": "flag not in the installed jaxlib"}
       continue
@@ -803,112 +700,157 @@ def main():
       "library_fusions": impl["library_fusions"],
       "conv_runs_as": [c["runs_as"] for c in impl["convolutions"]],
     }
-  if variant_calls:
-    print(
-      f"  compiled {len(variant_calls)} flag variants x {len(FLAG_LINES)} lines "
-      f"({time.perf_counter() - t_start:.0f} s so far)",
-      flush=True,
-    )
+  return flags, variant_calls, present
 
-  blocks = {}
-  for line, _ in LINES:
-    blocks[(line, "jax")] = ((lambda: None), jax_calls[line], calibrate(jax_calls[line]))
-    torch.set_num_threads(thread_counts[0])
-    n = calibrate(torch_calls[line])
-    for t, key in zip(thread_counts, torch_keys):
-      blocks[(line, key)] = ((lambda t=t: torch.set_num_threads(t)), torch_calls[line], n)
-  for name, calls in variant_calls.items():
-    for line in FLAG_LINES:
-      blocks[(line, name)] = ((lambda: None), calls[line], blocks[(line, "jax")][2])
-  timed = measure(blocks, args.reps)
-  print(
-    f"  timed {len(blocks)} blocks x {args.reps} repetitions "
-    f"({time.perf_counter() - t_start:.0f} s so far)",
-    flush=True,
+
+def blocks(jax_calls: dict, torch_calls: dict, variant_calls: dict, thread_counts: list) -> tuple:
+  """What `harness.measure` times: {(line, "jax" | "torch<threads>" | variant): a block of calls of
+  about TARGET_BLOCK_SECONDS}, and {same key: set torch's threads, then one untimed call}. A flag
+  variant's block has as many calls as the default JAX line's."""
+  import torch
+
+  fns, setup, calls_per_block = {}, {}, {}
+  untimed = lambda call, threads=None: (
+    lambda: (
+      torch.set_num_threads(threads) if threads else None,
+      call(),
+    )
   )
 
+  def add(key, call, n, threads=None):
+    fns[key] = harness.repeat(call, n, max_seconds=2.5 * TARGET_BLOCK_SECONDS)
+    setup[key], calls_per_block[key] = untimed(call, threads), n
+
+  for line, _ in LINES:
+    add(
+      (line, "jax"),
+      jax_calls[line],
+      harness.calls_for(jax_calls[line], TARGET_BLOCK_SECONDS, 2, 400),
+    )
+    torch.set_num_threads(thread_counts[0])
+    n = harness.calls_for(torch_calls[line], TARGET_BLOCK_SECONDS, 2, 400)
+    for threads in thread_counts:
+      add((line, f"torch{threads}"), torch_calls[line], n, threads)
+  for name, calls in variant_calls.items():
+    for line in FLAG_LINES:
+      add((line, name), calls[line], calls_per_block[(line, "jax")])
+  return fns, setup, calls_per_block
+
+
+def tabulate(timed: dict, calls_per_block: dict, torch_keys: list, flags: dict) -> dict:
+  """Rows per line: microseconds per call of JAX and each torch (spread), the cores JAX kept
+  busy, and the paired ratios JAX / torch; each measured flag variant gets its microseconds and
+  its paired ratio to the default build."""
+  us = {key: [1e6 * s for s in t["seconds"]] for key, t in timed.items()}
   rows = {}
   for line, section in LINES:
-    j = timed[(line, "jax")]["us"]
     rows[line] = {
       "section": section,
-      "calls_per_block": blocks[(line, "jax")][2],
-      "jax": common.spread(j),
-      "jax_cores": statistics.median(timed[(line, "jax")]["cores"]),
+      "calls_per_block": calls_per_block[(line, "jax")],
+      "jax": harness.spread(us[(line, "jax")]),
+      "jax_cores": timed[(line, "jax")]["cpu_over_wall"],
     }
     for key in torch_keys:
-      rows[line][key] = common.spread(timed[(line, key)]["us"])
-      rows[line][key + "_ratio"] = paired_ratio(j, timed[(line, key)]["us"])
-  for name in variant_calls:
-    flags[name]["us"] = {l: common.spread(timed[(l, name)]["us"]) for l in FLAG_LINES}
-    flags[name]["ratio"] = {
-      l: paired_ratio(timed[(l, name)]["us"], timed[(l, "jax")]["us"]) for l in FLAG_LINES
-    }
+      rows[line][key] = harness.spread(us[(line, key)])
+      rows[line][key + "_ratio"] = harness.paired_ratio(us[(line, "jax")], us[(line, key)])
+  for name, entry in flags.items():
+    if "skipped" not in entry and (FLAG_LINES[0], name) in us:
+      entry["us"] = {l: harness.spread(us[(l, name)]) for l in FLAG_LINES}
+      entry["ratio"] = {l: harness.paired_ratio(us[(l, name)], us[(l, "jax")]) for l in FLAG_LINES}
+  return rows
 
-  concl, concl_lines = {}, []
+
+def conclusions(rows: dict, torch_keys: list) -> tuple:
+  """`conclusion` for each torch thread count (the faster first), and a note when 2 threads ran
+  over 3x slower than 1 (other processes held the cores)."""
+  concl, lines = {}, []
   for key in sorted(torch_keys, key=lambda k: rows["train step"][k]["median"]):
     concl[key], text = conclusion(rows, key)
-    concl_lines += text
+    lines += text
   if {"torch1", "torch2"} <= set(torch_keys):
     slowdown = rows["train step"]["torch2"]["median"] / rows["train step"]["torch1"]["median"]
     concl["torch2_over_torch1_step"] = slowdown
     if slowdown > 3:
-      concl_lines.append(
+      lines.append(
         f"Note: torch with 2 threads took {slowdown:.0f}x the 1-thread step: the cores are "
         "busy with other processes and torch's 2 OpenMP threads wait for each other "
         "(load average above); the 1-thread comparison is the meaningful one here."
       )
+  return concl, lines
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
+  parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (default 15)")
+  parser.add_argument(
+    "--threads",
+    type=int,
+    choices=[1, 2],
+    default=None,
+    help="torch.set_num_threads for torch (default: both 1 and 2)",
+  )
+  parser.add_argument("--no-flags", action="store_true", help="skip the XLA flag variants")
+  parser.add_argument("--out", default=os.path.join(harness.RESULTS, "profile_lenet5.json"))
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.reps < 1:
+    parser.error(f"--reps must be at least 1, got {args.reps}")
+  return args
+
+
+def main():
+  args = parse_args()
+  if args.child:
+    return child_main()
+  if not torch_models.available():
+    sys.exit(f"{torch_models.MISSING}: this script compares JAX with torch, it stops here")
+  t_start = time.perf_counter()
+  thread_counts = [args.threads] if args.threads else [1, 2]
+  torch_keys = [f"torch{t}" for t in thread_counts]
+  print(
+    f"LeNet-5 profile: batch {BATCH}, {args.reps} repetitions, torch threads {thread_counts}; "
+    f"{os.cpu_count()} cores, load average {harness.load_average()[0]:.2f}",
+    flush=True,
+  )
+  prep = prepare_jax(*random_batch())
+  jax_calls, step_text = compile_jax(prep)
+  torch_calls, logit_diff = build_torch(prep)
+  flags, variant_calls, present = flag_variants(prep, step_text, args.no_flags)
+  print(
+    f"  compiled {len(jax_calls)} JAX lines and {len(variant_calls)} flag variants in "
+    f"{time.perf_counter() - t_start:.0f} s; torch vs JAX logits: max |diff| {logit_diff:.1e}",
+    flush=True,
+  )
+  fns, setup, calls_per_block = blocks(jax_calls, torch_calls, variant_calls, thread_counts)
+  timed = harness.measure(fns, args.reps, warmup=0, seed=0, setup=setup, pause=0.005)
+  rows = tabulate(timed, calls_per_block, torch_keys, flags)
+  concl, concl_lines = conclusions(rows, torch_keys)
   impl = hlo_implementations(step_text)
   logs = [conv_thunk_log()]
-  if "ynn_off" in variant_calls:
+  if "ynn_off" in variant_calls:  # the compiler-option route cross-checked through XLA_FLAGS
     logs.append(conv_thunk_log(FLAG_VARIANTS["ynn_off"][0]))
   torch_impl = torch_conv_impl()
-  loadavg_after = os.getloadavg()
-
-  lines = table(rows, torch_keys)
-  impl_lines = implementation_lines(impl, logs, torch_impl)
-  flag_lines = flag_table(flags) if flags else []
-  flag_lines.append(
-    f"{THUNK_RUNTIME_FLAG}: in the jaxlib binary: {present[THUNK_RUNTIME_FLAG]}; not "
-    "measured (its message in the binary: no longer supported, the thunk runtime is "
-    "the only one)"
-  )
-  elapsed = time.perf_counter() - t_start
-  footer = (
-    f"load average before {loadavg_before[0]:.2f}, after {loadavg_after[0]:.2f}; "
-    f"{os.cpu_count()} cores; {elapsed:.0f} s"
-  )
   report = [
     "",
-    *lines,
+    *table(rows, torch_keys),
     "",
     "Conclusion (step-time gap D attributed to the pieces timed alone):",
     *concl_lines,
     "",
-    *impl_lines,
+    *implementation_lines(impl, logs, torch_impl),
     "",
     "XLA flag variants (compiled with the flag as a "
     "compiler option; paired ratio variant / default, median [min, max]):",
-    *flag_lines,
+    *(flag_table(flags) if flags else []),
+    f"{THUNK_RUNTIME_FLAG}: in the jaxlib binary: {present[THUNK_RUNTIME_FLAG]}; not measured (its "
+    "message in the binary: no longer supported, the thunk runtime is the only one)",
     "",
-    footer,
+    f"{os.cpu_count()} cores; {time.perf_counter() - t_start:.0f} s",
   ]
   print("\n".join(report), flush=True)
-
-  machine = {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpus": os.cpu_count(),
-    "jax": jax.__version__,
-    "torch": torch.__version__,
-    "backend": jax.default_backend(),
-    "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
-    "loadavg_before": loadavg_before,
-    "loadavg_after": loadavg_after,
-  }
   result = {
-    "command": common.command_line(),
-    "machine": machine,
     "config": {
       "batch": BATCH,
       "reps": args.reps,
@@ -922,12 +864,10 @@ def main():
     "torch_convolution_primitives": torch_impl,
     "flags": flags,
     "flags_in_jaxlib": present,
-    "seconds": round(elapsed, 1),
+    "seconds": round(time.perf_counter() - t_start, 1),
     "report": report,
   }
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  harness.write_result(args.out, result)
   print(f"wrote {os.path.relpath(args.out)}")
 
 

@@ -10,27 +10,23 @@ depend on the pixels). For each period (--periods), the project's jitted round
   robust_median     an all-gather of the weights and a coordinate-wise median
   pso/round_loss    PSO-PS with the round's own training loss as fitness: no probe batch
   pso/probe<B>      PSO-PS with the probe fitness (a forward pass of B common examples per particle
-  per
-                    sync), for each B of --probe-sizes; the study's pso runs use 1024
+                    per sync), for each B of --probe-sizes; the study's pso runs use 1024
   pso_average/probe<max B>
 
-Every runner is timed --reps times, interleaved in a new random order each repetition
-(throughput.measure), so a busy machine slows them alike. Written: median ms per round, and the
-ratio to `average` at the same period, in results/round_cost.json (with the command and the
-machine).
+Every runner is timed --reps times after a warm-up round, interleaved in a new random order each
+repetition (harness.measure), so a busy machine slows them alike. Written: median ms per round, and
+the ratio to `average` at the same period, in results/round_cost.json (with the command, the machine
+and its load).
 
   python benchmarks/round_cost.py                      # periods 4 and 16, probes 1024 and 256
   python benchmarks/round_cost.py --periods 4 --reps 3
 """
 
 import argparse
-import json
 import os
 import statistics
 
-from benchmarks import common
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from benchmarks import common, harness
 
 
 def cases(probe_sizes: list[int]) -> dict:
@@ -58,7 +54,7 @@ def ratios(seconds: dict, periods: list[int], names: list[str]) -> dict:
   return table
 
 
-def main():
+def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
@@ -69,22 +65,22 @@ def main():
   parser.add_argument("--probe-sizes", type=int, nargs="+", default=[1024, 256])
   parser.add_argument("--max-unroll", type=int, default=4)
   parser.add_argument("--reps", type=int, default=7)
-  parser.add_argument("--out", default=os.path.join(RESULTS, "round_cost.json"))
+  parser.add_argument("--out", default=os.path.join(harness.RESULTS, "round_cost.json"))
   args = parser.parse_args()
   for name in ("particles", "batch_size", "max_unroll", "reps"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
   if min(args.periods + args.probe_sizes) < 1:
     parser.error("--periods and --probe-sizes must be positive integers")
-  common.force_host_devices(args.particles)
-  from benchmarks import throughput  # after the XLA flags: no JAX at module level
+  return args
 
-  shard_size = common.TRAIN_SIZES[args.model] // args.particles
-  runs = cases(args.probe_sizes)
+
+def build(args, shard_size: int) -> dict:
+  """{"p<period>/<case>": the compiled round} for every period and case."""
   runners = {}
   for period in args.periods:
-    for name, (strategy, fitness, probe) in runs.items():
-      run, info = common.build_round(
+    for name, (strategy, fitness, probe) in cases(args.probe_sizes).items():
+      runners[f"p{period}/{name}"], info = common.build_round(
         args.model,
         args.particles,
         args.particles,
@@ -96,12 +92,17 @@ def main():
         probe_size=probe,
         max_unroll=args.max_unroll,
       )
-      run(0)  # warm-up
-      runners[f"p{period}/{name}"] = lambda r, run=run: run(r + 1)
       print(f"compiled p{period}/{name} in {info['compile_seconds']} s", flush=True)
-  load_before = os.getloadavg()[0]
-  timings = throughput.measure(runners, args.reps)
-  table = ratios({k: v["seconds"] for k, v in timings.items()}, args.periods, list(runs))
+  return runners
+
+
+def main():
+  args = parse_args()
+  common.force_host_devices(args.particles)
+  shard_size = common.TRAIN_SIZES[args.model] // args.particles
+  timings = harness.measure(build(args, shard_size), args.reps, seed=0)
+  seconds = {k: v["seconds"] for k, v in timings.items()}
+  table = ratios(seconds, args.periods, list(cases(args.probe_sizes)))
   for period, row in table.items():
     print(
       f"\nperiod {period} ({args.particles} particles, batch {args.batch_size}): "
@@ -110,17 +111,12 @@ def main():
     for name, cell in row.items():
       print(f"  {name:<24} {cell['ms_per_round']:>9.1f} ms  {cell['vs_average']:.2f}x")
   result = {
-    "command": common.command_line(),
-    "machine": common.machine(),
-    "load_average_before": round(load_before, 2),
-    "load_average_after": round(os.getloadavg()[0], 2),
     "settings": {k: v for k, v in vars(args).items() if k != "out"},
     "shard_size": shard_size,
     "rounds": table,
-    "seconds": {k: [round(s, 4) for s in v["seconds"]] for k, v in timings.items()},
+    "seconds": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
   }
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  harness.write_result(args.out, result)
   print(f"\nwrote {args.out}")
 
 

@@ -279,6 +279,17 @@ def finished_runs(groups, variant, period, particles) -> list:
   return [r for r in groups.get((variant, period, particles), []) if not r["diverged"]]
 
 
+def period_table(study, variants, cell) -> list:
+  """A markdown table: a row per variant, a column per period of the study, cell(variant, period)
+  giving each text."""
+  rows = [f"| {v} | " + " | ".join(cell(v, p) for p in study.periods) + " |" for v in variants]
+  return [
+    "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
+    "| --- |" + " --- |" * len(study.periods),
+    *rows,
+  ]
+
+
 def gap_lines(study, groups, particles) -> list:
   """The table of each variant's gap to `study.reference` in points, paired by seed."""
 
@@ -287,46 +298,32 @@ def gap_lines(study, groups, particles) -> list:
       r["seed"]: r["final_test_accuracy"] for r in finished_runs(groups, variant, period, particles)
     }
 
-  lines = [
+  gap = lambda v, p: paired_gap(finished(v, p), finished(study.reference, p))
+  head = [
     f"Gap to `{study.reference}` in points (variant - reference, x 100, mean ± std over the "
     "seeds where both finished; n = those seeds):",
     "",
-    "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
-    "| --- |" + " --- |" * len(study.periods),
   ]
-  for variant in study.variants:
-    if variant != study.reference:
-      lines.append(
-        f"| {variant} | "
-        + " | ".join(
-          paired_gap(finished(variant, p), finished(study.reference, p)) for p in study.periods
-        )
-        + " |"
-      )
-  return lines + [""]
+  variants = [v for v in study.variants if v != study.reference]
+  return head + period_table(study, variants, gap) + [""]
 
 
 def cost_lines(study, groups, particles) -> list:
   """The table of MB each particle sends per run and the median training seconds over seeds."""
-  lines = [
+
+  def cost(variant, period):
+    done = finished_runs(groups, variant, period, particles)
+    if not done:
+      return "—"
+    seconds = statistics.median(r["train_seconds"] for r in done)
+    return f"{done[0]['communicated_bytes_per_particle'] / 1e6:.1f} MB, {seconds:.0f} s"
+
+  head = [
     "MB sent per particle per run, and median training seconds over the seeds (the seconds are "
     "rough when cells shared the machine):",
     "",
-    "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
-    "| --- |" + " --- |" * len(study.periods),
   ]
-  for variant in study.variants:
-    texts = []
-    for period in study.periods:
-      done = finished_runs(groups, variant, period, particles)
-      texts.append(
-        f"{done[0]['communicated_bytes_per_particle'] / 1e6:.1f} MB, "
-        f"{statistics.median(r['train_seconds'] for r in done):.0f} s"
-        if done
-        else "—"
-      )
-    lines.append(f"| {variant} | " + " | ".join(texts) + " |")
-  return lines + [""]
+  return head + period_table(study, study.variants, cost) + [""]
 
 
 def markdown(study, rows) -> str:
@@ -335,22 +332,14 @@ def markdown(study, rows) -> str:
     groups[(r["variant"], r["period"], r["num_particles"])].append(r)
   lines = []
   for particles in study.num_particles:
-    lines += [
-      f"### {particles} particles",
-      "",
-      "| variant | " + " | ".join(f"period {p}" for p in study.periods) + " |",
-      "| --- |" + " --- |" * len(study.periods),
-    ]
-    for variant in study.variants:
-      cells_text = []
-      for period in study.periods:
-        group = groups.get((variant, period, particles), [])
-        cells_text.append(
-          mean_std([r["final_test_accuracy"] for r in group]) + f" (n={len(group)})"
-          if group
-          else "—"
-        )
-      lines.append(f"| {variant} | " + " | ".join(cells_text) + " |")
+
+    def accuracy(variant, period, particles=particles):
+      group = groups.get((variant, period, particles), [])
+      if not group:
+        return "—"
+      return mean_std([r["final_test_accuracy"] for r in group]) + f" (n={len(group)})"
+
+    lines += [f"### {particles} particles", ""] + period_table(study, study.variants, accuracy)
     big = [
       r["final_test_accuracy"]
       for r in rows

@@ -134,9 +134,9 @@ def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
   The float leaves are concatenated into one vector (ravel_pytree, in their common dtype) and split
   back after the sum: the same sums as one psum per leaf, but one collective instead of one per
   leaf, which XLA:CPU does not combine itself (measured in docs/DESIGN.md with
-  benchmarks/throughput.py). The price is the concatenated vector: one
-  weight-sized buffer more than a per-leaf all-reduce needs (where the caller builds a masked copy
-  anyway, as the PSO sync does, that copy becomes the vector).
+  benchmarks/sync_cost.py). The price is the concatenated vector: one weight-sized buffer more than
+  a per-leaf all-reduce needs (where the caller builds a masked copy anyway, as the PSO sync does,
+  that copy becomes the vector).
   """
   floats = _float_leaves(tree)
   if not floats:
