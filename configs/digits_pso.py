@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"  # pso | pso_average | average | ssgd | easgd | diloco | none
-  # | best_pull | topk_average | robust_average
+  # | best_pull | topk_average | robust_average | outer (psops_jax.sync.STRATEGIES)
   config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (docs/RESULTS.md, the search over PSO-PS's options): bests forgotten
@@ -101,4 +101,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.diloco.learning_rate = 0.7  # outer learning rate (1 with momentum 0 = average)
   config.sync.diloco.momentum = 0.9
   config.sync.diloco.nesterov = True
+  # outer: a sync built from parts (sync.outer in psops_jax/sync.py); trim, k and pull come from
+  # sync.robust.trim, sync.topk and sync.best_pull
+  config.sync.outer = ml_collections.ConfigDict()
+  config.sync.outer.aggregate = "mean"  # mean | median | trimmed_mean | topk | fitness_weighted
+  # | best_pull
+  config.sync.outer.optimizer = "nesterov"  # none (x := the aggregate) | sgd | nesterov | adam
+  config.sync.outer.learning_rate = 0.7  # outer learning rate
+  config.sync.outer.momentum = 0.9  # sgd / nesterov momentum
+  config.sync.outer.compress = "none"  # none | bfloat16 | int8 | int4 | topk_fraction: what each
+  # particle sends (its pseudo-gradient theta - x_i, quantized)
+  config.sync.outer.block_size = 256  # int8 / int4: values per absmax scale
+  config.sync.outer.fraction = 0.1  # topk_fraction: the share of values sent (error feedback)
+  config.sync.outer.temperature = 1.0  # fitness_weighted: softmax(-fitness / temperature)
   return config

@@ -114,6 +114,19 @@ def validate(config) -> None:
   _number(config, "sync.diloco.learning_rate", 0.0, strict=True)
   _number(config, "sync.diloco.momentum", 0.0)
   _choice(config, "sync.diloco.nesterov", (True, False))
+  _choice(config, "sync.outer.aggregate", sync_lib.AGGREGATES)
+  _choice(config, "sync.outer.optimizer", sync_lib.OUTER_OPTIMIZERS)
+  _choice(config, "sync.outer.compress", sync_lib.COMPRESSORS)
+  _number(config, "sync.outer.learning_rate", 0.0, strict=True)
+  _number(config, "sync.outer.momentum", 0.0)
+  _number(config, "sync.outer.temperature", 0.0, strict=True)
+  _number(config, "sync.outer.block_size", 1, integer=True)
+  _number(config, "sync.outer.fraction", 0.0, strict=True)
+  if config.sync.outer.fraction > 1:
+    raise ConfigError(
+      f"sync.outer.fraction={config.sync.outer.fraction}: accepted values are in (0, 1] "
+      "(the share of values topk_fraction sends)"
+    )
   _choice(config, "sync.pso.fitness", sync_lib.FITNESS_CHOICES)
   _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
   _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)
@@ -147,7 +160,8 @@ def validate(config) -> None:
       "sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or "
       "'none' (one r2 per particle moves the optimizer state)"
     )
-  if config.sync.strategy in ("easgd", "diloco", "ssgd") and config.train.init != "shared":
+  entry = sync_lib.registered(config.sync.strategy)
+  if entry.shared_init(config.sync) and config.train.init != "shared":
     raise ConfigError(
       f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
       "this strategy keeps one shared copy of the weights (or identical particles) and "

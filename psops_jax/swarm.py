@@ -191,21 +191,6 @@ def apply_model(model, params, batch_stats, images, train: bool):
   return logits, updates["batch_stats"]
 
 
-def swarm_metrics(params, new_params, sync_state) -> dict:
-  """What the swarm did at this sync, for one particle (PSO strategies only, no extra
-  communication): global_best = index of the global best's particle, distance_to_global_best =
-  ||x_i' - g|| (x_i' before the move, g the new global best) and velocity_norm = ||v_i|| = ||x_i -
-  x_i'||, the length of the move; global L2 norms over all leaves."""
-  if not isinstance(sync_state, sync_lib.PSOState):
-    return {}
-  move = jax.tree.map(jnp.subtract, new_params, params)
-  return {
-    "global_best": sync_state.global_index,
-    "distance_to_global_best": sync_state.distance,
-    "velocity_norm": optax.tree.norm(move),
-  }
-
-
 def round_batch_indices(
   key: jax.Array, first_step: jax.Array, period: int, shard_size: int, batch_size: int
 ) -> jax.Array:
@@ -343,7 +328,7 @@ def make_round(
       batch_stats,
       strategy.reduce_opt_state(opt_state, sync_state, key),
       sync_state,
-      swarm_metrics(params, new_params, sync_state),
+      strategy.metrics(params, new_params, sync_state),
     )
 
   def device_steps(params, batch_stats, opt_state, data: DeviceData, first_step, count: int):
@@ -395,10 +380,10 @@ def make_round(
         lambda p, s: loss_fn(p, s, probe_x, probe_y, train=False)[0], cfg.local_layout
       )
       fitness = probe_loss(params, batch_stats)
-      if strategy.reevaluates_best:  # f(p_i) on this round's probe batch, before the comparison
-        sync_state = sync_state._replace(
-          personal_fitness=probe_loss(sync_state.personal_best, batch_stats)
-        )
+      refresh = lambda state, stats: strategy.refresh(  # e.g. PSO's bests measured again
+        state, lambda p: loss_fn(p, stats, probe_x, probe_y, train=False)[0]
+      )
+      sync_state = over_local(refresh)(sync_state, batch_stats)
     else:  # mean mini-batch loss over the last half of the round
       fitness = losses[cfg.period // 2 :].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
@@ -554,19 +539,36 @@ class Evaluators(NamedTuple):
   particles(params, batch_stats, images, labels) -> (accuracies (N,), losses (N,)): every particle,
       each device evaluating its own;
   one(params, batch_stats, images, labels) -> (accuracy, loss): a single model on one device;
-  mean(params, batch_stats) -> their means over the particles (the averaged weights).
+  mean(params, batch_stats) -> their means over the particles (the averaged weights);
+  export(swarm, fitness) -> (params, batch_stats) of the strategy's exported model, stacked over
+      the particles (equal on every particle).
   """
 
   particles: Any
   one: Any
   mean: Any
+  export: Any
 
 
-def compile_evaluators(model, swarm: Swarm, test: tuple, test_one: tuple, mean, std) -> Evaluators:
+def compile_evaluators(
+  model, strategy, swarm: Swarm, test: tuple, test_one: tuple, mean, std
+) -> Evaluators:
   """Evaluators for `swarm`'s shapes, compiled ahead of time: `test` is the split replicated on the
-  mesh, `test_one` the same split on one device."""
+  mesh, `test_one` the same split on one device; `strategy` (built with axis_name=AXES) exports."""
   fn = functools.partial(accuracy_and_loss, model, mean=mean, std=std)
   mesh = jax.tree.leaves(swarm.params)[0].sharding.mesh
+  on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+  export_local = jax.vmap(strategy.export, axis_name=LOCAL)
+  export = jax.jit(
+    on_mesh(
+      lambda s, fitness: export_local(s.params, s.batch_stats, s.sync_state, fitness),
+      in_specs=(P(AXIS), P(AXIS)),
+      out_specs=P(AXIS),
+    )
+  )
+  fitness = jax.ShapeDtypeStruct(
+    (jax.tree.leaves(swarm.params)[0].shape[0],), jnp.float32, sharding=NamedSharding(mesh, P(AXIS))
+  )
 
   def device_particles(params, batch_stats, images, labels):
     return per_particle(lambda p, s: fn(p, s, images, labels), "unroll")(params, batch_stats)
@@ -589,4 +591,5 @@ def compile_evaluators(model, swarm: Swarm, test: tuple, test_one: tuple, mean, 
     particles=particles.lower(swarm.params, swarm.batch_stats, *test).compile(),
     one=jax.jit(fn).lower(*one_model, *test_one).compile(),
     mean=jax.jit(average).lower(swarm.params, swarm.batch_stats).compile(),
+    export=export.lower(swarm, fitness).compile(),
   )

@@ -56,19 +56,39 @@ def keep_opt_state(opt_state: PyTree, state: PyTree, key: jax.Array) -> PyTree:
   return opt_state
 
 
+def no_metrics(params: PyTree, new_params: PyTree, state: PyTree) -> dict:
+  """The default `metrics`: a strategy with nothing to report at its syncs."""
+  return {}
+
+
+def no_refresh(state: PyTree, loss_of: Callable[[PyTree], jax.Array]) -> PyTree:
+  """The default `refresh`: the state goes into the sync as it is."""
+  return state
+
+
 class SyncStrategy(NamedTuple):
-  """A synchronization method: pure functions over one particle's pytree, under a named axis."""
+  """A synchronization method: pure functions over one particle's pytree, under a named axis.
+
+  Everything that depends on the strategy's state is the strategy's own: what it syncs
+  (`sync_with_stats`), the model a run exports (`export`), what it reports (`metrics`) and any
+  re-measurement of its state before the sync (`refresh`). Nothing outside reads the state.
+  """
 
   init: Callable[[PyTree], PyTree]
   sync: Callable[[PyTree, PyTree, jax.Array, jax.Array], tuple[PyTree, PyTree]]
   reduce_grads: Callable[[PyTree], PyTree]
   bytes_per_round: Callable[..., int]
-  export: str  # the model a run exports: "global_best", "center", "mean" or "best_particle"
+  # (params, batch_stats, state, fitness) -> (params, batch_stats) of the exported model, the same
+  # on every particle (a collective under the axis)
+  export: Callable[..., tuple[PyTree, PyTree]]
   reduce_opt_state: Callable[[PyTree, PyTree, jax.Array], PyTree] = keep_opt_state
-  reevaluates_best: bool = False  # the round re-measures f(p_i) on its probe batch before `sync`
   # (params, batch_stats, state, fitness, key) -> (params, batch_stats, state); None: no statistics
   sync_with_stats: Callable[..., tuple[PyTree, PyTree, PyTree]] | None = None
   shares_batch_stats: bool = True  # the batch statistics travel in the sync's collective
+  # (params, new_params, state after the sync) -> {name: per-particle scalar} for metrics.jsonl
+  metrics: Callable[[PyTree, PyTree, PyTree], dict] = no_metrics
+  # (state, loss_of) -> state before the sync; loss_of(params) is the particle's probe loss
+  refresh: Callable[[PyTree, Callable], PyTree] = no_refresh
 
 
 def make_strategy(
@@ -104,6 +124,30 @@ def round_bytes(strategy: SyncStrategy, params, period: int, opt_state=None, bat
   statistics once per round when the strategy shares them."""
   stats = tree_bytes(batch_stats) if strategy.shares_batch_stats else 0
   return strategy.bytes_per_round(params, period, opt_state) + stats
+
+
+def export_mean(axis_name: AxisName):
+  """`export` of the averaging strategies: the mean of the particles' weights and statistics."""
+  return lambda params, stats, state, fitness: pmean_floats((params, stats), axis_name)
+
+
+def masked_fetch(tree: PyTree, chosen: jax.Array, axis_name: AxisName) -> PyTree:
+  """The `tree` of the one particle for which `chosen` is true, on every particle: ONE all-reduce of
+  where(chosen, tree, 0) (`where`, not a multiply, keeps the others' NaN out of the sum)."""
+  return psum_floats(
+    jax.tree.map(lambda a: jnp.where(chosen, a, jnp.zeros_like(a)), tree), axis_name
+  )
+
+
+def export_best_particle(axis_name: AxisName):
+  """`export` of independent particles: the particle with the lowest fitness (a training-split
+  quantity; NaN never wins)."""
+
+  def export(params, stats, state, fitness):
+    j = jnp.argmin(all_gather_scalar(sanitize_fitness(fitness), axis_name))
+    return masked_fetch((params, stats), particle_index(axis_name) == j, axis_name)
+
+  return export
 
 
 def tree_bytes(tree: PyTree) -> int:
@@ -182,43 +226,32 @@ def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
 
 def none(axis_name: AxisName = "particles") -> SyncStrategy:
   """Independent particles: no communication at all (a lower bound for every sync method).
-  Batch statistics stay local."""
-  del axis_name
+  Batch statistics stay local. Exports the particle with the lowest fitness."""
   return make_strategy(
     init=lambda params: (),
     sync_with_stats=lambda params, stats, state, fitness, key: (params, stats, state),
     reduce_grads=_identity,
     bytes_per_round=lambda params, period, opt_state=None: 0,
-    export="best_particle",
+    export=export_best_particle(axis_name),
     shares_batch_stats=False,
   )
 
 
 def average(axis_name: AxisName = "particles", average_opt_state: bool = False) -> SyncStrategy:
-  """Parameter averaging (local SGD): x_i := (1/N) sum_k x_k at every sync.
+  """Parameter averaging (local SGD): x_i := (1/N) sum_k x_k at every sync; `outer("mean")`.
 
   The optimizer state stays local unless `average_opt_state`, which also averages its floating-point
   leaves (e.g. momentum buffers), one more all-reduce of their size. Batch statistics are averaged
   in the weights' all-reduce.
   """
-
-  def reduce_opt_state(opt_state, state, key):
-    return pmean_floats(opt_state, axis_name)
-
-  def sync_with_stats(params, stats, state, fitness, key):
-    params, stats = pmean_floats((params, stats), axis_name)
-    return params, stats, state
-
-  return make_strategy(
-    init=lambda params: (),
-    sync_with_stats=sync_with_stats,
-    reduce_grads=_identity,
+  strategy = outer("mean", axis_name=axis_name)
+  if not average_opt_state:
+    return strategy
+  return strategy._replace(
+    reduce_opt_state=lambda opt_state, state, key: pmean_floats(opt_state, axis_name),
     bytes_per_round=lambda params, period, opt_state=None: (
-      tree_bytes(params)
-      + (tree_bytes(_float_leaves(opt_state)) if average_opt_state and opt_state is not None else 0)
+      tree_bytes(params) + (tree_bytes(_float_leaves(opt_state)) if opt_state is not None else 0)
     ),
-    export="mean",
-    reduce_opt_state=reduce_opt_state if average_opt_state else keep_opt_state,
   )
 
 
@@ -238,7 +271,7 @@ def ssgd(axis_name: AxisName = "particles") -> SyncStrategy:
     ),
     reduce_grads=lambda grads: pmean_floats(grads, axis_name),
     bytes_per_round=lambda params, period, opt_state=None: period * tree_bytes(params),
-    export="mean",
+    export=export_mean(axis_name),
   )
 
 
@@ -380,7 +413,7 @@ def pso(
   (f(p_i) reset to +inf at every sync, i.e. p_i := x_i'), "decay" (f(p_i) := f(p_i) (1 +
   memory_decay) at every sync before the comparison: an old best must have been that much better),
   "reevaluate" (f(p_i) is measured again on this round's probe batch before the comparison: the
-  round does it, see `reevaluates_best`).
+  round does it, see `refresh`).
 
   opt_state_on_move: what a particle's optimizer state does when PSO moves its weights. "keep";
   "reset" (floating-point leaves, e.g. momentum, set to 0); "follow" (they move like the weights
@@ -492,15 +525,43 @@ def pso(
     extra = num_allreduce * moved if opt_state_on_move == "follow" else 0
     return num_allreduce * tree_bytes(params) + extra + 4  # + the fitness in the all-gather
 
+  def export(params, stats, state: PSOState, fitness):
+    """g and its statistics: the stored copy of g, or the params of the particle holding it (one
+    masked all-reduce); before the first sync, particle 0."""
+    holder = particle_index(axis_name) == jnp.maximum(state.global_index, 0)
+    if keeps_global_best:
+      return state.global_best, masked_fetch(stats, holder, axis_name)
+    return masked_fetch((params, stats), holder, axis_name)
+
+  def refresh(state: PSOState, loss_of):
+    """memory="reevaluate": f(p_i) measured again on this round's probe batch."""
+    if memory != "reevaluate":
+      return state
+    return state._replace(personal_fitness=loss_of(state.personal_best))
+
   return make_strategy(
     init,
     sync_with_stats,
     _identity,
     bytes_per_round,
-    export="global_best",
+    export=export,
     reduce_opt_state=move_opt_state,
-    reevaluates_best=memory == "reevaluate",
+    metrics=pso_metrics,
+    refresh=refresh,
   )
+
+
+def pso_metrics(params, new_params, state: PSOState) -> dict:
+  """What the swarm did at a sync, for one particle (no extra communication): global_best = index
+  of the global best's particle, distance_to_global_best = ||x_i' - g|| (x_i' before the move, g the
+  new global best) and velocity_norm = ||v_i|| = ||x_i - x_i'||, the length of the move; global L2
+  norms over all leaves."""
+  move = jax.tree.map(jnp.subtract, new_params, params)
+  return {
+    "global_best": state.global_index,
+    "distance_to_global_best": state.distance,
+    "velocity_norm": optax.tree.norm(move),
+  }
 
 
 def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> SyncStrategy:
@@ -516,104 +577,6 @@ def _ranks(fitness: jax.Array, axis_name: AxisName) -> jax.Array:
   mine = all_fitness[i]
   others = jnp.arange(all_fitness.shape[0])
   return jnp.sum((all_fitness < mine) | ((all_fitness == mine) & (others < i)))
-
-
-def best_pull(pull: float = 0.25, axis_name: AxisName = "particles") -> SyncStrategy:
-  """Averaging pulled toward the best particle: x_i := m + c (g - m) = (1 - c) m + c g, with
-  m = mean_k x_k', g = x_j', j = argmin_k f_k (this round's fitness), c = pull.
-
-  c = 0 is parameter averaging, c = 1 is "everyone jumps to the best" (PSO-PS with w = c1 = 0,
-  c2 = 1, r2 = 1). One all-gather of N scalars and ONE all-reduce of the weights:
-  psum((1 - c)/N x_i + c [i = j] x_i). Every particle leaves the sync with the same weights. Batch
-  statistics get the same rule, in the same all-reduce.
-  """
-
-  def sync_with_stats(params, stats, state, fitness, key):
-    is_best = _ranks(fitness, axis_name) == 0
-    n = lax.psum(1, axis_name)
-    best_share = lambda x: jnp.where(is_best, pull * x, jnp.zeros_like(x))
-    share = (lambda x: (1.0 - pull) / n * x + best_share(x)) if pull < 1 else best_share
-    params, stats = psum_floats(jax.tree.map(share, (params, stats)), axis_name)
-    return params, stats, state
-
-  return make_strategy(
-    lambda params: (),
-    sync_with_stats,
-    _identity,
-    lambda params, period, opt_state=None: tree_bytes(params) + 4,
-    export="mean",
-  )
-
-
-def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
-  """The mean of the k best particles by fitness: x_i := (1/k) sum_{rank(j) < k} x_j' for every i.
-
-  k = N is parameter averaging; k = 1 is "everyone jumps to the best". One all-gather of N scalars
-  and ONE all-reduce of the weights (psum of where(rank_i < k, x_i, 0), where keeping a NaN in a
-  particle outside the top k out of the sum). Batch statistics: the mean of the same k, in the same
-  all-reduce.
-  """
-
-  def sync_with_stats(params, stats, state, fitness, key):
-    chosen = _ranks(fitness, axis_name) < k
-    masked = jax.tree.map(lambda x: jnp.where(chosen, x, jnp.zeros_like(x)), (params, stats))
-    params, stats = jax.tree.map(lambda s: s / k, psum_floats(masked, axis_name))
-    return params, stats, state
-
-  return make_strategy(
-    lambda params: (),
-    sync_with_stats,
-    _identity,
-    lambda params, period, opt_state=None: tree_bytes(params) + 4,
-    export="mean",
-  )
-
-
-ROBUST_METHODS = ("median", "trimmed_mean")
-
-
-def robust_average(
-  method: str = "median", trim: int = 1, axis_name: AxisName = "particles"
-) -> SyncStrategy:
-  """A robust parameter average, coordinate by coordinate, over all N particles:
-
-      median:        x_i := median_k x_k'            (NaN values ignored; all NaN gives NaN)
-      trimmed_mean:  x_i := mean of the m finite x_k' of the coordinate, sorted, the t lowest and
-                     t highest dropped, t = min(trim, (m - 1) // 2): non-finite values (NaN, inf)
-                     are set aside before trimming, so they do not push healthy values out of one
-                     end; no finite value gives NaN
-
-  The obvious defence against faulty workers, for comparison with selection (PSO-PS). It needs every
-  particle's weights on every device: an all-gather of the weights (N x the memory and received
-  bytes of an all-reduce; bytes_per_round counts the payload each particle sends, its params).
-  Batch statistics get the same rule, coordinate by coordinate.
-  """
-  if method not in ROBUST_METHODS:
-    raise ValueError(f"sync.robust.method={method!r}: accepted values are {ROBUST_METHODS}")
-
-  def combine(x: jax.Array) -> jax.Array:
-    stacked = all_gather_stacked(x, axis_name)
-    if method == "median":
-      return jnp.nanmedian(stacked, axis=0)
-    n = stacked.shape[0]
-    if not 0 <= 2 * trim < n:
-      raise ValueError(
-        f"sync.robust.trim={trim}: accepted values are 0..{(n - 1) // 2} for {n} "
-        "particles (2 * trim < num_particles)"
-      )
-    return trimmed_mean(stacked, trim)
-
-  def sync_with_stats(params, stats, state, fitness, key):
-    params, stats = jax.tree.map(combine, (params, stats))
-    return params, stats, state
-
-  return make_strategy(
-    lambda params: (),
-    sync_with_stats,
-    _identity,
-    lambda params, period, opt_state=None: tree_bytes(params),
-    export="mean",
-  )
 
 
 def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
@@ -633,20 +596,327 @@ def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------------
-# Elastic averaging and the DiLoCo-style outer optimizer.
+# The composable outer sync: aggregate the particles, compress what they send, an outer optimizer.
+
+AGGREGATES = ("mean", "median", "trimmed_mean", "topk", "fitness_weighted", "best_pull")
+FITNESS_AGGREGATES = ("topk", "fitness_weighted", "best_pull")  # they rank the particles
+COMPRESSORS = ("none", "bfloat16", "int8", "int4", "topk_fraction")
+OUTER_OPTIMIZERS = ("none", "sgd", "nesterov", "adam")
+
+
+def _ranks(fitness: jax.Array, axis_name: AxisName) -> jax.Array:
+  """This particle's rank by fitness among all particles (0 = lowest; ties: lower index first;
+  non-finite fitness ranks last), from one all-gather of N scalars."""
+  all_fitness = all_gather_scalar(sanitize_fitness(fitness), axis_name)
+  i = particle_index(axis_name)
+  mine = all_fitness[i]
+  others = jnp.arange(all_fitness.shape[0])
+  return jnp.sum((all_fitness < mine) | ((all_fitness == mine) & (others < i)))
+
+
+def make_aggregate(
+  name: str,
+  axis_name: AxisName,
+  trim: int = 1,
+  k: int = 4,
+  temperature: float = 1.0,
+  pull: float = 0.25,
+) -> Callable[[PyTree, jax.Array], PyTree]:
+  """`aggregate(v, fitness)`: one value of the particles' pytrees v_k, the same on every particle,
+  coordinate by coordinate (f_k the fitness, lower is better; non-finite fitness ranks last):
+
+      mean              (1/N) sum_k v_k                            one all-reduce
+      median            median_k v_k (NaN values ignored)          all-gather of v
+      trimmed_mean      mean of the finite v_k, `trim` lowest and highest dropped (robust_average)
+      topk              (1/k) sum_{rank(k') < k} v_k'              one masked all-reduce
+      fitness_weighted  sum_k w_k v_k, w = softmax(-f / temperature) over the finite f (a smooth
+                        selection: temperature -> inf is the mean, -> 0 the best)
+      best_pull         (1 - c) mean_k v_k + c v_j, j = argmin f, c = pull   one all-reduce
+
+  The selecting ones gather the N fitnesses first (N scalars). `where`, never a multiply, keeps a
+  NaN particle's values out of the masked sums.
+  """
+  if name not in AGGREGATES:
+    raise ValueError(f"sync.outer.aggregate={name!r}: accepted values are {AGGREGATES}")
+
+  def gathered(rule):
+    return lambda v, fitness: jax.tree.map(lambda x: rule(all_gather_stacked(x, axis_name)), v)
+
+  def trimmed(stacked):
+    n = stacked.shape[0]
+    if not 0 <= 2 * trim < n:
+      raise ValueError(
+        f"sync.robust.trim={trim}: accepted values are 0..{(n - 1) // 2} for {n} "
+        "particles (2 * trim < num_particles)"
+      )
+    return trimmed_mean(stacked, trim)
+
+  def topk(v, fitness):
+    chosen = _ranks(fitness, axis_name) < k
+    masked = jax.tree.map(lambda x: jnp.where(chosen, x, jnp.zeros_like(x)), v)
+    return jax.tree.map(lambda s: s / k, psum_floats(masked, axis_name))
+
+  def fitness_weighted(v, fitness):
+    all_fitness = all_gather_scalar(sanitize_fitness(fitness), axis_name)
+    weight = jax.nn.softmax(-all_fitness / temperature)[particle_index(axis_name)]
+    return psum_floats(
+      jax.tree.map(lambda x: jnp.where(weight > 0, weight * x, jnp.zeros_like(x)), v), axis_name
+    )
+
+  def best_pull(v, fitness):
+    is_best = _ranks(fitness, axis_name) == 0
+    n = lax.psum(1, axis_name)
+    best_share = lambda x: jnp.where(is_best, pull * x, jnp.zeros_like(x))
+    share = (lambda x: (1.0 - pull) / n * x + best_share(x)) if pull < 1 else best_share
+    return psum_floats(jax.tree.map(share, v), axis_name)
+
+  return {
+    "mean": lambda v, fitness: pmean_floats(v, axis_name),
+    "median": gathered(lambda stacked: jnp.nanmedian(stacked, axis=0)),
+    "trimmed_mean": gathered(trimmed),
+    "topk": topk,
+    "fitness_weighted": fitness_weighted,
+    "best_pull": best_pull,
+  }[name]
+
+
+class Compressor(NamedTuple):
+  """What a particle puts on the wire: `apply(v)` the values the others receive (quantized and
+  dequantized), `payload_bytes(n)` the bytes of n float32 values at the compressed width (scales
+  and indices included), `error_feedback`: the particle keeps v - apply(v) and adds it next time."""
+
+  apply: Callable[[jax.Array], jax.Array]
+  payload_bytes: Callable[[int], int]
+  error_feedback: bool = False
+
+
+def quantize_blocks(v: jax.Array, levels: int, block_size: int) -> jax.Array:
+  """Absmax quantization of a flat vector in blocks of `block_size`: per block s = max |v|, then
+  q = round(v / s * levels) in [-levels, levels] and the received value s * (q / levels) (a block
+  of equal values comes back exactly; a block of zeros stays zero)."""
+  n = v.shape[0]
+  blocks = jnp.pad(v, (0, (-n) % block_size)).reshape(-1, block_size)
+  scale = jnp.max(jnp.abs(blocks), axis=1, keepdims=True)
+  safe = jnp.where(scale > 0, scale, 1.0)
+  q = jnp.round(blocks / safe * levels)
+  return (safe * (q / levels)).reshape(-1)[:n]
+
+
+def keep_largest(v: jax.Array, fraction: float) -> jax.Array:
+  """The max(1, round(fraction n)) entries of largest |v| kept, the others zero (top-k
+  sparsification)."""
+  count = max(1, int(round(fraction * v.shape[0])))
+  _, index = lax.top_k(jnp.abs(v), count)
+  return jnp.zeros_like(v).at[index].set(v[index])
+
+
+def make_compressor(name: str, block_size: int = 256, fraction: float = 0.1) -> Compressor:
+  """none: float32 (4 bytes a value); bfloat16 (2 bytes); int8 / int4: absmax per block of
+  `block_size` values (1 / 0.5 bytes a value + a float32 scale per block); topk_fraction: the
+  `fraction` largest values as (float32 value, int32 index) pairs, with error feedback."""
+  if name not in COMPRESSORS:
+    raise ValueError(f"sync.outer.compress={name!r}: accepted values are {COMPRESSORS}")
+  blocks = lambda n: -(-n // block_size)
+  return {
+    "none": Compressor(lambda v: v, lambda n: 4 * n),
+    "bfloat16": Compressor(lambda v: v.astype(jnp.bfloat16).astype(v.dtype), lambda n: 2 * n),
+    "int8": Compressor(lambda v: quantize_blocks(v, 127, block_size), lambda n: n + 4 * blocks(n)),
+    "int4": Compressor(
+      lambda v: quantize_blocks(v, 7, block_size), lambda n: -(-n // 2) + 4 * blocks(n)
+    ),
+    "topk_fraction": Compressor(
+      lambda v: keep_largest(v, fraction),
+      lambda n: 8 * max(1, int(round(fraction * n))),
+      error_feedback=True,
+    ),
+  }[name]
+
+
+class OuterState(NamedTuple):
+  """One particle's state of `outer`: the shared outer weights theta (a copy on every particle),
+  the outer optimizer's state, and (error feedback) the particle's residual, a flat vector. Fields
+  the configuration does not need hold ()."""
+
+  center: PyTree
+  opt_state: PyTree
+  residual: PyTree
+
+
+def compress_tree(compressor: Compressor, tree: PyTree, residual):
+  """(received tree, new residual): the float leaves of `tree` (+ the residual) as one flat
+  vector through the compressor; the residual is what it dropped (error feedback) or ()."""
+  floats = _float_leaves(tree)
+  flat, unravel = ravel_pytree(floats)
+  if compressor.error_feedback:
+    flat = flat + residual
+  sent = compressor.apply(flat)
+  received = iter(unravel(sent))
+  new_residual = flat - sent if compressor.error_feedback else ()
+  return map_floats(lambda a: next(received), tree), new_residual
+
+
+def outer(
+  aggregate: str = "mean",
+  optimizer: optax.GradientTransformation | None = None,
+  compress: str = "none",
+  axis_name: AxisName = "particles",
+  trim: int = 1,
+  k: int = 4,
+  temperature: float = 1.0,
+  pull: float = 0.25,
+  block_size: int = 256,
+  fraction: float = 0.1,
+) -> SyncStrategy:
+  """A sync built from parts: aggregate the particles, an outer optimizer on shared weights theta,
+  and a compressor for what each particle sends. With x_i' the weights after the local steps,
+  A the aggregate over particles (`make_aggregate`) and C the compressor (`make_compressor`):
+
+      compress "none":   a     := A(x')                          (the weights themselves)
+                         d     := theta - a                       (optimizer only)
+      otherwise:         d     := A(C(theta - x_i' + e_i))        (pseudo-gradients, compressed;
+                         e_i   := theta - x_i' + e_i - C(...)      error feedback: topk_fraction)
+      optimizer None:    x_i   := a, or theta - d
+      optimizer opt:     theta := theta + opt.update(d)          (optax: sgd(1) is averaging,
+                         x_i   := theta                           sgd(eta, mu, nesterov) DiLoCo)
+
+  Each particle quantizes and dequantizes its own pseudo-gradient and the aggregate is taken over
+  the dequantized float32 values: the numbers are those of a compressed exchange, but the
+  collective here still moves float32; `bytes_per_round` counts the compressed payload (values,
+  scales, indices) that a real compressed exchange would send. Batch statistics are aggregated by
+  the same rule (never compressed, no outer step). `average`, `diloco`, `robust_average`,
+  `topk_average` and `best_pull` are presets of this function.
+  """
+  combine = make_aggregate(aggregate, axis_name, trim, k, temperature, pull)
+  compressor = make_compressor(compress, block_size, fraction)
+  keeps_center = optimizer is not None or compress != "none"
+
+  def init(params):
+    if not keeps_center:
+      return ()
+    flat, _ = ravel_pytree(_float_leaves(params))
+    return OuterState(
+      center=params,
+      opt_state=optimizer.init(params) if optimizer is not None else (),
+      residual=jnp.zeros_like(flat) if compressor.error_feedback else (),
+    )
+
+  def sync_with_stats(params, stats, state, fitness, key):
+    stats = combine(stats, fitness)
+    if compress == "none":
+      aggregated = combine(params, fitness)
+      if optimizer is None:
+        return aggregated, stats, state
+      step = jax.tree.map(jnp.subtract, state.center, aggregated)
+      residual = state.residual
+    else:
+      pseudo = jax.tree.map(jnp.subtract, state.center, params)
+      received, residual = compress_tree(compressor, pseudo, state.residual)
+      step = combine(received, fitness)
+    if optimizer is None:
+      theta, opt_state = jax.tree.map(jnp.subtract, state.center, step), state.opt_state
+    else:
+      updates, opt_state = optimizer.update(step, state.opt_state, state.center)
+      theta = optax.apply_updates(state.center, updates)
+    return theta, stats, OuterState(theta, opt_state, residual)
+
+  def bytes_per_round(params, period, opt_state=None):
+    count = sum(math.prod(a.shape) for a in _float_leaves(params))
+    return compressor.payload_bytes(count) + (4 if aggregate in FITNESS_AGGREGATES else 0)
+
+  return make_strategy(
+    init, sync_with_stats, _identity, bytes_per_round, export=export_mean(axis_name)
+  )
+
+
+def outer_optimizer(name: str, learning_rate: float, momentum: float):
+  """The optax transformation named by sync.outer.optimizer (None for "none")."""
+  if name not in OUTER_OPTIMIZERS:
+    raise ValueError(f"sync.outer.optimizer={name!r}: accepted values are {OUTER_OPTIMIZERS}")
+  if name == "none":
+    return None
+  if name == "adam":
+    return optax.adam(learning_rate)
+  return optax.sgd(learning_rate, momentum=momentum or None, nesterov=name == "nesterov")
+
+
+ROBUST_METHODS = ("median", "trimmed_mean")
+
+
+def robust_average(
+  method: str = "median", trim: int = 1, axis_name: AxisName = "particles"
+) -> SyncStrategy:
+  """A robust parameter average, coordinate by coordinate, over all N particles; `outer(method)`:
+
+      median:        x_i := median_k x_k'            (NaN values ignored; all NaN gives NaN)
+      trimmed_mean:  x_i := mean of the m finite x_k' of the coordinate, sorted, the t lowest and
+                     t highest dropped, t = min(trim, (m - 1) // 2): non-finite values (NaN, inf)
+                     are set aside before trimming, so they do not push healthy values out of one
+                     end; no finite value gives NaN
+
+  The obvious defence against faulty workers, for comparison with selection (PSO-PS). It needs every
+  particle's weights on every device: an all-gather of the weights (N x the memory and received
+  bytes of an all-reduce; bytes_per_round counts the payload each particle sends, its params).
+  Batch statistics get the same rule, coordinate by coordinate.
+  """
+  if method not in ROBUST_METHODS:
+    raise ValueError(f"sync.robust.method={method!r}: accepted values are {ROBUST_METHODS}")
+  return outer(method, axis_name=axis_name, trim=trim)
+
+
+def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
+  """The mean of the k best particles by fitness: x_i := (1/k) sum_{rank(j) < k} x_j' for every i;
+  `outer("topk")`.
+
+  k = N is parameter averaging; k = 1 is "everyone jumps to the best". One all-gather of N scalars
+  and ONE all-reduce of the weights. Batch statistics: the mean of the same k, in the same
+  all-reduce.
+  """
+  return outer("topk", axis_name=axis_name, k=k)
+
+
+def best_pull(pull: float = 0.25, axis_name: AxisName = "particles") -> SyncStrategy:
+  """Averaging pulled toward the best particle: x_i := m + c (g - m) = (1 - c) m + c g, with
+  m = mean_k x_k', g = x_j', j = argmin_k f_k (this round's fitness), c = pull;
+  `outer("best_pull")`.
+
+  c = 0 is parameter averaging, c = 1 is "everyone jumps to the best" (PSO-PS with w = c1 = 0,
+  c2 = 1, r2 = 1). One all-gather of N scalars and ONE all-reduce of the weights:
+  psum((1 - c)/N x_i + c [i = j] x_i). Batch statistics get the same rule, in the same all-reduce.
+  """
+  return outer("best_pull", axis_name=axis_name, pull=pull)
+
+
+def diloco(
+  learning_rate: float = 0.7,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
+  """DiLoCo-style outer optimizer (Douillard et al. 2023): the round's mean displacement is a
+  pseudo-gradient for SGD with (Nesterov) momentum on shared outer weights theta; `outer("mean",
+  optax.sgd(eta, mu, nesterov))`:
+
+      delta := theta - mean_k x_k'                 (one all-reduce)
+      m     := mu m + delta
+      theta := theta - eta (delta + mu m)          (nesterov; plain momentum: theta - eta m)
+      x_i   := theta
+
+  eta = learning_rate, mu = momentum. eta = 1, mu = 0 is parameter averaging. The inner optimizers'
+  states stay local. Batch statistics are averaged (no outer step), in the same all-reduce.
+  """
+  optimizer = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+  return outer("mean", optimizer, axis_name=axis_name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Elastic averaging.
 
 
 class CenterState(NamedTuple):
-  """A copy, on every particle, of the shared variable: EASGD's center, or DiLoCo's outer weights
-  and the outer optimizer's momentum (zeros for EASGD). `init` takes the center from the particle's
-  own params, so the particles must start from the same weights (train.init="shared")."""
+  """EASGD's center, a copy on every particle. `init` takes it from the particle's own params, so
+  the particles must start from the same weights (train.init="shared")."""
 
   center: PyTree
-  momentum: PyTree
-
-
-def _center_init(params: PyTree) -> CenterState:
-  return CenterState(center=params, momentum=jax.tree.map(jnp.zeros_like, params))
 
 
 def easgd(alpha: float = 0.1, axis_name: AxisName = "particles") -> SyncStrategy:
@@ -668,66 +938,20 @@ def easgd(alpha: float = 0.1, axis_name: AxisName = "particles") -> SyncStrategy
     center = jax.tree.map(lambda c, t: c + alpha * t, state.center, total)
     return new_params, map_floats(lambda s: s / n, stats_sum), state._replace(center=center)
 
+  def export(params, stats, state: CenterState, fitness):
+    return state.center, pmean_floats(stats, axis_name)
+
   return make_strategy(
-    _center_init,
+    CenterState,
     sync_with_stats,
     _identity,
     lambda params, period, opt_state=None: tree_bytes(params),
-    export="center",
-  )
-
-
-def diloco(
-  learning_rate: float = 0.7,
-  momentum: float = 0.9,
-  nesterov: bool = True,
-  axis_name: AxisName = "particles",
-) -> SyncStrategy:
-  """DiLoCo-style outer optimizer (Douillard et al. 2023): the round's mean displacement is a
-  pseudo-gradient for SGD with (Nesterov) momentum on shared outer weights theta:
-
-      delta := theta - mean_k x_k'                 (one all-reduce)
-      m     := mu m + delta
-      theta := theta - eta (delta + mu m)          (nesterov; plain momentum: theta - eta m)
-      x_i   := theta
-
-  eta = learning_rate, mu = momentum. eta = 1, mu = 0 is parameter averaging. The inner optimizers'
-  states stay local. Batch statistics are averaged (no outer step), in the same all-reduce.
-  """
-
-  def sync_with_stats(params, stats, state: CenterState, fitness, key):
-    mean, stats = pmean_floats((params, stats), axis_name)
-    delta = jax.tree.map(jnp.subtract, state.center, mean)
-    m = jax.tree.map(lambda m, d: momentum * m + d, state.momentum, delta)
-    step = jax.tree.map(lambda d, m: d + momentum * m, delta, m) if nesterov else m
-    theta = jax.tree.map(lambda t, s: t - learning_rate * s, state.center, step)
-    return theta, stats, CenterState(theta, m)
-
-  return make_strategy(
-    _center_init,
-    sync_with_stats,
-    _identity,
-    lambda params, period, opt_state=None: tree_bytes(params),
-    export="mean",
+    export=export,
   )
 
 
 # --------------------------------------------------------------------------------------------------
-# Construction from a config.
-
-STRATEGIES = (
-  "pso",
-  "pso_average",
-  "average",
-  "ssgd",
-  "easgd",
-  "diloco",
-  "none",
-  "best_pull",
-  "topk_average",
-  "robust_average",
-)
-SELECTING = ("pso", "pso_average", "best_pull", "topk_average")  # strategies that read the fitness
+# The registry: every strategy by its config name.
 
 
 def coefficient_schedule(start: float, end: float, schedule: str, rounds: int) -> Coefficient:
@@ -739,46 +963,96 @@ def coefficient_schedule(start: float, end: float, schedule: str, rounds: int) -
   raise ValueError(f"sync.pso.schedule={schedule!r}: accepted values are {SCHEDULE_CHOICES}")
 
 
+def pso_from_config(sync_config, rounds: int, axis_name: AxisName, mean_pull: float = 0.0):
+  """`pso` with the options of config.sync.pso (`rounds`: length of the coefficients' schedules)."""
+  c = sync_config.pso
+  w, c1, c2 = (
+    coefficient_schedule(
+      c[k], c[k + "_final"] if c.schedule == "linear" else c[k], c.schedule, rounds
+    )
+    for k in ("inertia", "cognitive", "social")
+  )
+  return pso(
+    inertia=w,
+    cognitive=c1,
+    social=c2,
+    mean_pull=mean_pull,
+    memory=c.memory,
+    memory_decay=c.memory_decay,
+    random=c.random,
+    max_velocity_norm=c.max_velocity_norm,
+    max_velocity_ratio=c.max_velocity_ratio,
+    opt_state_on_move=c.opt_state_on_move,
+    axis_name=axis_name,
+  )
+
+
+def outer_from_config(sync_config, axis_name: AxisName) -> SyncStrategy:
+  """`outer` with the parts config.sync.outer names (trim, k and pull from sync.robust.trim,
+  sync.topk and sync.best_pull)."""
+  o = sync_config.outer
+  return outer(
+    o.aggregate,
+    outer_optimizer(o.optimizer, o.learning_rate, o.momentum),
+    o.compress,
+    axis_name,
+    trim=sync_config.robust.trim,
+    k=sync_config.topk,
+    temperature=o.temperature,
+    pull=sync_config.best_pull,
+    block_size=o.block_size,
+    fraction=o.fraction,
+  )
+
+
+class Registered(NamedTuple):
+  """A strategy as the config names it: `build(config.sync, rounds, axis_name)`, whether the round
+  must compute a fitness that ranks the particles (a probe batch; `reads_fitness(config.sync)`),
+  and whether the particles must start from one shared copy of the weights (`shared_init`)."""
+
+  build: Callable[[Any, int, AxisName], SyncStrategy]
+  reads_fitness: Callable[[Any], bool] = lambda sync_config: False
+  shared_init: Callable[[Any], bool] = lambda sync_config: False
+
+
+_always = lambda sync_config: True
+
+REGISTRY: dict[str, Registered] = {
+  "pso": Registered(lambda c, rounds, axis: pso_from_config(c, rounds, axis), _always),
+  "pso_average": Registered(
+    lambda c, rounds, axis: pso_from_config(c, rounds, axis, mean_pull=c.pso.mean_pull), _always
+  ),
+  "average": Registered(lambda c, rounds, axis: average(axis, c.average_opt_state)),
+  "ssgd": Registered(lambda c, rounds, axis: ssgd(axis), shared_init=_always),
+  "easgd": Registered(lambda c, rounds, axis: easgd(c.easgd.alpha, axis), shared_init=_always),
+  "diloco": Registered(
+    lambda c, rounds, axis: diloco(
+      c.diloco.learning_rate, c.diloco.momentum, c.diloco.nesterov, axis
+    ),
+    shared_init=_always,
+  ),
+  "none": Registered(lambda c, rounds, axis: none(axis)),
+  "best_pull": Registered(lambda c, rounds, axis: best_pull(c.best_pull, axis), _always),
+  "topk_average": Registered(lambda c, rounds, axis: topk_average(c.topk, axis), _always),
+  "robust_average": Registered(
+    lambda c, rounds, axis: robust_average(c.robust.method, c.robust.trim, axis)
+  ),
+  "outer": Registered(
+    lambda c, rounds, axis: outer_from_config(c, axis),
+    reads_fitness=lambda c: c.outer.aggregate in FITNESS_AGGREGATES,
+    shared_init=lambda c: c.outer.optimizer != "none" or c.outer.compress != "none",
+  ),
+}
+STRATEGIES = tuple(REGISTRY)
+
+
+def registered(name: str) -> Registered:
+  """The registry entry of `name`; ValueError naming the accepted names."""
+  if name not in REGISTRY:
+    raise ValueError(f"sync.strategy={name!r}: accepted values are {STRATEGIES}")
+  return REGISTRY[name]
+
+
 def from_config(sync_config, rounds: int = 1, axis_name: AxisName = "particles") -> SyncStrategy:
   """The strategy a `config.sync` section names (`rounds`: length of the schedules)."""
-  name = sync_config.strategy
-  if name in ("pso", "pso_average"):
-    c = sync_config.pso
-    w, c1, c2 = (
-      coefficient_schedule(
-        c[k], c[k + "_final"] if c.schedule == "linear" else c[k], c.schedule, rounds
-      )
-      for k in ("inertia", "cognitive", "social")
-    )
-    mean_pull = c.mean_pull if name == "pso_average" else 0.0
-    return pso(
-      inertia=w,
-      cognitive=c1,
-      social=c2,
-      mean_pull=mean_pull,
-      memory=c.memory,
-      memory_decay=c.memory_decay,
-      random=c.random,
-      max_velocity_norm=c.max_velocity_norm,
-      max_velocity_ratio=c.max_velocity_ratio,
-      opt_state_on_move=c.opt_state_on_move,
-      axis_name=axis_name,
-    )
-  if name == "best_pull":
-    return best_pull(sync_config.best_pull, axis_name)
-  if name == "topk_average":
-    return topk_average(sync_config.topk, axis_name)
-  if name == "robust_average":
-    return robust_average(sync_config.robust.method, sync_config.robust.trim, axis_name)
-  if name == "average":
-    return average(axis_name, average_opt_state=sync_config.average_opt_state)
-  if name == "ssgd":
-    return ssgd(axis_name)
-  if name == "easgd":
-    return easgd(sync_config.easgd.alpha, axis_name)
-  if name == "diloco":
-    d = sync_config.diloco
-    return diloco(d.learning_rate, d.momentum, d.nesterov, axis_name)
-  if name == "none":
-    return none(axis_name)
-  raise ValueError(f"sync.strategy={name!r}: accepted values are {STRATEGIES}")
+  return registered(sync_config.strategy).build(sync_config, rounds, axis_name)

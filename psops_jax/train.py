@@ -110,22 +110,6 @@ def first_particle(tree):
   return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)[0]), tree)
 
 
-def particle(tree, j: int):
-  """Particle j's slice of every leaf, as NumPy."""
-  return jax.tree.map(lambda a: to_host(a)[j], tree)
-
-
-def global_best(swarm) -> tuple:
-  """(g, its batch statistics) of a PSO swarm, as NumPy: the stored copy of g, or (when the options
-  make g the params of the particle that holds it, and the state does not store it) that particle's
-  params; the statistics are those the sync gave every particle (the winner's)."""
-  state = swarm.sync_state
-  j = max(int(first_particle(state.global_index)), 0)
-  if jax.tree.leaves(state.global_best):
-    return first_particle(state.global_best), particle(swarm.batch_stats, j)
-  return particle(swarm.params, j), particle(swarm.batch_stats, j)
-
-
 def params_fingerprint(params, batch_stats=()) -> str:
   """sha256 of every particle's weights, then batch statistics (bytes in tree order): equal
   fingerprints, equal models. A model without statistics hashes its weights only."""
@@ -166,11 +150,11 @@ def _finite_or_none(value) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, test, test_one):
+def evaluate_swarm(swarm, fitness, evaluators: swarm_lib.Evaluators, test, test_one):
   """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
-  the exported model (global best for PSO-PS, the center for EASGD, averaged weights for the other
-  averaging-type strategies, the best particle for independent training), each with its batch
-  statistics. The best particle is the one with the lowest final fitness (a training-split quantity:
+  the model the strategy exports (`SyncStrategy.export`: g for PSO-PS, the center for EASGD, the
+  mean for averaging, the best particle for independent training), each with its batch statistics.
+  The best particle is the one with the lowest final fitness (a training-split quantity:
   the test split never chooses). `test` is replicated on the mesh (for the particles), `test_one`
   lies on one local device (single models)."""
   accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
@@ -186,16 +170,11 @@ def evaluate_swarm(swarm, strategy, fitness, evaluators: swarm_lib.Evaluators, t
     "test_accuracy_mean_particle": float(np.mean(accuracies)),
     "test_accuracy_averaged_weights": accuracy_of(averaged),
   }
-  if strategy.export == "global_best":
-    result["final_test_accuracy"] = accuracy_of(global_best(swarm))
-  elif strategy.export == "center":  # the statistics are averaged: equal on every particle
-    result["final_test_accuracy"] = accuracy_of(
-      (first_particle(swarm.sync_state.center), first_particle(swarm.batch_stats))
-    )
-  elif strategy.export == "mean":
-    result["final_test_accuracy"] = result["test_accuracy_averaged_weights"]
-  else:
-    result["final_test_accuracy"] = result["test_accuracy_best_particle"]
+  sharding = jax.tree.leaves(swarm.params)[0].sharding
+  exported = evaluators.export(
+    swarm, swarm_lib.put_global(np.asarray(fitness, np.float32), sharding)
+  )
+  result["final_test_accuracy"] = accuracy_of(first_particle(exported))
   return result
 
 
@@ -328,7 +307,8 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   model = models.create(config.model.name, dataset.num_classes, config.model.dtype)
   tx = make_optimizer(config)
   strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
-  uses_probe = config.sync.strategy in sync_lib.SELECTING and config.sync.pso.fitness == "probe"
+  reads_fitness = sync_lib.registered(config.sync.strategy).reads_fitness(config.sync)
+  uses_probe = reads_fitness and config.sync.pso.fitness == "probe"
   round_cfg = swarm_lib.RoundConfig(
     period=config.sync.period,
     batch_size=config.train.batch_size,
@@ -383,7 +363,9 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   round_fn = swarm_lib.make_round(model, tx, strategy, round_cfg, mesh, config.seed)
   t0 = time.perf_counter()
   compiled_round = swarm_lib.compile_round(round_fn, swarm, device_data)
-  evaluators = swarm_lib.compile_evaluators(model, swarm, test, test_one, dataset.mean, dataset.std)
+  evaluators = swarm_lib.compile_evaluators(
+    model, strategy, swarm, test, test_one, dataset.mean, dataset.std
+  )
   compile_seconds = spent["compile_seconds"] + time.perf_counter() - t0
 
   one_particle = lambda tree: jax.tree.map(
@@ -480,9 +462,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
             )
           raise Diverged(message)
         if evaluate_now and done != rounds:
-          record.update(
-            evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test, test_one)
-          )
+          record.update(evaluate_swarm(swarm, host_metrics["fitness"], evaluators, test, test_one))
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         events.write(record)
@@ -497,7 +477,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
       bar.update(1)
     checkpointer.wait()
 
-  final = evaluate_swarm(swarm, strategy, host_metrics["fitness"], evaluators, test, test_one)
+  final = evaluate_swarm(swarm, host_metrics["fitness"], evaluators, test, test_one)
   events.write({"step": rounds * config.sync.period, **final})
   events.close()
   summary = {

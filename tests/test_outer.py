@@ -1,0 +1,251 @@
+"""The composable outer sync (`sync.outer`) against NumPy: each aggregate (NaN particles, ties),
+each compressor (error bounds, error feedback), composed strategies over several rounds under vmap,
+shard_map and the nested layout, and the identities between them and the named presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_sync import RUNNERS, numpy_trimmed_mean, random_params
+
+from psops_jax import sync as sync_lib
+
+
+def numpy_aggregate(name, v, fitness, trim=1, k=2, temperature=1.0, pull=0.25):
+  """The reference rule over axis 0 of a stacked array v (N, ...)."""
+  f = np.where(np.isfinite(fitness), fitness, np.inf).astype(np.float64)
+  order = np.argsort(f, kind="stable")
+  if name == "mean":
+    return v.mean(0)
+  if name == "median":
+    return np.nanmedian(v, 0)
+  if name == "trimmed_mean":
+    return numpy_trimmed_mean(v, trim)
+  if name == "topk":
+    return v[order[:k]].mean(0)
+  if name == "fitness_weighted":
+    w = np.exp(-(f - f.min()) / temperature)
+    w = np.where(np.isfinite(f), w, 0.0)
+    w = w / w.sum()
+    return np.tensordot(w, np.where(w.reshape((-1,) + (1,) * (v.ndim - 1)) > 0, v, 0.0), 1)
+  if name == "best_pull":
+    return (1 - pull) * v.mean(0) + pull * v[order[0]]
+  raise AssertionError(name)
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("name", sync_lib.AGGREGATES)
+def test_each_aggregate_matches_numpy_with_ties_and_a_nan_particle(runner, name):
+  run, axis_name = RUNNERS[runner]
+  rng = np.random.RandomState(1)
+  params = random_params(rng, 8)
+  fitness = np.array([3.0, np.nan, 1.0, 2.0, 1.0, 5.0, 4.0, 6.0], np.float32)  # a tie at 1.0
+  nan_free = name in ("mean", "best_pull")  # rules that average every particle propagate NaN
+  if not nan_free:
+    params["w"][1] = np.nan  # the NaN-fitness particle has NaN weights too
+  aggregate = sync_lib.make_aggregate(name, axis_name, trim=2, k=2, temperature=0.5, pull=0.3)
+  got = run(aggregate, params, fitness, in_axes=(0, 0))
+  for leaf in params:
+    want = numpy_aggregate(name, params[leaf], fitness, trim=2, k=2, temperature=0.5, pull=0.3)
+    for particle in (0, 7):  # the same on every particle
+      np.testing.assert_allclose(np.asarray(got[leaf])[particle], want, rtol=2e-6, atol=1e-6)
+
+
+def test_aggregate_identities():
+  rng = np.random.RandomState(2)
+  v = random_params(rng, 8)
+  fitness = rng.uniform(size=8).astype(np.float32)
+  run, axis = RUNNERS["vmap"]
+  mean = run(sync_lib.make_aggregate("mean", axis), v, fitness, in_axes=(0, 0))
+  for name, kwargs in [
+    ("topk", {"k": 8}),
+    ("fitness_weighted", {"temperature": 1e9}),
+    ("best_pull", {"pull": 0.0}),
+  ]:
+    got = run(sync_lib.make_aggregate(name, axis, **kwargs), v, fitness, in_axes=(0, 0))
+    for leaf in v:
+      np.testing.assert_allclose(
+        np.asarray(got[leaf]), np.asarray(mean[leaf]), rtol=1e-5, atol=1e-6, err_msg=name
+      )
+
+
+def test_compressors_bound_their_error_and_count_their_bytes():
+  rng = np.random.RandomState(3)
+  v = jnp.asarray(rng.normal(size=1000).astype(np.float32) * np.repeat([1.0, 100.0], 500))
+  block = 100
+  blocks = np.abs(np.asarray(v)).reshape(-1, block).max(1).repeat(block)
+  for name, levels in (("int8", 127), ("int4", 7)):
+    c = sync_lib.make_compressor(name, block_size=block)
+    err = np.abs(np.asarray(c.apply(v)) - np.asarray(v))
+    assert (err <= blocks / (2 * levels) * (1 + 1e-5)).all(), name  # half a step of its block
+  bf16 = sync_lib.make_compressor("bfloat16")
+  rel = np.abs(np.asarray(bf16.apply(v)) - np.asarray(v)) / np.abs(np.asarray(v))
+  assert rel.max() <= 2.0**-8
+  top = sync_lib.make_compressor("topk_fraction", fraction=0.05)
+  kept = np.asarray(top.apply(v))
+  assert np.count_nonzero(kept) == 50
+  largest = np.argsort(-np.abs(np.asarray(v)))[:50]
+  np.testing.assert_array_equal(kept[largest], np.asarray(v)[largest])
+  assert sync_lib.make_compressor("none").payload_bytes(1000) == 4000
+  assert bf16.payload_bytes(1000) == 2000
+  assert sync_lib.make_compressor("int8", block_size=256).payload_bytes(1000) == 1000 + 4 * 4
+  assert sync_lib.make_compressor("int4", block_size=256).payload_bytes(1001) == 501 + 4 * 4
+  assert top.payload_bytes(1000) == 50 * 8
+
+
+def test_int8_of_one_block_of_equal_values_is_exact():
+  c = sync_lib.make_compressor("int8", block_size=16)
+  for value in (0.1, -3.7, 1e-20, 0.0):
+    v = jnp.full((16,), value, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(c.apply(v)), np.asarray(v))
+
+
+def test_error_feedback_carries_exactly_the_residual():
+  rng = np.random.RandomState(4)
+  c = sync_lib.make_compressor("topk_fraction", fraction=0.1)
+  tree = {"a": jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))}
+  residual = jnp.zeros(20, jnp.float32)
+  sent_total, input_total = np.zeros(20), np.zeros(20)
+  for _ in range(6):
+    received, new_residual = sync_lib.compress_tree(c, tree, residual)
+    flat = np.asarray(tree["a"]).reshape(-1) + np.asarray(residual)
+    np.testing.assert_array_equal(
+      np.asarray(new_residual), flat - np.asarray(received["a"]).reshape(-1)
+    )
+    sent_total += np.asarray(received["a"]).reshape(-1)
+    input_total += np.asarray(tree["a"]).reshape(-1)
+    residual = new_residual
+  # nothing is lost: what was sent plus what is still held is what came in
+  np.testing.assert_allclose(sent_total + np.asarray(residual), input_total, rtol=1e-5, atol=1e-5)
+
+
+def numpy_quantize(v, levels, block):
+  n = v.size
+  blocks = np.pad(v, (0, (-n) % block)).reshape(-1, block)
+  scale = np.abs(blocks).max(1, keepdims=True)
+  safe = np.where(scale > 0, scale, 1.0)
+  return (safe * (np.round(blocks / safe * levels) / levels)).reshape(-1)[:n]
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_median_nesterov_int8_matches_numpy_over_three_rounds(runner):
+  """outer(median, Nesterov SGD, int8) against a NumPy re-implementation, 3 syncs, 6 particles."""
+  run, axis_name = RUNNERS[runner]
+  rng = np.random.RandomState(5)
+  n, lr, mu, block = 6, 0.7, 0.9, 8
+  start = random_params(rng, 1)
+  x = {k: np.repeat(a, n, 0) for k, a in start.items()}
+  strategy = sync_lib.outer(
+    "median", optax.sgd(lr, momentum=mu, nesterov=True), "int8", axis_name, block_size=block
+  )
+  state = run(strategy.init, x, in_axes=(0,))
+  theta = {k: a[0].astype(np.float64) for k, a in start.items()}
+  momentum = {k: np.zeros_like(a) for k, a in theta.items()}
+  fitness = np.zeros(n, np.float32)
+  for r in range(3):
+    x = {k: a + rng.normal(size=a.shape).astype(np.float32) * 0.1 for k, a in x.items()}
+    new_x, state = run(strategy.sync, x, state, fitness, jax.random.key(r), in_axes=(0, 0, 0, None))
+    # reference: each particle quantizes theta - x_i (leaves in tree order), median, Nesterov
+    keys = sorted(theta)
+    pseudo = np.stack(
+      [np.concatenate([(theta[k] - x[k][i]).reshape(-1) for k in keys]) for i in range(n)]
+    ).astype(np.float32)
+    received = np.stack([numpy_quantize(p, 127, block) for p in pseudo])
+    d = np.median(received, 0)
+    offset = 0
+    for k in keys:
+      size = theta[k].size
+      dk = d[offset : offset + size].reshape(theta[k].shape)
+      offset += size
+      momentum[k] = dk + mu * momentum[k]
+      theta[k] = theta[k] - lr * (dk + mu * momentum[k])
+    for k in keys:
+      for i in (0, n - 1):
+        np.testing.assert_allclose(np.asarray(new_x[k])[i], theta[k], rtol=1e-4, atol=1e-5)
+    x = {k: np.asarray(a) for k, a in new_x.items()}
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+def test_presets_equal_their_composition(runner):
+  """average = outer(mean) bit for bit; outer(mean, sgd(1)) = averaging to float tolerance;
+  diloco = outer(mean, Nesterov SGD)."""
+  run, axis_name = RUNNERS[runner]
+  rng = np.random.RandomState(6)
+  start = random_params(rng, 1)
+  x0 = {k: np.repeat(a, 4, 0) for k, a in start.items()}
+  x1 = {k: a + rng.normal(size=a.shape).astype(np.float32) for k, a in x0.items()}
+  fitness = np.arange(4, dtype=np.float32)
+
+  def one_sync(strategy):
+    state = run(strategy.init, x0, in_axes=(0,))
+    return run(strategy.sync, x1, state, fitness, jax.random.key(0), in_axes=(0, 0, 0, None))[0]
+
+  averaged = one_sync(sync_lib.average(axis_name))
+  plain = one_sync(sync_lib.outer("mean", axis_name=axis_name))
+  sgd_one = one_sync(sync_lib.outer("mean", optax.sgd(1.0), axis_name=axis_name))
+  for k in averaged:
+    np.testing.assert_array_equal(np.asarray(averaged[k]), np.asarray(plain[k]))
+    np.testing.assert_allclose(
+      np.asarray(sgd_one[k]), np.asarray(averaged[k]), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_bytes_of_composed_strategies():
+  params = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}
+  assert sync_lib.outer("mean").bytes_per_round(params, 16) == 4000
+  assert sync_lib.outer("topk", compress="int8").bytes_per_round(params, 16) == 1000 + 16 + 4
+  assert sync_lib.diloco().bytes_per_round(params, 16) == sync_lib.average().bytes_per_round(
+    params, 16
+  )
+
+
+def test_bad_parts_name_the_field():
+  with pytest.raises(ValueError, match="sync.outer.aggregate='mode'"):
+    sync_lib.outer("mode")
+  with pytest.raises(ValueError, match="sync.outer.compress='int2'"):
+    sync_lib.outer(compress="int2")
+  with pytest.raises(ValueError, match="sync.outer.optimizer='lion'"):
+    sync_lib.outer_optimizer("lion", 0.1, 0.9)
+
+
+def test_a_composed_strategy_runs_from_the_command_line(tmp_path):
+  """median + Nesterov + int8 through train.py, one line of flags."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = [
+    "--config.sync.strategy=outer",
+    "--config.sync.outer.aggregate=median",
+    "--config.sync.outer.optimizer=nesterov",
+    "--config.sync.outer.compress=int8",
+    "--config.num_particles=4",
+    "--config.model.name=mlp",
+    "--config.train.rounds=4",
+    "--config.sync.period=4",
+    "--config.train.eval_every=0",
+  ]
+  done = subprocess.run(
+    [
+      sys.executable,
+      "train.py",
+      "--config",
+      "configs/digits_pso.py",
+      "--workdir",
+      str(tmp_path),
+      *flags,
+    ],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["strategy"] == "outer" and summary["final_test_accuracy"] > 0.5
+  params = sum(a for a in [64 * 256 + 256, 256 * 128 + 128, 128 * 10 + 10])  # the MLP on 8x8
+  int8 = params + 4 * -(-params // 256)
+  assert summary["communicated_bytes_per_particle"] == 4 * int8
