@@ -9,7 +9,7 @@ axis_name=LOCAL)`, and the strategies' collectives span all N particles through 
 
 The expensive part, each particle's forward and backward pass, is laid out by `local_layout`:
 "unroll" writes the L passes one after another in the program; "vmap" vmaps them, which XLA:CPU
-compiles into grouped convolutions (10x slower on CPU, docs/DESIGN.md).
+compiles into grouped convolutions (slower on CPU: docs/DESIGN.md).
 `benchmarks/particles_per_device.py` compares the layouts.
 
 Loop structure of the local steps (`loop`): "unroll" writes the `period` steps out in the jitted

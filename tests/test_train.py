@@ -289,7 +289,7 @@ def test_command_line_typo_in_a_config_field(tmp_path):
   assert "Traceback" not in result.stderr
 
 
-def test_issue8_pso_options_train_and_export_the_global_best(tmp_path):
+def test_pso_options_train_and_export_the_global_best(tmp_path):
   """Bests re-measured on a new probe batch every round, momentum moved with the weights, relative
   velocity clipping: trains, and the exported model is the particle holding g (not stored)."""
   config = small_config(
