@@ -383,7 +383,8 @@ def make_round(
       refresh = lambda state, stats: strategy.refresh(  # e.g. PSO's bests measured again
         state, lambda p: loss_fn(p, stats, probe_x, probe_y, train=False)[0]
       )
-      sync_state = over_local(refresh)(sync_state, batch_stats)
+      if jax.tree.leaves(sync_state):  # an empty state has nothing to refresh
+        sync_state = over_local(refresh)(sync_state, batch_stats)
     else:  # mean mini-batch loss over the last half of the round
       fitness = losses[cfg.period // 2 :].mean(axis=0)
     sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)

@@ -569,16 +569,6 @@ def pso_average(mean_pull: float = 0.5, social: Coefficient = 0.5, **kwargs) -> 
   return pso(mean_pull=mean_pull, social=social, **kwargs)
 
 
-def _ranks(fitness: jax.Array, axis_name: AxisName) -> jax.Array:
-  """This particle's rank by fitness among all particles (0 = lowest; ties: lower index first;
-  non-finite fitness ranks last), from one all-gather of N scalars."""
-  all_fitness = all_gather_scalar(sanitize_fitness(fitness), axis_name)
-  i = particle_index(axis_name)
-  mine = all_fitness[i]
-  others = jnp.arange(all_fitness.shape[0])
-  return jnp.sum((all_fitness < mine) | ((all_fitness == mine) & (others < i)))
-
-
 def trimmed_mean(stacked: jax.Array, trim: int) -> jax.Array:
   """The trimmed mean over axis 0 of the finite values (robust_average's rule). A coordinate whose n
   values are all finite takes the plain formula mean(sort(x)[trim:n - trim]): the same value as the
