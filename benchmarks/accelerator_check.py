@@ -60,12 +60,7 @@ def run_training(config_name: str, fields: dict) -> dict:
   from psops_jax import train
 
   config = importlib.import_module(f"configs.{config_name}").get_config()
-  for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(fields)
   with tempfile.TemporaryDirectory() as workdir:
     summary = train.train_and_evaluate(config, workdir)
   keys = (

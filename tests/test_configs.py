@@ -25,26 +25,19 @@ def test_every_config_file_is_tested_here():
   assert names == set(RUN_CONFIGS) | set(STUDY_CONFIGS)
 
 
-def set_field(config, dotted, value):
-  node = config
-  *parents, leaf = dotted.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-
-
 def toy(config, data_dir, rounds=2):
   """The config at toy size: 2 rounds of 2 steps of batch 8, a small probe, the data in data_dir."""
-  for dotted, value in {
-    "train.rounds": rounds,
-    "sync.period": 2,
-    "train.batch_size": 8,
-    "sync.pso.probe_size": 32,
-    "train.eval_every": 1,
-    "train.log_every": 1,
-    "data.validation_size": min(config.data.validation_size, 20),
-  }.items():
-    set_field(config, dotted, value)
+  config.update_from_flattened_dict(
+    {
+      "train.rounds": rounds,
+      "sync.period": 2,
+      "train.batch_size": 8,
+      "sync.pso.probe_size": 32,
+      "train.eval_every": 1,
+      "train.log_every": 1,
+      "data.validation_size": min(config.data.validation_size, 20),
+    }
+  )
   if config.data.source == "files":
     config.data.dir = data_dir
   return config
@@ -108,8 +101,7 @@ def study_cells(name):
     ).get_config()
     for cell, _, _, _, _, overrides in study_lib.cells(study):
       config = base.copy_and_resolve_references()
-      for dotted, value in overrides.items():
-        set_field(config, dotted, value)
+      config.update_from_flattened_dict(overrides)
       yield grid, cell, config
 
 

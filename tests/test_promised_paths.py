@@ -33,12 +33,7 @@ def cifar_config(cifar_dir, **fields):
   config.num_devices = min(2, len(jax.devices()))  # 2 particles per device (4 on one accelerator)
   config.train.batch_size, config.sync.pso.probe_size = 16, 64
   config.train.eval_every, config.train.log_every = 0, 1
-  for dotted, value in fields.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 

@@ -28,12 +28,7 @@ def small_config(**overrides):
   config.train.eval_every = 0
   config.sync.period = 2
   config.sync.pso.probe_size = 64
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
