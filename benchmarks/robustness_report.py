@@ -1,4 +1,4 @@
-"""Tables and plots over the robustness scenarios of configs/study_robustness.py (issue 9).
+"""Tables and plots over the robustness scenarios of configs/study_robustness.py.
 
 Each scenario is its own study directory (benchmarks/results/robustness_<scenario>/, written by
 `benchmarks/study.py --grid <scenario>`); this reads their results.csv and writes, for each period:

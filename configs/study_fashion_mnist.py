@@ -91,7 +91,7 @@ def get_config() -> dict:
       for lr in sorted({FIRST_TUNED, TUNED[s]})
     },
   )
-  # The study of issue 5 at the tuned rates: periods 1/4/16/64, 4 and 8 particles, 3 seeds (the
+  # The study across periods at the tuned rates: periods 1/4/16/64, 4 and 8 particles, 3 seeds (the
   # rates were chosen at period 16 with 8 particles; they are kept everywhere). Its period-16,
   # 8-particle cells are the `tuned` grid's runs of the same variants (copied into this grid's
   # runs/). The one big worker runs at the base config's rate (0.05), 1 particle, N x 704 steps.

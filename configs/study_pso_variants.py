@@ -1,4 +1,4 @@
-"""PSO-PS variants against averaging (issue 8): Fashion-MNIST, LeNet-5, 8 particles, 704 steps.
+"""PSO-PS variants against averaging: Fashion-MNIST, LeNet-5, 8 particles, 704 steps.
 
   python benchmarks/study.py --study configs/study_pso_variants.py --grid search \
       --out benchmarks/results/study_pso_search                     # validation split, seed 0
@@ -10,7 +10,7 @@
       --variants $(python benchmarks/pick_finalists.py
       benchmarks/results/study_pso_search/results.csv) average
 
-The first variants are the rows of the PyTorch simulation in issue 8 (SGD lr 0.05 momentum 0.9,
+The first variants are the rows of the founding PyTorch simulation (SGD lr 0.05 momentum 0.9,
 batch 32, about 3 passes over each 7,500-example shard), rebuilt from psops_jax's options:
 
   pso_textbook       w = c1 = c2 = 0.5, bests kept across rounds, fitness = mean loss of the round

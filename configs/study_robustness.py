@@ -1,4 +1,4 @@
-"""Where choosing might beat averaging (issue 9): faulty workers, non-IID shards, unstable learning
+"""Where choosing might beat averaging: faulty workers, non-IID shards, unstable learning
 rates.
 
 Fashion-MNIST, LeNet-5, 8 particles, 704 local steps (configs/fashion_mnist_pso.py), periods
