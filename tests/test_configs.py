@@ -13,7 +13,13 @@ from psops_jax import config_check, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso")
-STUDY_CONFIGS = ("study_digits", "study_fashion_mnist", "study_pso_variants", "study_robustness")
+STUDY_CONFIGS = (
+  "study_digits",
+  "study_fashion_mnist",
+  "study_outer",
+  "study_pso_variants",
+  "study_robustness",
+)
 
 
 def test_every_config_file_is_tested_here():
