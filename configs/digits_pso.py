@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"  # pso | pso_average | average | ssgd | easgd | diloco | none
-  # | best_pull | topk_average | robust_average | outer (psops_jax.sync.STRATEGIES)
+  # | best_pull | topk_average | robust_average | outer | streaming (psops_jax.sync.STRATEGIES)
   config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (docs/RESULTS.md, the search over PSO-PS's options): bests forgotten
@@ -114,4 +114,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.outer.block_size = 256  # int8 / int4: values per absmax scale
   config.sync.outer.fraction = 0.1  # topk_fraction: the share of values sent (error feedback)
   config.sync.outer.temperature = 1.0  # fitness_weighted: softmax(-fitness / temperature)
+  # streaming: the outer sync of sync.outer's parts, one of `fragments` equal slices of the weights
+  # per sync (each fragment every fragments * sync.period steps), its update applied `delay` syncs
+  # later (overlapping the transfer with compute) and mixed: x := theta + mix * (x - theta)
+  config.sync.streaming = ml_collections.ConfigDict()
+  config.sync.streaming.fragments = 4
+  config.sync.streaming.delay = 1  # 0..fragments - 1 syncs
+  config.sync.streaming.mix = 0.5  # 0: take the new theta; 1: keep the local weights
   return config

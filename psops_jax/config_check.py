@@ -127,6 +127,18 @@ def validate(config) -> None:
       f"sync.outer.fraction={config.sync.outer.fraction}: accepted values are in (0, 1] "
       "(the share of values topk_fraction sends)"
     )
+  _number(config, "sync.streaming.fragments", 1, integer=True)
+  _number(config, "sync.streaming.delay", 0, integer=True)
+  if config.sync.streaming.delay >= config.sync.streaming.fragments:
+    raise ConfigError(
+      f"sync.streaming.delay={config.sync.streaming.delay}: accepted values are 0.."
+      f"{config.sync.streaming.fragments - 1} (delay < sync.streaming.fragments)"
+    )
+  _number(config, "sync.streaming.mix", 0.0)
+  if config.sync.streaming.mix > 1:
+    raise ConfigError(
+      f"sync.streaming.mix={config.sync.streaming.mix}: accepted values are in [0, 1]"
+    )
   _choice(config, "sync.pso.fitness", sync_lib.FITNESS_CHOICES)
   _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
   _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)

@@ -40,6 +40,8 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from psops_jax.clock import Collective
+
 PyTree = Any
 
 AxisName = str | tuple[str, ...]
@@ -89,6 +91,7 @@ class SyncStrategy(NamedTuple):
   metrics: Callable[[PyTree, PyTree, PyTree], dict] = no_metrics
   # (state, loss_of) -> state before the sync; loss_of(params) is the particle's probe loss
   refresh: Callable[[PyTree, Callable], PyTree] = no_refresh
+  collective: Collective = Collective()  # how bytes_per_round travels (the clock's input)
 
 
 def make_strategy(
@@ -172,6 +175,11 @@ def _float_leaves(tree: PyTree) -> list:
   return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
 
 
+def _float_count(tree: PyTree) -> int:
+  """The number of floating-point values in `tree` (leaves may be jax.ShapeDtypeStruct)."""
+  return sum(math.prod(a.shape) for a in _float_leaves(tree))
+
+
 def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
   """lax.psum of the floating-point leaves of `tree` in ONE all-reduce; integer leaves unchanged.
 
@@ -234,6 +242,7 @@ def none(axis_name: AxisName = "particles") -> SyncStrategy:
     bytes_per_round=lambda params, period, opt_state=None: 0,
     export=export_best_particle(axis_name),
     shares_batch_stats=False,
+    collective=Collective("none"),
   )
 
 
@@ -272,6 +281,7 @@ def ssgd(axis_name: AxisName = "particles") -> SyncStrategy:
     reduce_grads=lambda grads: pmean_floats(grads, axis_name),
     bytes_per_round=lambda params, period, opt_state=None: period * tree_bytes(params),
     export=export_mean(axis_name),
+    collective=Collective(per_step=True),
   )
 
 
@@ -670,6 +680,12 @@ def make_aggregate(
   }[name]
 
 
+def aggregate_collective(name: str) -> str:
+  """The collective an aggregate needs: the coordinate-wise robust rules gather every particle's
+  values; the others are sums (one all-reduce)."""
+  return "all_gather" if name in ("median", "trimmed_mean") else "all_reduce"
+
+
 class Compressor(NamedTuple):
   """What a particle puts on the wire: `apply(v)` the values the others receive (quantized and
   dequantized), `payload_bytes(n)` the bytes of n float32 values at the compressed width (scales
@@ -810,11 +826,16 @@ def outer(
     return theta, stats, OuterState(theta, opt_state, residual)
 
   def bytes_per_round(params, period, opt_state=None):
-    count = sum(math.prod(a.shape) for a in _float_leaves(params))
+    count = _float_count(params)
     return compressor.payload_bytes(count) + (4 if aggregate in FITNESS_AGGREGATES else 0)
 
   return make_strategy(
-    init, sync_with_stats, _identity, bytes_per_round, export=export_mean(axis_name)
+    init,
+    sync_with_stats,
+    _identity,
+    bytes_per_round,
+    export=export_mean(axis_name),
+    collective=Collective(aggregate_collective(aggregate)),
   )
 
 
@@ -899,6 +920,145 @@ def diloco(
 
 
 # --------------------------------------------------------------------------------------------------
+# Streaming sync: the outer sync one fragment at a time, overlapped with compute.
+
+
+class StreamingState(NamedTuple):
+  """One particle's state of `streaming`. The float weights are one flat vector padded to F
+  fragments of c values: `center` theta (F c), `opt_state` the outer optimizer's state of each
+  fragment stacked on a leading axis of F, `residual` the particle's error feedback (F c, or ()),
+  `pending` the aggregated pseudo-gradients still on the wire (delay x c, or ()), `count` the syncs
+  done so far."""
+
+  center: jax.Array
+  opt_state: PyTree
+  residual: PyTree
+  pending: PyTree
+  count: jax.Array
+
+
+def fragment_size(count: int, fragments: int) -> int:
+  """c = ceil(count / F): the values of one fragment (the last one padded with zeros)."""
+  return -(-count // fragments)
+
+
+def streaming(
+  fragments: int = 4,
+  delay: int = 0,
+  mix: float = 0.0,
+  aggregate: str = "mean",
+  optimizer: optax.GradientTransformation | None = None,
+  compress: str = "none",
+  axis_name: AxisName = "particles",
+  trim: int = 1,
+  k: int = 4,
+  temperature: float = 1.0,
+  pull: float = 0.25,
+  block_size: int = 256,
+  fraction: float = 0.1,
+) -> SyncStrategy:
+  """Streaming DiLoCo (Douillard et al. 2025): the outer sync of `outer`, one fragment per round.
+
+  The float weights, ravelled in layer order, are cut into F = `fragments` contiguous slices of
+  equal size c (equal sizes rather than layer boundaries: LeNet-5's layers are too unequal for
+  fragments of similar size). Sync k (0-based, every `period` local steps) sends fragment
+  f = k mod F, so each fragment is synced every F rounds with offset f rounds and each sync sends
+  1/F of the weights. With d = `delay`, a = `mix`, A the aggregate and C the compressor of `outer`:
+
+      at sync k:      u_k     := theta_f - A(x'_f)  or  A(C(theta_f - x'_f + e_f))   (f = k mod F)
+      at sync k + d:  theta_f := theta_f + opt_f.update(u_k)     (the fragment's own outer state;
+                      x_f     := theta_f + a (x_f - theta_f)      optimizer None: theta_f - u_k)
+
+  u_k travels while the particles run d more rounds (tau = d x period local steps); then fragment f
+  of each particle is mixed with the new theta_f: a = 0 takes theta_f, a = 1 keeps the local
+  weights. The other fragments train on locally. F = 1, d = 0, a = 0 is `outer` with the same
+  parts (DiLoCo with the Nesterov optimizer); 0 <= d < F, so a fragment's update lands before it is
+  sent again. Batch statistics are averaged at every sync (aggregate A), in the same collective.
+  The simulation reduces fragment f only; `bytes_per_round` counts its c values at the
+  compressor's width.
+  """
+  if fragments < 1 or not 0 <= delay < fragments:
+    raise ValueError(
+      f"sync.streaming.delay={delay}: accepted values are 0..{fragments - 1} (fragments - 1)"
+    )
+  combine = make_aggregate(aggregate, axis_name, trim, k, temperature, pull)
+  compressor = make_compressor(compress, block_size, fraction)
+
+  def padded(params):
+    flat, unravel = ravel_pytree(_float_leaves(params))
+    c = fragment_size(flat.shape[0], fragments)
+    return jnp.pad(flat, (0, fragments * c - flat.shape[0])), unravel, c
+
+  def init(params):
+    center, _, c = padded(params)
+    slices = center.reshape(fragments, c)
+    return StreamingState(
+      center=center,
+      opt_state=jax.vmap(optimizer.init)(slices) if optimizer is not None else (),
+      residual=jnp.zeros_like(center) if compressor.error_feedback else (),
+      pending=jnp.zeros((delay, c), center.dtype) if delay else (),
+      count=jnp.zeros((), jnp.int32),
+    )
+
+  def sync_with_stats(params, stats, state: StreamingState, fitness, key):
+    stats = combine(stats, fitness)
+    x, unravel, c = padded(params)
+    fragment = lambda v, f: lax.dynamic_slice(v, (f * c,), (c,))
+    sent = state.count % fragments
+    theta_sent = fragment(state.center, sent)
+    residual = state.residual
+    if compress == "none":
+      u = theta_sent - combine(fragment(x, sent), fitness)
+    else:
+      pseudo = theta_sent - fragment(x, sent)
+      if compressor.error_feedback:
+        pseudo = pseudo + fragment(residual, sent)
+      received = compressor.apply(pseudo)
+      if compressor.error_feedback:
+        residual = lax.dynamic_update_slice(residual, pseudo - received, (sent * c,))
+      u = combine(received, fitness)
+    if delay:
+      queue = jnp.concatenate([state.pending, u[None]])
+      u, pending = queue[0], queue[1:]
+    else:
+      pending = ()
+    landed = (state.count - delay) % fragments  # the fragment whose update arrives now
+    active = state.count >= delay  # nothing has arrived during the first d syncs
+    theta = fragment(state.center, landed)
+    opt_state = state.opt_state
+    if optimizer is None:
+      new_theta = theta - u
+    else:
+      mine = jax.tree.map(lambda s: s[landed], opt_state)
+      updates, mine = optimizer.update(u, mine, theta)
+      new_theta = optax.apply_updates(theta, updates)
+      opt_state = jax.tree.map(
+        lambda s, m: s.at[landed].set(jnp.where(active, m, s[landed])), opt_state, mine
+      )
+    new_theta = jnp.where(active, new_theta, theta)
+    local = fragment(x, landed)
+    mixed = jnp.where(active, new_theta + mix * (local - new_theta), local)
+    center = lax.dynamic_update_slice(state.center, new_theta, (landed * c,))
+    x = lax.dynamic_update_slice(x, mixed, (landed * c,))
+    received = iter(unravel(x[: _float_count(params)]))
+    params = map_floats(lambda a: next(received), params)
+    return params, stats, StreamingState(center, opt_state, residual, pending, state.count + 1)
+
+  def bytes_per_round(params, period, opt_state=None):
+    c = fragment_size(_float_count(params), fragments)
+    return compressor.payload_bytes(c) + (4 if aggregate in FITNESS_AGGREGATES else 0)
+
+  return make_strategy(
+    init,
+    sync_with_stats,
+    _identity,
+    bytes_per_round,
+    export=export_mean(axis_name),
+    collective=Collective(aggregate_collective(aggregate), hidden_rounds=delay),
+  )
+
+
+# --------------------------------------------------------------------------------------------------
 # Elastic averaging.
 
 
@@ -977,15 +1137,14 @@ def pso_from_config(sync_config, rounds: int, axis_name: AxisName, mean_pull: fl
   )
 
 
-def outer_from_config(sync_config, axis_name: AxisName) -> SyncStrategy:
-  """`outer` with the parts config.sync.outer names (trim, k and pull from sync.robust.trim,
-  sync.topk and sync.best_pull)."""
+def outer_parts(sync_config) -> dict:
+  """The keyword arguments of `outer` (and `streaming`) that config.sync.outer names (trim, k and
+  pull from sync.robust.trim, sync.topk and sync.best_pull)."""
   o = sync_config.outer
-  return outer(
-    o.aggregate,
-    outer_optimizer(o.optimizer, o.learning_rate, o.momentum),
-    o.compress,
-    axis_name,
+  return dict(
+    aggregate=o.aggregate,
+    optimizer=outer_optimizer(o.optimizer, o.learning_rate, o.momentum),
+    compress=o.compress,
     trim=sync_config.robust.trim,
     k=sync_config.topk,
     temperature=o.temperature,
@@ -993,6 +1152,17 @@ def outer_from_config(sync_config, axis_name: AxisName) -> SyncStrategy:
     block_size=o.block_size,
     fraction=o.fraction,
   )
+
+
+def outer_from_config(sync_config, axis_name: AxisName) -> SyncStrategy:
+  """`outer` with the parts config.sync.outer names."""
+  return outer(axis_name=axis_name, **outer_parts(sync_config))
+
+
+def streaming_from_config(sync_config, axis_name: AxisName) -> SyncStrategy:
+  """`streaming` with config.sync.streaming's fragments, delay and mix and sync.outer's parts."""
+  s = sync_config.streaming
+  return streaming(s.fragments, s.delay, s.mix, axis_name=axis_name, **outer_parts(sync_config))
 
 
 class Registered(NamedTuple):
@@ -1031,6 +1201,11 @@ REGISTRY: dict[str, Registered] = {
     lambda c, rounds, axis: outer_from_config(c, axis),
     reads_fitness=lambda c: c.outer.aggregate in FITNESS_AGGREGATES,
     shared_init=lambda c: c.outer.optimizer != "none" or c.outer.compress != "none",
+  ),
+  "streaming": Registered(
+    lambda c, rounds, axis: streaming_from_config(c, axis),
+    reads_fitness=lambda c: c.outer.aggregate in FITNESS_AGGREGATES,
+    shared_init=_always,
   ),
 }
 STRATEGIES = tuple(REGISTRY)

@@ -492,6 +492,11 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
     "samples": rounds * samples_per_round,
     "communicated_bytes_per_particle": rounds * bytes_per_round,
     "communicated_bytes_total": rounds * bytes_per_round * n,
+    # the communication clock's inputs (psops_jax/clock.py)
+    "collective": strategy.collective._asdict(),
+    "model_bytes": sync_lib.tree_bytes(
+      (one_particle(swarm.params), one_particle(swarm.batch_stats))
+    ),
     "train_seconds": train_seconds,
     "compile_seconds": compile_seconds,
     "samples_per_second": rounds * samples_per_round / train_seconds,
@@ -502,6 +507,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
     "config": config.to_dict(),
     "backend": jax.default_backend(),
     "jax_version": jax.__version__,
+    "code_version": workdir_lib.code_version(),
   }
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)

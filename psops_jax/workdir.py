@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -213,3 +214,21 @@ def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
   finally:
     if lock:
       lock.release()
+
+
+def code_version() -> str | None:
+  """The commit of the checkout this package runs from, with "+modified" when tracked files differ
+  from it (a run's figures can then be tied to, and re-made from, a commit); None outside a git
+  checkout."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  git = lambda *args: subprocess.run(
+    ["git", "-C", repo, *args], capture_output=True, text=True, timeout=30
+  )
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+      return None
+    modified = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head.stdout.strip() + ("+modified" if modified else "")
