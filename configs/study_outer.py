@@ -1,30 +1,39 @@
-"""The composable outer sync on Fashion-MNIST, LeNet-5, 8 particles, 704 local steps, periods 16 and
-64, seeds 0-2, at the tuned inner learning rates of docs/RESULTS.md (DiLoCo and the outer variants
-0.0125, averaging 0.025):
+"""The composable outer sync and its competitors on Fashion-MNIST, LeNet-5, 8 particles, 704 local
+steps, seeds 0-2, at the tuned inner learning rates of docs/RESULTS.md, evaluated at 11 points so
+that benchmarks/study.py's time-to-accuracy tables (psops_jax/clock.py) have curves to read:
 
   python benchmarks/study.py --study configs/study_outer.py --out benchmarks/results/study_outer
   python benchmarks/study.py --study configs/study_outer.py --grid nan \
       --out benchmarks/results/study_outer_nan          # 2 of 8 workers NaN from step 176
 
-Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`):
-  average, diloco             the references (diloco = outer mean + Nesterov, float32)
+Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and their periods:
+  ssgd                        gradients all-reduced every step (period 16: only its rounds)
+  average, diloco             the references at periods 4, 16 and 64 (diloco = outer mean +
+                              Nesterov, float32)
+  pso                         PSO-PS at periods 16 and 64: does a rare PSO sync beat a frequent
+                              average in time on any network?
+  streaming                   Streaming DiLoCo: 4 fragments, one synced per round, its update
+                              applied a round later, mixed 0.5; at period 4 (each fragment every
+                              16 steps: the bytes of diloco at 16) and 16 (those of diloco at 64)
   diloco_<c>                  DiLoCo sending its pseudo-gradients compressed: bfloat16, int8, int4
-                              (absmax per block of 256), topk_fraction 0.1 (error feedback)
+                              (absmax per block of 256), topk_fraction 0.1 (error feedback); period
+                              16, and int8 at 64
   median_nesterov, trimmed_nesterov
                               a robust aggregate (median; trimmed mean dropping 2 at each end) under
-                              the Nesterov outer step: does it keep DiLoCo's gain and the median's
-                              survival of faulty workers?
+                              the Nesterov outer step, period 16: does it keep DiLoCo's gain and the
+                              median's survival of faulty workers?
   fitness_weighted_t<T>       softmax(-fitness / T) weights under Nesterov, T = 0.01 and 0.1
   topk6_nesterov, best_pull_nesterov
                               the selection aggregates under Nesterov: does selecting by fitness
                               add anything on top of DiLoCo?
 The `nan` grid runs the robust and reference variants under the NaN-worker fault of
-configs/study_robustness.py.
+configs/study_robustness.py, at period 16.
 """
 
 from configs import study_fashion_mnist, study_robustness
 
-INNER = study_fashion_mnist.TUNED["diloco"]
+TUNED = study_fashion_mnist.TUNED
+INNER = TUNED["diloco"]
 NESTEROV = {
   "sync.strategy": "outer",
   "sync.outer.optimizer": "nesterov",
@@ -36,12 +45,22 @@ def outer(**fields) -> dict:
   return dict(NESTEROV, **{f"sync.outer.{k}": v for k, v in fields.items()})
 
 
+def tuned(strategy: str) -> dict:
+  return {"sync.strategy": strategy, "optimizer.learning_rate": TUNED[strategy]}
+
+
 VARIANTS = {
-  "average": {
-    "sync.strategy": "average",
-    "optimizer.learning_rate": study_fashion_mnist.TUNED["average"],
+  "ssgd": tuned("ssgd"),
+  "average": tuned("average"),
+  "diloco": tuned("diloco"),
+  "pso": tuned("pso"),
+  "streaming": {
+    "sync.strategy": "streaming",
+    "sync.streaming.fragments": 4,
+    "sync.streaming.delay": 1,
+    "sync.streaming.mix": 0.5,
+    "optimizer.learning_rate": INNER,
   },
-  "diloco": {"sync.strategy": "diloco", "optimizer.learning_rate": INNER},
   **{f"diloco_{c}": outer(compress=c) for c in ("bfloat16", "int8", "int4", "topk_fraction")},
   "median_nesterov": outer(aggregate="median"),
   "trimmed_nesterov": dict(outer(aggregate="trimmed_mean"), **{"sync.robust.trim": 2}),
@@ -52,6 +71,13 @@ VARIANTS = {
   "topk6_nesterov": dict(outer(aggregate="topk"), **{"sync.topk": 6}),
   "best_pull_nesterov": outer(aggregate="best_pull"),
 }
+PERIODS = {  # the periods of each variant (the others: 16)
+  "average": [4, 16, 64],
+  "diloco": [4, 16, 64],
+  "pso": [16, 64],
+  "streaming": [4, 16],
+  "diloco_int8": [16, 64],
+}
 ROBUST = ("average", "diloco", "median_nesterov", "trimmed_nesterov")
 
 
@@ -60,9 +86,10 @@ def get_config() -> dict:
   study = dict(
     base,
     variants=VARIANTS,
-    periods=[16, 64],
+    periods=[4, 16, 64],
+    variant_periods={v: PERIODS.get(v, [16]) for v in VARIANTS},
     num_particles=[8],
-    evals=4,
+    evals=11,
     one_big_worker=False,
     reference="diloco",
   )
@@ -73,5 +100,6 @@ def get_config() -> dict:
     evals=1,
     overrides=study_robustness.SCENARIOS["nan"],
     variants={v: VARIANTS[v] for v in ROBUST},
+    variant_periods={v: [16] for v in ROBUST},
   )
   return study
