@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks import time_report
 from psops_jax import workdir as workdir_lib  # no JAX in it
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,10 @@ ROW_KEYS = (
   "communicated_bytes_per_particle",
   "train_seconds",
   "evaluated_on",
+  "model_bytes",
+  "code_version",
 )
+CLOCK_KEYS = ("collective", "curve")  # results.json only: the communication clock's inputs
 
 
 class Study(dict):
@@ -223,10 +227,12 @@ def collect(study, out):
       continue
     with open(path) as f:
       summary = json.load(f)
-    rows.append(
-      {k: summary.get(k) for k in ROW_KEYS}
-      | {"variant": variant, "seed": seed, "num_particles": particles, "diverged": False}
-    )
+    row = {k: summary.get(k) for k in ROW_KEYS} | {
+      "variant": variant,
+      "seed": seed,
+      "num_particles": particles,
+      "diverged": False,
+    }
     points = []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       for line in f:
@@ -249,6 +255,9 @@ def collect(study, out):
       )
     )
     curves[(variant, period, particles, seed)] = points
+    if "collective" in summary:  # the clock's inputs (runs made before it have none)
+      row |= {"collective": summary["collective"], "curve": [[s, b, a] for s, b, _, a in points]}
+    rows.append(row)
   return rows, curves
 
 
@@ -502,7 +511,7 @@ def report(study, out):
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
   with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=ROW_KEYS)
+    writer = csv.DictWriter(f, fieldnames=ROW_KEYS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
   table = markdown(study, rows)
@@ -512,6 +521,8 @@ def report(study, out):
   if len({r["period"] for r in rows}) > 1:  # finished runs at several periods
     plot_periods(study, rows, out)
   print(table)
+  if any("curve" in r for r in rows):
+    time_report.write_study(out)
 
 
 def with_base(study, base, settings) -> Study:

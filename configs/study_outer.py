@@ -90,6 +90,7 @@ def get_config() -> dict:
     variant_periods={v: PERIODS.get(v, [16]) for v in VARIANTS},
     num_particles=[8],
     evals=11,
+    overrides={"train.eval_particles": False},  # the curves need the exported model only
     one_big_worker=False,
     reference="diloco",
   )
@@ -98,7 +99,7 @@ def get_config() -> dict:
   study["nan"] = dict(
     study,
     evals=1,
-    overrides=study_robustness.SCENARIOS["nan"],
+    overrides=dict(study_robustness.SCENARIOS["nan"]),
     variants={v: VARIANTS[v] for v in ROBUST},
     variant_periods={v: [16] for v in ROBUST},
   )

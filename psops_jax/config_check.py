@@ -86,6 +86,7 @@ def validate(config) -> None:
   _number(config, "train.rounds", 1, integer=True)
   _number(config, "train.log_every", 1, integer=True)
   _number(config, "train.eval_every", 0, integer=True)
+  _choice(config, "train.eval_particles", (True, False))
   _choice(config, "train.loop", LOOPS)
   _number(config, "train.max_unroll", 0, integer=True)
   _choice(config, "train.local_layout", LAYOUTS)

@@ -150,26 +150,30 @@ def _finite_or_none(value) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def evaluate_swarm(swarm, fitness, evaluators: swarm_lib.Evaluators, test, test_one):
+def evaluate_swarm(
+  swarm, fitness, evaluators: swarm_lib.Evaluators, test, test_one, exported_only=False
+):
   """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
   the model the strategy exports (`SyncStrategy.export`: g for PSO-PS, the center for EASGD, the
-  mean for averaging, the best particle for independent training), each with its batch statistics.
-  The best particle is the one with the lowest final fitness (a training-split quantity:
-  the test split never chooses). `test` is replicated on the mesh (for the particles), `test_one`
-  lies on one local device (single models)."""
-  accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
-  accuracies = accuracies.astype(np.float64)
-  best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
+  mean for averaging, the best particle for independent training), each with its batch statistics;
+  `exported_only`: the exported model's alone. The best particle is the one with the lowest final
+  fitness (a training-split quantity: the test split never chooses). `test` is replicated on the
+  mesh (for the particles), `test_one` lies on one local device (single models)."""
   device = test_one[0].devices().pop()
   accuracy_of = lambda model: float(evaluators.one(*jax.device_put(model, device), *test_one)[0])
-  averaged = jax.tree.map(to_host, evaluators.mean(swarm.params, swarm.batch_stats))
-  result = {
-    "test_accuracy_particles": accuracies.tolist(),
-    "test_accuracy_best_particle": float(accuracies[best]),
-    "best_particle": best,
-    "test_accuracy_mean_particle": float(np.mean(accuracies)),
-    "test_accuracy_averaged_weights": accuracy_of(averaged),
-  }
+  result = {}
+  if not exported_only:
+    accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
+    accuracies = accuracies.astype(np.float64)
+    best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
+    averaged = jax.tree.map(to_host, evaluators.mean(swarm.params, swarm.batch_stats))
+    result = {
+      "test_accuracy_particles": accuracies.tolist(),
+      "test_accuracy_best_particle": float(accuracies[best]),
+      "best_particle": best,
+      "test_accuracy_mean_particle": float(np.mean(accuracies)),
+      "test_accuracy_averaged_weights": accuracy_of(averaged),
+    }
   sharding = jax.tree.leaves(swarm.params)[0].sharding
   exported = evaluators.export(
     swarm, swarm_lib.put_global(np.asarray(fitness, np.float32), sharding)
@@ -462,7 +466,16 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
             )
           raise Diverged(message)
         if evaluate_now and done != rounds:
-          record.update(evaluate_swarm(swarm, host_metrics["fitness"], evaluators, test, test_one))
+          record.update(
+            evaluate_swarm(
+              swarm,
+              host_metrics["fitness"],
+              evaluators,
+              test,
+              test_one,
+              exported_only=not config.train.eval_particles,
+            )
+          )
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         events.write(record)

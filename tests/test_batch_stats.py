@@ -28,7 +28,8 @@ def expected_stats(name, stats, fitness, config):
   every = lambda fn: jax.tree.map(lambda a: np.broadcast_to(fn(a), a.shape), stats)
   if name == "none":
     return stats
-  if name in ("average", "ssgd", "easgd", "diloco", "outer"):  # outer: the default aggregate, mean
+  # outer and streaming: the default aggregate, mean
+  if name in ("average", "ssgd", "easgd", "diloco", "outer", "streaming"):
     return every(lambda a: a.mean(0))
   if name in ("pso", "pso_average"):
     return every(lambda a: a[order[0]])

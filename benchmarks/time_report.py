@@ -1,0 +1,260 @@
+"""Time to accuracy on a network: recorded runs on the communication clock (psops_jax/clock.py).
+
+Every figure here is a PROJECTION: the accuracy a run reached after so many local steps and bytes,
+at the time a profile's compute and link would have taken for them. It leaves out stragglers,
+contention, the real collective algorithm and topology, and the real step time of an accelerator.
+
+  python benchmarks/time_report.py benchmarks/results/study_outer          # a study: the tables
+                                                # at ratios 10, 1, 0.1, 0.01 and the plot
+  python benchmarks/time_report.py benchmarks/results/study_outer --ratio 3 0.03 \
+      --profile 1b_h100_1gbit                   # other ratios, a named profile
+  python benchmarks/time_report.py RUN_DIR --profile lenet5_h100_1gbit    # one run's curve
+
+A study directory is read from its results.json (benchmarks/study.py writes each run's curve
+there); a run directory from its summary.json and metrics.jsonl. For a study it writes
+time_to_accuracy.md (per target accuracy: the mean projected time to reach it per variant and
+period, at each ratio or profile, the fastest marked, and how much sooner than ssgd) and
+accuracy_vs_time.png (one panel per ratio or profile). The ratio r = t_step / t_allreduce(full
+weights); under a ratio, time is counted in all-reduces of the full float32 weights.
+"""
+
+import argparse
+import collections
+import json
+import os
+import statistics
+
+from psops_jax import clock  # no JAX in it
+
+RATIOS = (10.0, 1.0, 0.1, 0.01)
+TARGETS = (0.85, 0.87)
+
+
+class InputError(ValueError):
+  """A path or option this report cannot use; the message names it."""
+
+
+def run_curve(workdir: str):
+  """(RunShape, [(steps, bytes, accuracy)]) of one finished run directory."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    raise InputError(f"{workdir}: no summary.json (not a finished run directory)")
+  with open(path) as f:
+    summary = json.load(f)
+  if "collective" not in summary:
+    raise InputError(f"{path}: made before the clock's fields (collective, model_bytes); re-run it")
+  curve = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "final_test_accuracy" in record:
+        curve.append(
+          (record["step"], record["communicated_bytes_per_particle"], record["final_test_accuracy"])
+        )
+  final = (
+    summary["steps"],
+    summary["communicated_bytes_per_particle"],
+    summary["final_test_accuracy"],
+  )
+  if not curve or curve[-1][0] != final[0]:
+    curve.append(final)
+  return clock.run_shape(summary), curve
+
+
+def study_runs(out: str) -> dict:
+  """{(variant, period): [(RunShape, curve)]} of a study's results.json (rows with a curve)."""
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    raise InputError(f"{out}: no results.json (run benchmarks/study.py first)")
+  with open(path) as f:
+    rows = json.load(f)
+  runs = collections.defaultdict(list)
+  for row in rows:
+    if row.get("curve") and not row["diverged"]:
+      runs[(row["variant"], row["period"])].append((clock.run_shape(row), row["curve"]))
+  if not runs:
+    raise InputError(f"{path}: no run has a recorded curve (made before the clock; re-run it)")
+  return dict(runs)
+
+
+def profiles_of(ratios, names) -> dict:
+  """{column title: Profile} for the ratios and named profiles asked for."""
+  columns = {f"r = {r:g}": clock.ratio_profile(r) for r in ratios}
+  for name in names:
+    try:
+      columns[name] = clock.profile_from_name(name)
+    except ValueError as error:
+      raise InputError(f"--profile: {error}") from None
+  return columns
+
+
+def unit(profile: clock.Profile) -> str:
+  return "all-reduces" if profile.model_bytes == 1.0 else "s"
+
+
+def mean_time(runs, target, profile):
+  """(mean projected time to `target` over the runs that reached it, how many did)."""
+  times = [clock.time_to_accuracy(curve, target, shape, profile) for shape, curve in runs]
+  reached = [t for t in times if t is not None]
+  return (statistics.mean(reached) if reached else None), len(reached)
+
+
+def fmt(seconds: float) -> str:
+  return f"{seconds:.3g}"
+
+
+def time_table(runs: dict, profiles: dict, target: float) -> list:
+  """Markdown lines: a row per (variant, period), a column per profile; the fastest of the rows
+  whose every seed reached the target is in bold; the last rows name it and its lead on ssgd."""
+  keys = sorted(runs, key=lambda k: (k[0], k[1]))
+  times = {
+    (key, col): mean_time(runs[key], target, p) for key in keys for col, p in profiles.items()
+  }
+  fastest = {}
+  for col in profiles:
+    complete = [
+      (times[(key, col)][0], key)
+      for key in keys
+      if times[(key, col)][1] == len(runs[key]) and times[(key, col)][0] is not None
+    ]
+    fastest[col] = min(complete) if complete else None
+  lines = [
+    "| variant | period | " + " | ".join(profiles) + " |",
+    "| --- | --- |" + " --- |" * len(profiles),
+  ]
+  for key in keys:
+    cells = []
+    for col in profiles:
+      t, k = times[(key, col)]
+      text = "never" if t is None else fmt(t)
+      if k and k < len(runs[key]):
+        text += f" ({k}/{len(runs[key])} seeds)"
+      if fastest[col] and fastest[col][1] == key:
+        text = f"**{text}**"
+      cells.append(text)
+    lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+  winners, leads = [], []
+  for col in profiles:
+    if fastest[col] is None:
+      winners.append("none")
+      leads.append("—")
+      continue
+    t, key = fastest[col]
+    winners.append(f"{key[0]} p{key[1]}")
+    ssgd = [times[(k, col)] for k in keys if k[0] == "ssgd"]
+    leads.append(f"{ssgd[0][0] / t:.2g}x" if ssgd and ssgd[0][0] else "—")
+  lines.append("| **fastest** | | " + " | ".join(winners) + " |")
+  lines.append("| ssgd's time / fastest | | " + " | ".join(leads) + " |")
+  return lines
+
+
+def markdown(runs: dict, profiles: dict, targets) -> str:
+  lines = [
+    "# Time to accuracy (a projection, psops_jax/clock.py)",
+    "",
+    "Mean projected time to the first evaluation at or above the target, over the seeds that "
+    "reached it ((k/n seeds) when not all did; never: none did). Under a ratio r = t_step / "
+    "t_allreduce(full float32 weights) time is in all-reduces of the full weights; under a named "
+    "profile in seconds. The fastest variant whose every seed reached the target is in bold. "
+    "Left out: stragglers, contention, the real collective on a real topology, the real step "
+    "time of an accelerator; the curves are sampled at the recorded evaluations only.",
+    "",
+  ]
+  for name, p in profiles.items():
+    if p.model_bytes != 1.0:
+      lines.append(f"- `{name}` (r = {clock.full_allreduce_ratio(p):.3g}): {p.note}")
+  lines.append("")
+  for target in targets:
+    lines += [f"## Time to {target} test accuracy", ""]
+    lines += time_table(runs, profiles, target) + [""]
+  return "\n".join(lines)
+
+
+def plot(runs: dict, profiles: dict, path: str):
+  """Accuracy (mean over seeds at each evaluation) against projected time, a panel per profile."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(
+    1, len(profiles), figsize=(4.2 * len(profiles) + 2.0, 3.8), squeeze=False, sharey=True
+  )
+  for ax, (col, p) in zip(axes[0], profiles.items()):
+    for key in sorted(runs):
+      shape, first = runs[key][0]
+      length = min(len(curve) for _, curve in runs[key])
+      xs = [clock.projected_seconds(s, b, shape, p) for s, b, _ in first[:length]]
+      ys = [statistics.mean(curve[i][2] for _, curve in runs[key]) for i in range(length)]
+      ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1, label=f"{key[0]} p{key[1]}")
+    ax.set_xscale("log")
+    ax.set_title(col, fontsize=9)
+    ax.set_xlabel(f"projected time ({unit(p)})")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("test accuracy (mean over seeds)")
+  axes[0][0].set_ylim(0.75, None)
+  axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.suptitle("accuracy against projected time (a projection: psops_jax/clock.py)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_study(out: str, ratios=RATIOS, names=(), targets=TARGETS) -> str:
+  """time_to_accuracy.md and accuracy_vs_time.png in a study's directory; returns the markdown."""
+  runs, profiles = study_runs(out), profiles_of(ratios, names)
+  text = markdown(runs, profiles, targets)
+  with open(os.path.join(out, "time_to_accuracy.md"), "w") as f:
+    f.write(text + "\n")
+  plot(runs, profiles, os.path.join(out, "accuracy_vs_time.png"))
+  return text
+
+
+def run_lines(workdir: str, profiles: dict) -> str:
+  """One run's evaluations with their projected times, a column per profile."""
+  shape, curve = run_curve(workdir)
+  lines = [
+    "| step | MB sent | accuracy | "
+    + " | ".join(f"{c} ({unit(p)})" for c, p in profiles.items())
+    + " |",
+    "| --- | --- | --- |" + " --- |" * len(profiles),
+  ]
+  for steps, sent, accuracy in curve:
+    times = [fmt(clock.projected_seconds(steps, sent, shape, p)) for p in profiles.values()]
+    lines.append(f"| {steps} | {sent / 1e6:.2f} | {accuracy:.4f} | " + " | ".join(times) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
+  parser.add_argument("path", help="a study's output directory or one run's workdir")
+  parser.add_argument("--ratio", type=float, nargs="+", help=f"ratios r (default {RATIOS})")
+  parser.add_argument(
+    "--profile",
+    nargs="+",
+    default=[],
+    help=f"named profiles: {', '.join(clock.PROFILES)}",
+  )
+  parser.add_argument(
+    "--target", type=float, nargs="+", default=list(TARGETS), help="accuracies to reach"
+  )
+  args = parser.parse_args(argv)
+  ratios = args.ratio if args.ratio is not None else ([] if args.profile else RATIOS)
+  bad = [r for r in ratios if not r > 0]
+  if bad:
+    parser.error(f"--ratio {bad}: ratios must be numbers > 0")
+  if not os.path.isdir(args.path):
+    parser.error(f"{args.path}: no such directory (a study's --out or a run's --workdir)")
+  try:
+    if os.path.exists(os.path.join(args.path, "summary.json")):
+      print(run_lines(args.path, profiles_of(ratios, args.profile)))
+    else:
+      print(write_study(args.path, ratios, args.profile, args.target))
+  except InputError as error:
+    parser.error(str(error))
+
+
+if __name__ == "__main__":
+  main()
