@@ -74,6 +74,7 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   for key in ("steps", "bytes", "seconds"):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   assert (out / "runs" / "pso_p4_n2_s0" / "run.lock").read_text() == ""  # the cell's lock, released
+  check_time_report(out)
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
   assert "[1/3]" not in second and "| pso |" in second
   run_study(study_file, out, "--variants", "pso", "--report-only")  # a slice still reports it all
@@ -84,6 +85,51 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   run_study(two_periods, out, "--report-only")  # period 8 never ran: no plot against the period
   assert "| pso | 0." in (out / "results.md").read_text()
   assert not (out / "final_accuracy_vs_period.png").exists()
+
+
+def check_time_report(out):
+  """results.json keeps each run's curve and clock inputs; benchmarks/time_report.py puts them on a
+  ratio: at r = 1, the first evaluation at the target costs steps + bytes / model_bytes
+  all-reduces of the full weights."""
+  rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
+  average = rows["average"]
+  assert [point[0] for point in average["curve"]] == [8, 16]  # evaluated at round 2 and the end
+  assert average["curve"][-1][1] == average["communicated_bytes_per_particle"]
+  assert average["collective"] == {"kind": "all_reduce", "per_step": False, "hidden_rounds": 0}
+  assert rows["one big worker"]["collective"]["kind"] == "none"
+  assert "## Time to 0.85 test accuracy" in (out / "time_to_accuracy.md").read_text()
+  assert (out / "accuracy_vs_time.png").stat().st_size > 1000
+  target = average["final_test_accuracy"]
+  steps, sent, _ = next(p for p in average["curve"] if p[2] >= target)
+  want = steps + sent / average["model_bytes"]
+  report = subprocess.run(
+    [
+      sys.executable,
+      "benchmarks/time_report.py",
+      str(out),
+      "--ratio",
+      "1",
+      "--target",
+      str(target),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert report.returncode == 0, report.stderr
+  assert f"| average | 4 | {want:.3g}" in report.stdout.replace("**", "")
+  one_run = subprocess.run(
+    [sys.executable, "benchmarks/time_report.py", str(out / "runs" / "average_p4_n2_s0")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert one_run.returncode == 0, one_run.stderr
+  assert (
+    f"| 16 | {sent / 1e6:.2f} |" in one_run.stdout or f"| 8 | {sent / 1e6:.2f} |" in one_run.stdout
+  )
 
 
 def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(
