@@ -34,6 +34,8 @@ import csv
 import importlib.util
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -525,6 +527,68 @@ def report(study, out):
     time_report.write_study(out)
 
 
+CHECK_TOLERANCE = 0.015  # accuracy; the re-run spread across code versions (docs/RESULTS.md)
+
+
+def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
+  """Re-run `count` finished cells chosen at random (random.Random(seed)) into OUT/check/<cell>
+  and compare with the recorded run: the same config, then the same params_fingerprint where the
+  code promises determinism, else final accuracies within `tolerance`. True if all pass.
+  Determinism is promised where the training code (psops_jax/, train.py and configs/) at the
+  recorded run's commit (`code_version`, unmodified) is this checkout's, on the same kind of
+  machine, backend and JAX version."""
+  finished = [
+    (name, overrides)
+    for name, _, _, _, _, overrides in cells(study)
+    if os.path.exists(os.path.join(out, "runs", name, "summary.json"))
+  ]
+  if not finished:
+    raise SystemExit(f"--check: no finished cell in {out}/runs")
+  chosen = random.Random(seed).sample(finished, min(count, len(finished)))
+  code, machine = workdir_lib.training_code(), workdir_lib.machine_kind()
+  print(f"--check {count} --check-seed {seed}: {[name for name, _ in chosen]}", flush=True)
+  print(f"this checkout's training code: {code}, on {machine}", flush=True)
+  passed = True
+  for name, overrides in chosen:
+    with open(os.path.join(out, "runs", name, "summary.json")) as f:
+      recorded = json.load(f)
+    workdir = os.path.join(out, "check", name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+      command(study, workdir, overrides), cwd=REPO, env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+      print(f"  {name}: FAIL, the re-run failed: {result.stderr.strip()[-300:]}", flush=True)
+      passed = False
+      continue
+    with open(os.path.join(workdir, "summary.json")) as f:
+      again = json.load(f)
+    keys = ("machine", "backend", "jax_version")
+    exact = (
+      code is not None
+      and workdir_lib.training_code(recorded.get("code_version")) == code
+      and all(recorded.get(k) == again.get(k) for k in keys)
+    )
+    gap = again["final_test_accuracy"] - recorded["final_test_accuracy"]
+    if recorded["config"] != again["config"]:
+      verdict, ok = "FAIL: the study now makes another config for this cell", False
+    elif exact:
+      ok = again["params_fingerprint"] == recorded["params_fingerprint"]
+      verdict = "PASS: bit-identical" if ok else "FAIL: same code and machine, other weights"
+    else:
+      ok = abs(gap) <= tolerance
+      verdict = f"{'PASS' if ok else 'FAIL'}: other code or machine, |gap| <= {tolerance}?"
+    passed &= ok
+    print(
+      f"  {name}: recorded {recorded['final_test_accuracy']:.4f} "
+      f"({recorded.get('code_version')}), re-run {again['final_test_accuracy']:.4f}, "
+      f"gap {gap:+.4f}: {verdict}",
+      flush=True,
+    )
+  return passed
+
+
 def with_base(study, base, settings) -> Study:
   """The grid on another base run config and with KEY=VALUE overrides for every cell (a copy): the
   same study on MNIST or CIFAR-10 (`--base configs/mnist_pso.py --set data.source=tfds`)."""
@@ -580,6 +644,21 @@ def main():
     "--grid", default="", help="a named sub-grid of the study config (e.g. tuning)"
   )
   parser.add_argument("--report-only", action="store_true", help="only collect finished runs")
+  parser.add_argument(
+    "--check",
+    type=int,
+    metavar="N",
+    help="re-run N randomly chosen finished cells and compare (exit 1 on a mismatch)",
+  )
+  parser.add_argument(
+    "--check-seed", type=int, help="the random choice of --check (default: from the clock)"
+  )
+  parser.add_argument(
+    "--tolerance",
+    type=float,
+    default=CHECK_TOLERANCE,
+    help="--check: accuracy gap allowed where the code or machine differs from the recorded run's",
+  )
   parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
   parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")
   parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
@@ -599,6 +678,11 @@ def main():
     load_study(args.study, "quick" if args.quick else args.grid), args.base, args.set
   )
   part = sliced(study, args)  # checks the slice's values even with --report-only
+  if args.check is not None:
+    if args.check < 1:
+      parser.error(f"--check {args.check}: must be a number of cells >= 1")
+    seed = args.check_seed if args.check_seed is not None else int(time.time())
+    sys.exit(0 if check_cells(part, args.out, args.check, seed, args.tolerance) else 1)
   os.makedirs(args.out, exist_ok=True)
   if not args.report_only:
     run_grid(part, args.out)

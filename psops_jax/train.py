@@ -521,6 +521,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
     "backend": jax.default_backend(),
     "jax_version": jax.__version__,
     "code_version": workdir_lib.code_version(),
+    "machine": workdir_lib.machine_kind(),
   }
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)

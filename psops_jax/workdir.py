@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -216,19 +217,52 @@ def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
       lock.release()
 
 
+TRAINING_CODE = ("psops_jax", "train.py", "configs")  # what a run's numbers depend on
+
+
+def _git(*args) -> str | None:
+  """git's output in this package's checkout; None outside one or on any failure."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    result = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return result.stdout.strip() if result.returncode == 0 else None
+
+
 def code_version() -> str | None:
   """The commit of the checkout this package runs from, with "+modified" when tracked files differ
   from it (a run's figures can then be tied to, and re-made from, a commit); None outside a git
   checkout."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  git = lambda *args: subprocess.run(
-    ["git", "-C", repo, *args], capture_output=True, text=True, timeout=30
-  )
-  try:
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-      return None
-    modified = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-  except (OSError, subprocess.SubprocessError):
+  head = _git("rev-parse", "HEAD")
+  if head is None:
     return None
-  return head.stdout.strip() + ("+modified" if modified else "")
+  return head + ("+modified" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def training_code(commit: str | None = "HEAD") -> str | None:
+  """The git object ids of TRAINING_CODE at `commit` (a code_version), joined: equal for two
+  commits that differ only elsewhere (docs, tests, benchmarks), so that a run of one reproduces
+  bit for bit on the other. None for a modified checkout ("+modified"), when at HEAD those files
+  differ from it, or outside a git checkout."""
+  if commit is None or commit.endswith("+modified"):
+    return None
+  if commit == "HEAD" and _git(
+    "status", "--porcelain", "--untracked-files=no", "--", *TRAINING_CODE
+  ):
+    return None
+  ids = [_git("rev-parse", f"{commit}:{path}") for path in TRAINING_CODE]
+  return None if None in ids else "-".join(i[:12] for i in ids)
+
+
+def machine_kind() -> str:
+  """The CPU model and core count of this machine (a run's numbers are promised bit-identical on
+  the same kind of machine with the same code, see benchmarks/study.py --check)."""
+  model = platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    model = names[0] if names else model
+  except OSError:
+    pass
+  return f"{model} x{os.cpu_count()}"
