@@ -75,6 +75,7 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
     assert (out / f"accuracy_vs_{key}_n2.png").stat().st_size > 1000
   assert (out / "runs" / "pso_p4_n2_s0" / "run.lock").read_text() == ""  # the cell's lock, released
   check_time_report(out)
+  check_recheck(study_file, out)
   second = run_study(study_file, out)  # every cell finished: nothing re-runs
   assert "[1/3]" not in second and "| pso |" in second
   run_study(study_file, out, "--variants", "pso", "--report-only")  # a slice still reports it all
@@ -85,6 +86,33 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   run_study(two_periods, out, "--report-only")  # period 8 never ran: no plot against the period
   assert "| pso | 0." in (out / "results.md").read_text()
   assert not (out / "final_accuracy_vs_period.png").exists()
+
+
+def check_recheck(study_file, out):
+  """--check re-runs a finished cell: it passes as recorded (bit-identical on an unmodified
+  checkout, else within the tolerance) and fails, exit 1, once the record is altered."""
+  passed = run_study(study_file, out, "--check", "1", "--check-seed", "0", "--variants", "pso")
+  assert "pso_p4_n2_s0: recorded" in passed and "PASS" in passed and "FAIL" not in passed
+  path = out / "runs" / "pso_p4_n2_s0" / "summary.json"
+  summary = json.loads(path.read_text())
+  path.write_text(
+    json.dumps(
+      summary
+      | {"final_test_accuracy": summary["final_test_accuracy"] - 0.5, "params_fingerprint": "0"}
+    )
+  )
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  failed = subprocess.run(
+    [sys.executable, "benchmarks/study.py", "--study", str(study_file), "--out", str(out)]
+    + ["--check", "1", "--variants", "pso"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert failed.returncode == 1 and "FAIL" in failed.stdout, failed.stdout + failed.stderr
+  path.write_text(json.dumps(summary))
 
 
 def check_time_report(out):
