@@ -217,7 +217,8 @@ def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
       lock.release()
 
 
-TRAINING_CODE = ("psops_jax", "train.py", "configs")  # what a run's numbers depend on
+# What a run's numbers depend on besides its config (which summary.json records in full).
+TRAINING_CODE = ("psops_jax", "train.py")
 
 
 def _git(*args) -> str | None:
@@ -242,9 +243,9 @@ def code_version() -> str | None:
 
 def training_code(commit: str | None = "HEAD") -> str | None:
   """The git object ids of TRAINING_CODE at `commit` (a code_version), joined: equal for two
-  commits that differ only elsewhere (docs, tests, benchmarks), so that a run of one reproduces
-  bit for bit on the other. None for a modified checkout ("+modified"), when at HEAD those files
-  differ from it, or outside a git checkout."""
+  commits that differ only elsewhere (docs, tests, benchmarks, configs), so that a run of one
+  reproduces bit for bit on the other. None for a modified checkout ("+modified"), when at HEAD
+  those files differ from it, or outside a git checkout."""
   if commit is None or commit.endswith("+modified"):
     return None
   if commit == "HEAD" and _git(
