@@ -64,6 +64,7 @@ ROW_KEYS = (
   "evaluated_on",
   "model_bytes",
   "code_version",
+  "params_fingerprint",
 )
 CLOCK_KEYS = ("collective", "curve")  # results.json only: the communication clock's inputs
 

@@ -27,7 +27,14 @@ Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and the
                               the selection aggregates under Nesterov: does selecting by fitness
                               add anything on top of DiLoCo?
 The `nan` grid runs the robust and reference variants under the NaN-worker fault of
-configs/study_robustness.py, at period 16.
+configs/study_robustness.py, at period 16. The `unroll2` grid re-runs pso, average and diloco at
+period 16 with train.max_unroll 2 instead of 4, which changes only the order of float operations:
+the spread a reader should expect from re-running on other code or another machine
+
+  python benchmarks/study.py --study configs/study_outer.py --grid unroll2 \
+      --out benchmarks/results/study_outer_unroll2
+  python benchmarks/sensitivity.py benchmarks/results/study_outer \
+      benchmarks/results/study_outer_unroll2
 """
 
 from configs import study_fashion_mnist, study_robustness
@@ -79,6 +86,7 @@ PERIODS = {  # the periods of each variant (the others: 16)
   "diloco_int8": [16, 64],
 }
 ROBUST = ("average", "diloco", "median_nesterov", "trimmed_nesterov")
+SENSITIVITY = ("pso", "average", "diloco")
 
 
 def get_config() -> dict:
@@ -102,5 +110,11 @@ def get_config() -> dict:
     overrides=dict(study_robustness.SCENARIOS["nan"]),
     variants={v: VARIANTS[v] for v in ROBUST},
     variant_periods={v: [16] for v in ROBUST},
+  )
+  study["unroll2"] = dict(
+    study,
+    reference="average",
+    variants={v: dict(VARIANTS[v], **{"train.max_unroll": 2}) for v in SENSITIVITY},
+    variant_periods={v: [16] for v in SENSITIVITY},
   )
   return study
