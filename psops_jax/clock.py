@@ -145,59 +145,45 @@ def _lm_step_seconds(params: float, tokens: int, flops: float, utilization: floa
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of one H100 SXM
 GBIT = 1e9 / 8  # bytes per second of 1 Gbit/s
 LENET5_BYTES = 61_706 * 4  # psops_jax.models lenet5 on 28x28x1, float32
-RESNET20_BYTES = 272_474 * 4  # resnet20 on 32x32x3: weights (BatchNorm statistics excluded)
+RESNET20_BYTES = (269_722 + 1_376) * 4  # resnet20 on 32x32x3: weights and BatchNorm statistics
+
+LINKS = {  # name: (bandwidth in bytes/s, latency in s per message, what it is)
+  "400gbit": (400 * GBIT, 5e-6, "400 Gbit/s links, 5 us per message (a datacenter)"),
+  "1gbit": (1 * GBIT, 1e-3, "1 Gbit/s links, 1 ms per message (across sites)"),
+}
+
+
+def on_links(model: str, step_seconds: float, model_bytes: float, note: str) -> dict:
+  """{model_h100_<link>: Profile} of one model on 8 workers over each of LINKS."""
+  return {
+    f"{model}_h100_{link}": Profile(
+      step_seconds, bandwidth, latency, 8, model_bytes, note=f"{note}, 8 workers, {about}"
+    )
+    for link, (bandwidth, latency, about) in LINKS.items()
+  }
+
 
 PROFILES = {
-  "1b_h100_400gbit": Profile(
-    step_seconds=_lm_step_seconds(1e9, 65_536, H100_BF16_FLOPS, 0.4),
-    bandwidth=400 * GBIT,
-    latency=5e-6,
-    workers=8,
-    model_bytes=4e9,
-    note="1B-parameter transformer, 64K tokens per worker per step at 40% of an H100's "
-    "989 TFLOP/s (6 x params x tokens), 8 workers, 400 Gbit/s links, 5 us per message",
+  **on_links(
+    "1b",
+    _lm_step_seconds(1e9, 65_536, H100_BF16_FLOPS, 0.4),
+    4e9,
+    "1B-parameter transformer, 64K tokens per worker per step at 40% of an H100's 989 TFLOP/s "
+    "(6 x params x tokens FLOPs)",
   ),
-  "1b_h100_1gbit": Profile(
-    step_seconds=_lm_step_seconds(1e9, 65_536, H100_BF16_FLOPS, 0.4),
-    bandwidth=1 * GBIT,
-    latency=1e-3,
-    workers=8,
-    model_bytes=4e9,
-    note="the same model and GPUs over 1 Gbit/s links with 1 ms per message (across sites)",
+  **on_links(
+    "lenet5",
+    5e-4,
+    LENET5_BYTES,
+    "LeNet-5 (61,706 float32 weights), batch 32, 0.5 ms a step (launch-bound: an assumption, "
+    "not a measurement)",
   ),
-  "lenet5_h100_400gbit": Profile(
-    step_seconds=5e-4,
-    bandwidth=400 * GBIT,
-    latency=5e-6,
-    workers=8,
-    model_bytes=LENET5_BYTES,
-    note="LeNet-5 (61,706 float32 weights), batch 64, 0.5 ms a step (launch-bound, an "
-    "assumption, not a measurement), 8 workers, 400 Gbit/s, 5 us per message",
-  ),
-  "lenet5_h100_1gbit": Profile(
-    step_seconds=5e-4,
-    bandwidth=1 * GBIT,
-    latency=1e-3,
-    workers=8,
-    model_bytes=LENET5_BYTES,
-    note="LeNet-5 as above over 1 Gbit/s links with 1 ms per message",
-  ),
-  "resnet20_h100_400gbit": Profile(
-    step_seconds=3e-3,
-    bandwidth=400 * GBIT,
-    latency=5e-6,
-    workers=8,
-    model_bytes=RESNET20_BYTES,
-    note="ResNet-20 (272,474 float32 weights), batch 128, 3 ms a step (an assumption), "
-    "8 workers, 400 Gbit/s, 5 us per message",
-  ),
-  "resnet20_h100_1gbit": Profile(
-    step_seconds=3e-3,
-    bandwidth=1 * GBIT,
-    latency=1e-3,
-    workers=8,
-    model_bytes=RESNET20_BYTES,
-    note="ResNet-20 as above over 1 Gbit/s links with 1 ms per message",
+  **on_links(
+    "resnet20",
+    3e-3,
+    RESNET20_BYTES,
+    "ResNet-20 (269,722 float32 weights and 1,376 batch statistics), batch 128, 3 ms a step (an assumption, not a "
+    "measurement)",
   ),
 }
 
