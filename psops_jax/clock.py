@@ -182,8 +182,8 @@ PROFILES = {
     "resnet20",
     3e-3,
     RESNET20_BYTES,
-    "ResNet-20 (269,722 float32 weights and 1,376 batch statistics), batch 128, 3 ms a step (an assumption, not a "
-    "measurement)",
+    "ResNet-20 (269,722 float32 weights and 1,376 batch statistics), batch 128, 3 ms a step "
+    "(an assumption, not a measurement)",
   ),
 }
 
