@@ -370,9 +370,16 @@ def markdown(study, rows) -> str:
   lines.append(
     f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
     "mean ± std over seeds (n = number of seeds); "
-    f"{study.total_steps} local steps per particle in every cell."
+    f"{study.total_steps} local steps per particle in every cell. {code_line(rows)}"
   )
   return "\n".join(lines)
+
+
+def code_line(rows) -> str:
+  """Which code made the runs: each commit (code_version) and its number of runs."""
+  versions = collections.Counter(r.get("code_version") or "not recorded" for r in rows)
+  listed = ", ".join(f"{v} ({n} runs)" for v, n in versions.most_common())
+  return f"Made by commit {listed}."
 
 
 def plot(study, curves, out):

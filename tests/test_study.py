@@ -62,6 +62,8 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   assert int(big["steps"]) == 32  # 2 particles x 16 steps, as one worker
   table = (out / "results.md").read_text()
   assert "| pso |" in table and "| average |" in table
+  version = json.loads((out / "runs" / "pso_p4_n2_s0" / "summary.json").read_text())["code_version"]
+  assert f"Made by commit {version} (3 runs)." in table
   assert f"the same samples, no sync): {float(big['final_test_accuracy']):.4f} (n=1)." in table
   accuracy = {r["variant"]: float(r["final_test_accuracy"]) for r in rows}
   assert "Gap to `average`" in table  # one seed: the gap is pso - average, in points
