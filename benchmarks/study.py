@@ -278,12 +278,20 @@ def mean_std(values):
 
 
 def paired_gap(accuracy: dict, reference: dict) -> str:
-  """Mean +- std over the seeds both have of 100 (accuracy - reference): {seed: accuracy} each."""
+  """100 (accuracy - reference) over the seeds both have ({seed: accuracy} each): the mean and,
+  from 2 seeds on, its 95% interval (Student's t over the paired differences), marked * where the
+  interval excludes zero (the only case in which the two are called different)."""
   gaps = [100 * (accuracy[s] - reference[s]) for s in sorted(accuracy.keys() & reference.keys())]
   if not gaps:
     return "—"
-  spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
-  return f"{statistics.mean(gaps):+.1f}{spread} (n={len(gaps)})"
+  mean = statistics.mean(gaps)
+  if len(gaps) == 1:
+    return f"{mean:+.1f} (n=1)"
+  from scipy import stats  # only here: the rest of the report needs no SciPy
+
+  half = stats.t.ppf(0.975, len(gaps) - 1) * statistics.stdev(gaps) / len(gaps) ** 0.5
+  mark = "*" if mean - half > 0 or mean + half < 0 else ""
+  return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]{mark} (n={len(gaps)})"
 
 
 def finished_runs(groups, variant, period, particles) -> list:
@@ -312,8 +320,9 @@ def gap_lines(study, groups, particles) -> list:
 
   gap = lambda v, p: paired_gap(finished(v, p), finished(study.reference, p))
   head = [
-    f"Gap to `{study.reference}` in points (variant - reference, x 100, mean ± std over the "
-    "seeds where both finished; n = those seeds):",
+    f"Gap to `{study.reference}` in points (variant - reference, x 100, paired by seed over the "
+    "seeds where both finished, n = those seeds): the mean and its 95% interval; * marks an "
+    "interval that excludes zero, the only gaps called a difference:",
     "",
   ]
   variants = [v for v in study.variants if v != study.reference]

@@ -236,3 +236,17 @@ def test_the_same_grid_runs_on_another_base_config_with_overrides_for_every_cell
     study.with_base(grid, None, ["data.source"])
   with pytest.raises(SystemExit, match="no such run config"):
     study.with_base(grid, "configs/nope.py", [])
+
+
+def test_paired_gap_gives_the_t_interval_and_marks_only_intervals_without_zero():
+  sys.path.insert(0, REPO)
+  from benchmarks import study
+
+  # gaps 1.0, 1.0, 0.9 points: mean 0.967, sd 0.0577, t(0.975, 2) = 4.303, half-width 0.143
+  assert study.paired_gap({0: 0.87, 1: 0.88, 2: 0.875}, {0: 0.86, 1: 0.87, 2: 0.866}) == (
+    "+1.0 [+0.8, +1.1]* (n=3)"
+  )
+  # gaps +1 and -1: mean 0, sd 1.414, t(0.975, 1) = 12.706, half-width 12.7: no difference
+  assert study.paired_gap({0: 0.87, 1: 0.86}, {0: 0.86, 1: 0.87}) == "+0.0 [-12.7, +12.7] (n=2)"
+  assert study.paired_gap({0: 0.87, 5: 0.5}, {0: 0.86}) == "+1.0 (n=1)"  # paired seeds only
+  assert study.paired_gap({1: 0.87}, {0: 0.86}) == "—"
