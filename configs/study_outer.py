@@ -18,6 +18,8 @@ Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and the
   diloco_<c>                  DiLoCo sending its pseudo-gradients compressed: bfloat16, int8, int4
                               (absmax per block of 256), topk_fraction 0.1 (error feedback); period
                               16, and int8 at 64
+  median                      robust_average's coordinate-wise median (no outer step), at
+                              averaging's rate
   median_nesterov, trimmed_nesterov
                               a robust aggregate (median; trimmed mean dropping 2 at each end) under
                               the Nesterov outer step, period 16: does it keep DiLoCo's gain and the
@@ -26,7 +28,7 @@ Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and the
   topk6_nesterov, best_pull_nesterov
                               the selection aggregates under Nesterov: does selecting by fitness
                               add anything on top of DiLoCo?
-The `nan` grid runs the robust and reference variants under the NaN-worker fault of
+The `nan` grid runs the robust and reference variants and pso under the NaN-worker fault of
 configs/study_robustness.py, at period 16. The `unroll2` grid re-runs pso, average and diloco at
 period 16 with train.max_unroll 2 instead of 4, which changes only the order of float operations:
 the spread a reader should expect from re-running on other code or another machine
@@ -69,6 +71,7 @@ VARIANTS = {
     "optimizer.learning_rate": INNER,
   },
   **{f"diloco_{c}": outer(compress=c) for c in ("bfloat16", "int8", "int4", "topk_fraction")},
+  "median": tuned("average") | {"sync.strategy": "robust_average"},  # no outer step
   "median_nesterov": outer(aggregate="median"),
   "trimmed_nesterov": dict(outer(aggregate="trimmed_mean"), **{"sync.robust.trim": 2}),
   **{
@@ -85,7 +88,7 @@ PERIODS = {  # the periods of each variant (the others: 16)
   "streaming": [4, 16],
   "diloco_int8": [16, 64],
 }
-ROBUST = ("average", "diloco", "median_nesterov", "trimmed_nesterov")
+ROBUST = ("average", "diloco", "pso", "median", "median_nesterov", "trimmed_nesterov")
 SENSITIVITY = ("pso", "average", "diloco")
 
 
