@@ -5,6 +5,7 @@ fails `test_every_readme_command_has_a_case`."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -94,6 +95,20 @@ def case_accelerator_check(command, tmp_path):
   assert command.endswith("benchmarks/accelerator_check.py")
 
 
+def case_time_report(command, tmp_path):
+  """The committed time-to-accuracy report is what the command makes from the committed curves:
+  run on a copy of the study's results.json, it writes the same time_to_accuracy.md."""
+  study = command.split()[2]
+  os.makedirs(tmp_path / "study")
+  shutil.copy(os.path.join(REPO, study, "results.json"), tmp_path / "study")
+  args = command.replace(".venv/bin/python", sys.executable).replace(study, str(tmp_path / "study"))
+  done = subprocess.run(args.split(), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(REPO, study, "time_to_accuracy.md")) as f:
+    assert (tmp_path / "study" / "time_to_accuracy.md").read_text() == f.read()
+  assert (tmp_path / "study" / "accuracy_vs_time.png").stat().st_size > 1000
+
+
 FMNIST = (
   ".venv/bin/python train.py --config configs/fashion_mnist_pso.py --workdir workdirs/fmnist_pso"
 )
@@ -106,6 +121,7 @@ CASES = {
   FMNIST: case_fashion_mnist,
   CIFAR: case_cifar10,
   ".venv/bin/python benchmarks/accelerator_check.py": case_accelerator_check,
+  ".venv/bin/python benchmarks/time_report.py benchmarks/results/study_outer": case_time_report,
 }
 
 
