@@ -205,13 +205,32 @@ def run_grid(study, out):
     print(f"  {result.stdout.strip().splitlines()[-1]} [{time.time() - t0:.0f}s wall]", flush=True)
 
 
+def recorded_rows(out) -> dict:
+  """The rows of OUT/results.json by (variant, period, particles, seed), or {} without one."""
+  path = os.path.join(out, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {(r["variant"], r["period"], r["num_particles"], r["seed"]): r for r in json.load(f)}
+
+
 def collect(study, out):
-  """One row per finished run, and the evaluation curve of each run."""
+  """One row per finished run, and the evaluation curve of each run. A cell without a workdir
+  keeps its row from OUT/results.json (with its code_version): runs/ is not committed, so a study
+  grows over several machines and sessions without re-running what a commit already holds."""
   rows, curves = [], {}
+  recorded = recorded_rows(out)
   for name, variant, period, particles, seed, _ in cells(study):
     workdir = os.path.join(out, "runs", name)
     path = os.path.join(workdir, "summary.json")
     diverged = os.path.join(workdir, "diverged.json")
+    key = (variant, period, particles, seed)
+    if not os.path.exists(workdir) and key in recorded:
+      row = recorded[key]
+      rows.append(row)
+      if row.get("curve"):
+        curves[key] = [(s, b, None, a) for s, b, a, *_ in row["curve"]]
+      continue
     if not os.path.exists(path):
       if os.path.exists(diverged):  # every particle NaN/inf: a result, reported as such
         with open(diverged) as f:
@@ -410,6 +429,7 @@ def plot(study, curves, out):
       for ax, period in zip(axes[0], study.periods):
         for variant in study.variants:
           runs = [curves[k] for k in curves if k[:3] == (variant, period, particles)]
+          runs = [r for r in runs if r[0][column] is not None]  # carried rows have no seconds
           if not runs:
             continue
           length = min(len(r) for r in runs)

@@ -4,6 +4,7 @@ locks."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -88,6 +89,11 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   run_study(two_periods, out, "--report-only")  # period 8 never ran: no plot against the period
   assert "| pso | 0." in (out / "results.md").read_text()
   assert not (out / "final_accuracy_vs_period.png").exists()
+  # a cell whose workdir is gone (runs/ is not committed) keeps its row from results.json
+  before = json.loads((out / "results.json").read_text())
+  shutil.rmtree(out / "runs" / "average_p4_n2_s0")
+  run_study(study_file, out, "--report-only")
+  assert json.loads((out / "results.json").read_text()) == before
 
 
 def check_recheck(study_file, out):
