@@ -65,6 +65,9 @@ ROW_KEYS = (
   "model_bytes",
   "code_version",
   "params_fingerprint",
+  "machine",
+  "backend",
+  "jax_version",
 )
 CLOCK_KEYS = ("collective", "curve")  # results.json only: the communication clock's inputs
 
@@ -574,21 +577,23 @@ def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
   promised, its final accuracy is within `tolerance`. Determinism is promised where the training
   code (workdir.TRAINING_CODE) at the recorded run's commit (`code_version`, unmodified) is this
   checkout's, on the same kind of machine, backend and JAX version. True if all pass."""
-  finished = [
-    (name, overrides)
-    for name, _, _, _, _, overrides in cells(study)
-    if os.path.exists(os.path.join(out, "runs", name, "summary.json"))
-  ]
+  rows = recorded_rows(out)
+  finished = []
+  for name, variant, period, particles, seed_, overrides in cells(study):
+    path = os.path.join(out, "runs", name, "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        finished.append((name, overrides, json.load(f)))
+    elif rows.get((variant, period, particles, seed_), {}).get("params_fingerprint"):
+      finished.append((name, overrides, rows[(variant, period, particles, seed_)]))
   if not finished:
-    raise SystemExit(f"--check: no finished cell in {out}/runs")
+    raise SystemExit(f"--check: no finished cell in {out}/runs or {out}/results.json")
   chosen = random.Random(seed).sample(finished, min(count, len(finished)))
   code, machine = workdir_lib.training_code(), workdir_lib.machine_kind()
-  print(f"--check {count} --check-seed {seed}: {[name for name, _ in chosen]}", flush=True)
+  print(f"--check {count} --check-seed {seed}: {[c[0] for c in chosen]}", flush=True)
   print(f"this checkout's training code: {code}, on {machine}", flush=True)
   passed = True
-  for name, overrides in chosen:
-    with open(os.path.join(out, "runs", name, "summary.json")) as f:
-      recorded = json.load(f)
+  for name, overrides, recorded in chosen:  # a summary.json, or a row of results.json
     workdir = os.path.join(out, "check", name)
     shutil.rmtree(workdir, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -608,7 +613,7 @@ def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
       and all(recorded.get(k) == again.get(k) for k in keys)
     )
     gap = again["final_test_accuracy"] - recorded["final_test_accuracy"]
-    if recorded["config"] != again["config"]:
+    if "config" in recorded and recorded["config"] != again["config"]:
       verdict, ok = "FAIL: the study now makes another config for this cell", False
     elif again["params_fingerprint"] == recorded["params_fingerprint"]:
       verdict, ok = "PASS: bit-identical", True

@@ -94,6 +94,8 @@ def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   shutil.rmtree(out / "runs" / "average_p4_n2_s0")
   run_study(study_file, out, "--report-only")
   assert json.loads((out / "results.json").read_text()) == before
+  checked = run_study(study_file, out, "--check", "1", "--variants", "average")  # against the row
+  assert "average_p4_n2_s0: recorded" in checked and "PASS: bit-identical" in checked
 
 
 def check_recheck(study_file, out):
