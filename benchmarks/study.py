@@ -103,7 +103,8 @@ def round_overrides(rounds: int, evals: int) -> dict:
 def cells(study):
   """(name, variant, period, particles, seed, overrides) of every run of the grid."""
   for variant, variant_overrides in study.variants.items():
-    for period in study.get("variant_periods", {}).get(variant, study.periods):
+    own = study.get("variant_periods", {}).get(variant, study.periods)
+    for period in [p for p in own if p in study.periods]:  # --periods slices those too
       for particles in study.num_particles:
         for seed in study.seeds:
           overrides = dict(study.overrides)
