@@ -116,8 +116,8 @@ def period_report(table: dict, scenarios: list, period: int) -> list[str]:
   for ref in REFERENCES:
     lines += [
       "",
-      f"Gap to `{ref}` in points (strategy - {ref}, x 100, mean ± std over the seeds where "
-      "both finished; n = those seeds):",
+      f"Gap to `{ref}` in points (strategy - {ref}, x 100, paired by seed over the seeds where "
+      "both finished, n = those seeds): the mean and its 95% interval, * where it excludes zero:",
       "",
     ]
     lines += table_lines(

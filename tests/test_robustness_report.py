@@ -77,7 +77,7 @@ def test_gaps_are_paired_by_seed_and_diverged_runs_are_named(tmp_path):
   assert scenarios == ["nan", "dirichlet_1"]
   pso, average = table["pso"]["dirichlet_1"], table["average"]["dirichlet_1"]
   # (0.80 - 0.85, 0.82 - 0.86) x 100 = (-5, -4): mean -4.5, sample std 0.707
-  assert robustness_report.gap(pso, average) == "-4.5 ± 0.7 (n=2)"
+  assert robustness_report.gap(pso, average) == "-4.5 [-10.9, +1.9] (n=2)"
   assert robustness_report.gap(table["pso"]["nan"], table["average"]["nan"]) == "reference diverged"
   assert robustness_report.describe(table["average"]["nan"]) == "diverged (1/1)"
   assert robustness_report.describe(pso) == "0.8400 ± 0.0529 (n=3)"
@@ -109,7 +109,8 @@ def test_gaps_are_paired_by_seed_and_diverged_runs_are_named(tmp_path):
   # nan: at p4 pso - average = -5.0, pso - median = -6.0; at p16 average diverged, median +4
   # above pso
   assert "| nan | -5.0 (n=1) | -6.0 (n=1) | reference diverged | -4.0 (n=1) |" in summary
-  assert "| dirichlet_1 | not run | not run | -4.5 ± 0.7 (n=2) | -2.5 ± 2.1 (n=2) |" in summary
+  row = "| dirichlet_1 | not run | not run | -4.5 [-10.9, +1.9] (n=2) | -2.5 [-21.6, +16.6] (n=2) |"
+  assert row in summary
   for name in ("robustness_p4.png", "robustness_p16.png", "robustness_periods.png"):
     assert (tmp_path / name).stat().st_size > 1000
 
