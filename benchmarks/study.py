@@ -259,27 +259,7 @@ def collect(study, out):
       "num_particles": particles,
       "diverged": False,
     }
-    points = []
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      for line in f:
-        record = json.loads(line)
-        if "final_test_accuracy" in record:
-          points.append(
-            (
-              record["step"],
-              record["communicated_bytes_per_particle"],
-              record["train_seconds"],
-              record["final_test_accuracy"],
-            )
-          )
-    points.append(
-      (
-        summary["steps"],
-        summary["communicated_bytes_per_particle"],
-        summary["train_seconds"],
-        summary["final_test_accuracy"],
-      )
-    )
+    points = time_report.evaluations(workdir, summary)
     curves[(variant, period, particles, seed)] = points
     if "collective" in summary:  # the clock's inputs (runs made before it have none)
       row |= {"collective": summary["collective"], "curve": [[s, b, a] for s, b, _, a in points]}

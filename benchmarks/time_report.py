@@ -34,6 +34,17 @@ class InputError(ValueError):
   """A path or option this report cannot use; the message names it."""
 
 
+def evaluations(workdir: str, summary: dict) -> list:
+  """[(steps, bytes sent, train seconds, accuracy)] of a finished run: its evaluations in
+  metrics.jsonl, then the final one of its summary.json."""
+  keys = ("communicated_bytes_per_particle", "train_seconds", "final_test_accuracy")
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  points = [(r["step"], *(r[k] for k in keys)) for r in records if "final_test_accuracy" in r]
+  final = (summary["steps"], *(summary[k] for k in keys))
+  return points + [final] if not points or points[-1][0] != final[0] else points
+
+
 def run_curve(workdir: str):
   """(RunShape, [(steps, bytes, accuracy)]) of one finished run directory."""
   path = os.path.join(workdir, "summary.json")
@@ -43,21 +54,7 @@ def run_curve(workdir: str):
     summary = json.load(f)
   if "collective" not in summary:
     raise InputError(f"{path}: made before the clock's fields (collective, model_bytes); re-run it")
-  curve = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "final_test_accuracy" in record:
-        curve.append(
-          (record["step"], record["communicated_bytes_per_particle"], record["final_test_accuracy"])
-        )
-  final = (
-    summary["steps"],
-    summary["communicated_bytes_per_particle"],
-    summary["final_test_accuracy"],
-  )
-  if not curve or curve[-1][0] != final[0]:
-    curve.append(final)
+  curve = [(steps, sent, accuracy) for steps, sent, _, accuracy in evaluations(workdir, summary)]
   return clock.run_shape(summary), curve
 
 
