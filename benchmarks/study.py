@@ -72,6 +72,10 @@ ROW_KEYS = (
 CLOCK_KEYS = ("collective", "curve")  # results.json only: the communication clock's inputs
 
 
+class BadInput(Exception):
+  """A wrong flag, path or grid name: main() prints it with the usage and exits 2."""
+
+
 class Study(dict):
   """A study config (a plain dict; variant overrides have dotted keys), fields as attributes."""
 
@@ -80,13 +84,15 @@ class Study(dict):
 
 def load_study(path: str, grid: str = "") -> Study:
   """The study config's grid, or its named sub-grid (e.g. "quick")."""
+  if not os.path.isfile(path):
+    raise BadInput(f"--study {path}: no such study config file (e.g. configs/study_outer.py)")
   spec = importlib.util.spec_from_file_location("study_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   study = module.get_config()
   if grid and not isinstance(study.get(grid), dict):
     named = [k for k, v in study.items() if isinstance(v, dict) and "variants" in v]
-    raise SystemExit(f"--grid {grid}: {path} has no such sub-grid; it has {named}")
+    raise BadInput(f"--grid {grid}: {path} has no such sub-grid; it has {named}")
   return Study(study[grid] if grid else study)
 
 
@@ -530,7 +536,7 @@ def plot_periods(study, rows, out):
 def report(study, out):
   rows, curves = collect(study, out)
   if not rows:
-    raise SystemExit(f"no finished runs in {out}/runs")
+    raise BadInput(f"--out {out}: no finished runs in its runs/ or results.json")
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
   with open(os.path.join(out, "results.csv"), "w", newline="") as f:
@@ -568,7 +574,7 @@ def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
     elif rows.get((variant, period, particles, seed_), {}).get("params_fingerprint"):
       finished.append((name, overrides, rows[(variant, period, particles, seed_)]))
   if not finished:
-    raise SystemExit(f"--check: no finished cell in {out}/runs or {out}/results.json")
+    raise BadInput(f"--check: no finished cell in {out}/runs or {out}/results.json")
   chosen = random.Random(seed).sample(finished, min(count, len(finished)))
   code, machine = workdir_lib.training_code(), workdir_lib.machine_kind()
   print(f"--check {count} --check-seed {seed}: {[c[0] for c in chosen]}", flush=True)
@@ -619,12 +625,12 @@ def with_base(study, base, settings) -> Study:
   study = Study(study, overrides=dict(study.overrides))
   if base:
     if not os.path.exists(base):
-      raise SystemExit(f"--base {base}: no such run config")
+      raise BadInput(f"--base {base}: no such run config")
     study["base"] = os.path.relpath(os.path.abspath(base), REPO)
   for setting in settings:
     key, sep, value = setting.partition("=")
     if not sep or not key:
-      raise SystemExit(f"--set {setting!r}: expected KEY=VALUE, e.g. data.source=tfds")
+      raise BadInput(f"--set {setting!r}: expected KEY=VALUE, e.g. data.source=tfds")
     study["overrides"][key] = value
   return study
 
@@ -637,7 +643,7 @@ def sliced(study, args):
     if wanted:
       unknown = set(wanted) - set(study[field])
       if unknown:
-        raise SystemExit(
+        raise BadInput(
           f"--{field.replace('_', '-')} {sorted(unknown)}: not in the study's "
           f"{field} {list(study[field])}"
         )
@@ -645,7 +651,7 @@ def sliced(study, args):
   if args.variants:
     unknown = set(args.variants) - set(study.variants)
     if unknown:
-      raise SystemExit(
+      raise BadInput(
         f"--variants {sorted(unknown)}: not in the study's variants {list(study.variants)}"
       )
     study["variants"] = {k: v for k, v in study.variants.items() if k in args.variants}
@@ -698,19 +704,25 @@ def main():
     help="overrides for every cell, e.g. data.source=tfds",
   )
   args = parser.parse_args()
-  study = with_base(
-    load_study(args.study, "quick" if args.quick else args.grid), args.base, args.set
-  )
-  part = sliced(study, args)  # checks the slice's values even with --report-only
-  if args.check is not None:
-    if args.check < 1:
-      parser.error(f"--check {args.check}: must be a number of cells >= 1")
-    seed = args.check_seed if args.check_seed is not None else int(time.time())
-    sys.exit(0 if check_cells(part, args.out, args.check, seed, args.tolerance) else 1)
-  os.makedirs(args.out, exist_ok=True)
-  if not args.report_only:
-    run_grid(part, args.out)
-  report(study, args.out)  # every finished cell of the grid, whatever slice this process ran
+  try:
+    study = with_base(
+      load_study(args.study, "quick" if args.quick else args.grid), args.base, args.set
+    )
+    part = sliced(study, args)  # checks the slice's values even with --report-only
+    if args.check is not None:
+      if args.check < 1:
+        parser.error(f"--check {args.check}: must be a number of cells >= 1")
+      seed = args.check_seed if args.check_seed is not None else int(time.time())
+      sys.exit(0 if check_cells(part, args.out, args.check, seed, args.tolerance) else 1)
+    try:
+      os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+      raise BadInput(f"--out {args.out}: cannot make this directory ({error.strerror})") from None
+    if not args.report_only:
+      run_grid(part, args.out)
+    report(study, args.out)  # every finished cell of the grid, whatever slice this process ran
+  except BadInput as error:
+    parser.error(str(error))
 
 
 if __name__ == "__main__":

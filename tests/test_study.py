@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_STUDY = """
@@ -240,9 +242,9 @@ def test_the_same_grid_runs_on_another_base_config_with_overrides_for_every_cell
   args = study.command(mnist, "/tmp/w", overrides)
   assert args[args.index("--config") + 1] == os.path.join(REPO, "configs", "mnist_pso.py")
   assert "--config.data.source=tfds" in args and "--config.data.validation_size=0" in args
-  with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+  with pytest.raises(study.BadInput, match="expected KEY=VALUE"):
     study.with_base(grid, None, ["data.source"])
-  with pytest.raises(SystemExit, match="no such run config"):
+  with pytest.raises(study.BadInput, match="no such run config"):
     study.with_base(grid, "configs/nope.py", [])
 
 
@@ -258,3 +260,52 @@ def test_paired_gap_gives_the_t_interval_and_marks_only_intervals_without_zero()
   assert study.paired_gap({0: 0.87, 1: 0.86}, {0: 0.86, 1: 0.87}) == "+0.0 [-12.7, +12.7] (n=2)"
   assert study.paired_gap({0: 0.87, 5: 0.5}, {0: 0.86}) == "+1.0 (n=1)"  # paired seeds only
   assert study.paired_gap({1: 0.87}, {0: 0.86}) == "—"
+
+
+@pytest.mark.parametrize(
+  "flags,message",
+  [
+    (["--grid", "nope"], "--grid nope: "),
+    (["--variants", "nope"], "--variants ['nope']: not in the study's variants"),
+    (["--seeds", "7"], "--seeds [7]: not in the study's seeds [0]"),
+    (["--report-only"], "no finished runs"),
+    (["--set", "data.source"], "expected KEY=VALUE"),
+  ],
+)
+def test_bad_flags_exit_2_with_a_message_naming_the_flag(tmp_path, flags, message):
+  study_file = tmp_path / "tiny_study.py"
+  study_file.write_text(TINY_STUDY)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "benchmarks/study.py",
+      "--study",
+      str(study_file),
+      "--out",
+      str(tmp_path / "o"),
+    ]
+    + flags,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert result.returncode == 2 and message in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_a_missing_study_file_or_an_out_under_a_file_exit_2(tmp_path):
+  (tmp_path / "file").write_text("")
+  for study_file, out, message in [
+    ("configs/nope.py", tmp_path / "o", "--study configs/nope.py: no such study config file"),
+    ("configs/study_outer.py", tmp_path / "file" / "o", "cannot make this directory"),
+  ]:
+    result = subprocess.run(
+      [sys.executable, "benchmarks/study.py", "--study", study_file, "--out", str(out)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
