@@ -309,3 +309,17 @@ def test_a_missing_study_file_or_an_out_under_a_file_exit_2(tmp_path):
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_code_line_says_whether_several_commits_share_their_training_code(monkeypatch):
+  sys.path.insert(0, REPO)
+  from benchmarks import study
+
+  rows = [{"code_version": "a"}, {"code_version": "a"}, {"code_version": "b"}]
+  assert study.code_line(rows[:2]) == "Made by commit a (2 runs)."
+  monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: "ids")
+  assert study.code_line(rows) == (
+    "Made by commits a (2 runs), b (1 runs), with the same training code (psops_jax, train.py)."
+  )
+  monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: commit)
+  assert study.code_line(rows).endswith("with training code that differs or is not known.")
