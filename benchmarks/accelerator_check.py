@@ -250,9 +250,9 @@ def run_part(part: str, smoke: bool) -> dict:
   raise ValueError(part)
 
 
-def run_tests(smoke: bool, env: dict, limit: int) -> dict:
-  selection = "scan and average" if smoke else "scan"
-  command = [
+def tests_command(smoke: bool) -> list[str]:
+  """The `tests` part: the scan-loop tests (only the averaging one with --cpu-smoke)."""
+  return [
     sys.executable,
     "-m",
     "pytest",
@@ -261,8 +261,12 @@ def run_tests(smoke: bool, env: dict, limit: int) -> dict:
     "no:cacheprovider",
     os.path.join(REPO, "tests", "test_promised_paths.py"),
     "-k",
-    selection,
+    "scan and average" if smoke else "scan",
   ]
+
+
+def run_tests(smoke: bool, env: dict, limit: int) -> dict:
+  command = tests_command(smoke)
   done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit)
   last = (done.stdout.strip().splitlines() or [""])[-1]
   if done.returncode:

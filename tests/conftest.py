@@ -10,6 +10,15 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the test processes and the train.py, study and notebook
+# processes they start (they inherit the environment): many tests compile the same toy programs.
+# Keyed by the program and the backend, it changes no number; the size limit turns on JAX's file
+# lock, which the two pytest-xdist workers need to share it.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax_compilation"),
+)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
 
 # (test file, test name prefix, a piece of the parameter id or ""): the slow tests, in one place.
 SLOW = (

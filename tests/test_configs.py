@@ -70,16 +70,16 @@ def test_run_config_trains_on_data_of_its_format(name, tmp_path):
     config.data.source = "files"
   write_data(config.data.name, str(tmp_path / "data"))
   config = toy(config, str(tmp_path / "data"))
-  if name == "cifar10_pso":  # the promised path (ResNet-20, augmentation), long enough to learn
-    config.num_particles, config.num_devices = 4, 2
-    config.sync.period, config.train.rounds, config.train.eval_every = 8, 10, 5
+  if name == "cifar10_pso":  # the promised path (ResNet-20, augmentation), long enough to learn;
+    # the round of the README's toy run (test_readme.py), so one of the two finds it compiled
+    config.num_particles, config.train.rounds, config.train.eval_every = 2, 40, 20
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   check_summary(summary, config)
   assert (
     summary["config"]["model"]["name"]
     == importlib.import_module(f"configs.{name}").get_config().model.name
   )
-  if name == "cifar10_pso":  # chance is 0.1 (0.42 after these 80 steps when this was written)
+  if name == "cifar10_pso":  # chance is 0.1 (0.59 after these 80 steps when this was written)
     assert summary["final_test_accuracy"] > 0.3, summary["final_test_accuracy"]
 
 

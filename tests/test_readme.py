@@ -79,7 +79,7 @@ def case_fashion_mnist(command, tmp_path):
 
 def case_cifar10(command, tmp_path):
   """The config's default source is TFDS (network); here its python batches, written by the test."""
-  fake_data.write_cifar10_dir(str(tmp_path / "data"), per_batch=16)
+  fake_data.write_cifar10_dir(str(tmp_path / "data"), per_batch=64)  # as test_configs.py's
   summary = run_train(
     command,
     str(tmp_path / "run"),
