@@ -1,10 +1,16 @@
 """The composable outer sync and its competitors on Fashion-MNIST, LeNet-5, 8 particles, 704 local
-steps, seeds 0-2, at the tuned inner learning rates of docs/RESULTS.md, evaluated at 11 points so
+steps, seeds 0-4, at the tuned inner learning rates of docs/RESULTS.md, evaluated at 11 points so
 that benchmarks/study.py's time-to-accuracy tables (psops_jax/clock.py) have curves to read:
 
   python benchmarks/study.py --study configs/study_outer.py --out benchmarks/results/study_outer
   python benchmarks/study.py --study configs/study_outer.py --grid nan \
       --out benchmarks/results/study_outer_nan          # 2 of 8 workers NaN from step 176
+  python benchmarks/study.py --study configs/study_outer.py --grid lr_2x \
+      --out benchmarks/results/study_outer_lr_2x        # every worker at learning rate 0.2
+
+A cell takes about 2 minutes on a 2-core CPU; `--seeds`, `--variants` and `--periods` run a slice,
+and the report keeps every finished cell (committed rows included), so a grid can be filled over
+several sessions.
 
 Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and their periods:
   ssgd                        gradients all-reduced every step (period 16: only its rounds)
@@ -29,7 +35,9 @@ Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and the
                               the selection aggregates under Nesterov: does selecting by fitness
                               add anything on top of DiLoCo?
 The `nan` grid runs the robust and reference variants and pso under the NaN-worker fault of
-configs/study_robustness.py, at period 16. The `unroll2` grid re-runs pso, average and diloco at
+configs/study_robustness.py, at period 16; the `lr_2x` grid runs them with every worker at twice the
+largest learning rate at which averaging converged there (0.2: where selecting might pay). The
+`unroll2` grid re-runs pso, average and diloco at
 period 16 with train.max_unroll 2 instead of 4, which changes only the order of float operations:
 the spread a reader should expect from re-running on other code or another machine
 
@@ -90,6 +98,8 @@ PERIODS = {  # the periods of each variant (the others: 16)
 }
 ROBUST = ("average", "diloco", "pso", "median", "median_nesterov", "trimmed_nesterov")
 SENSITIVITY = ("pso", "average", "diloco")
+SEEDS = [0, 1, 2, 3, 4]
+TOO_HIGH_RATE = 2 * study_robustness.EDGE_LEARNING_RATE  # twice the largest at which averaging ran
 
 
 def get_config() -> dict:
@@ -100,6 +110,7 @@ def get_config() -> dict:
     periods=[4, 16, 64],
     variant_periods={v: PERIODS.get(v, [16]) for v in VARIANTS},
     num_particles=[8],
+    seeds=SEEDS,
     evals=11,
     overrides={"train.eval_particles": False},  # the curves need the exported model only
     one_big_worker=False,
@@ -113,6 +124,11 @@ def get_config() -> dict:
     overrides=dict(study_robustness.SCENARIOS["nan"]),
     variants={v: VARIANTS[v] for v in ROBUST},
     variant_periods={v: [16] for v in ROBUST},
+  )
+  study["lr_2x"] = dict(
+    study["nan"],
+    overrides={},
+    variants={v: dict(VARIANTS[v], **{"optimizer.learning_rate": TOO_HIGH_RATE}) for v in ROBUST},
   )
   study["unroll2"] = dict(
     study,
