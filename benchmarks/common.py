@@ -12,18 +12,18 @@ import statistics
 import time
 
 from benchmarks import harness
+from psops_jax import data  # no JAX in it
 
-INPUT_SHAPES = {
-  "mlp": (8, 8, 1),
-  "small_cnn": (8, 8, 1),
-  "lenet5": (28, 28, 1),
-  "vgg_small": (32, 32, 3),
+# The data set each benchmarked model trains on in a run, whose image shape and training-set size
+# (psops_jax.data) the benchmarks use: a particle's shard is the training set // particles.
+DATA_SETS = {
+  "mlp": "digits",
+  "small_cnn": "digits",
+  "lenet5": "fashion_mnist",
+  "vgg_small": "cifar10",
 }
-
-# Training-set size of each model's data set: a particle's shard is this // particles, as in a run
-# (digits: 1,438 training images in train.py's split; MNIST / Fashion-MNIST: 60,000; CIFAR-10:
-# 50,000).
-TRAIN_SIZES = {"mlp": 1438, "small_cnn": 1438, "lenet5": 60000, "vgg_small": 50000}
+INPUT_SHAPES = {model: data.SHAPES[name] for model, name in DATA_SETS.items()}
+TRAIN_SIZES = {model: data.TRAIN_SIZES[name] for model, name in DATA_SETS.items()}
 
 
 def force_host_devices(count: int) -> None:
