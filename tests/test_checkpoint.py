@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import toy_runs
 
 from psops_jax import checkpoint as checkpoint_lib
 from psops_jax import train
@@ -148,14 +149,7 @@ def damage(step_dir, how: str) -> None:
         f.write(os.urandom(64))
 
 
-TINY = [
-  "--config",
-  "configs/digits_pso.py",
-  "--config.num_particles=4",
-  "--config.model.name=mlp",
-  "--config.sync.period=2",
-  "--config.sync.pso.probe_size=64",
-  "--config.train.eval_every=0",
+TINY = toy_runs.TINY + [
   "--config.train.rounds=5",
   "--config.train.checkpoint_every=1",
   "--config.train.keep_checkpoints=5",

@@ -10,19 +10,12 @@ import sys
 import time
 
 import pytest
+import toy_runs
 
 from psops_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-  "--config",
-  "configs/digits_pso.py",
-  "--config.num_particles=4",
-  "--config.model.name=mlp",
-  "--config.sync.period=2",
-  "--config.sync.pso.probe_size=64",
-  "--config.train.eval_every=0",
-]
+TINY = toy_runs.TINY
 
 
 def dead_pid() -> int:
