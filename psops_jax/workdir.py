@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -217,8 +218,11 @@ def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
       lock.release()
 
 
-# What a run's numbers depend on besides its config (which summary.json records in full).
+# What a run's numbers depend on besides its config (which summary.json records in full), less the
+# files of it that no array passes through: the communication clock (a projection made after the
+# run) and this module (locks, code versions).
 TRAINING_CODE = ("psops_jax", "train.py")
+NOT_TRAINING = ("psops_jax/clock.py", "psops_jax/workdir.py")
 
 
 def _git(*args) -> str | None:
@@ -242,18 +246,22 @@ def code_version() -> str | None:
 
 
 def training_code(commit: str | None = "HEAD") -> str | None:
-  """The git object ids of TRAINING_CODE at `commit` (a code_version), joined: equal for two
-  commits that differ only elsewhere (docs, tests, benchmarks, configs), so that a run of one
-  reproduces bit for bit on the other. None for a modified checkout ("+modified"), when at HEAD
-  those files differ from it, or outside a git checkout."""
+  """A digest of the git blobs of TRAINING_CODE's files at `commit` (a code_version), less
+  NOT_TRAINING: equal for two commits that differ only elsewhere (docs, tests, benchmarks, configs,
+  the clock), so that a run of one reproduces bit for bit on the other. None for a modified
+  checkout ("+modified"), when at HEAD those files differ from it, or outside a git checkout."""
   if commit is None or commit.endswith("+modified"):
     return None
+  excluded = (f":(exclude){path}" for path in NOT_TRAINING)
   if commit == "HEAD" and _git(
-    "status", "--porcelain", "--untracked-files=no", "--", *TRAINING_CODE
+    "status", "--porcelain", "--untracked-files=no", "--", *TRAINING_CODE, *excluded
   ):
     return None
-  ids = [_git("rev-parse", f"{commit}:{path}") for path in TRAINING_CODE]
-  return None if None in ids else "-".join(i[:12] for i in ids)
+  listing = _git("ls-tree", "-r", commit, "--", *TRAINING_CODE)  # "mode blob id\tpath" lines
+  if not listing:
+    return None
+  blobs = [line for line in listing.splitlines() if line.split("\t")[-1] not in NOT_TRAINING]
+  return hashlib.sha1("\n".join(blobs).encode()).hexdigest()[:16]
 
 
 def machine_kind() -> str:

@@ -301,7 +301,8 @@ def test_the_code_line_says_whether_several_commits_share_their_training_code(mo
   assert study.code_line(rows[:2]) == "Made by commit a (2 runs)."
   monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: "ids")
   assert study.code_line(rows) == (
-    "Made by commits a (2 runs), b (1 runs), with the same training code (psops_jax, train.py)."
+    "Made by commits a (2 runs), b (1 runs), with the same training code (psops_jax/ and train.py "
+    "but the clock and workdir modules)."
   )
   monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: commit)
   assert study.code_line(rows).endswith("with training code that differs or is not known.")

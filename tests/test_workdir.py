@@ -139,3 +139,18 @@ def test_a_second_train_py_on_a_live_runs_workdir_is_refused(tmp_path):
   assert holder_of(tmp_path)["pid"] == first.pid  # left behind by kill -9 ...
   with workdir_lib.Lock.acquire(str(tmp_path)):  # ... but free: the kernel dropped the flock
     pass
+
+
+def test_training_code_leaves_out_the_clock_and_the_workdir_module_only():
+  """edc8e8b and b6ea831 differ, within psops_jax/ and train.py, in exactly the NOT_TRAINING files
+  (git says so): one training code. c7b3e18 -> edc8e8b changed the sync code: another."""
+  commits = ("edc8e8b69dcaab0ecbfc440f4d8c7e39bec712c8", "b6ea831de906e5bd0912f1fa10cbb316f0b21e29")
+  if any(workdir_lib._git("cat-file", "-e", c) is None for c in (*commits, "c7b3e18")):
+    pytest.skip("needs this repository's history (a shallow clone lacks it)")
+  changed = workdir_lib._git("diff", "--name-only", *commits, "--", *workdir_lib.TRAINING_CODE)
+  assert set(changed.split()) == set(workdir_lib.NOT_TRAINING)
+  first, second = (workdir_lib.training_code(c) for c in commits)
+  assert first is not None and first == second
+  assert workdir_lib.training_code("c7b3e18") not in (None, first)
+  assert workdir_lib.training_code("no-such-commit") is None
+  assert workdir_lib.training_code(commits[0] + "+modified") is None
