@@ -571,7 +571,7 @@ def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
   and compare with the recorded run. A cell passes when the study makes the same config for it and
   the re-run's weights are bit-identical (`params_fingerprint`), or, where determinism is not
   promised, its final accuracy is within `tolerance`. Determinism is promised where the training
-  code (workdir.TRAINING_CODE) at the recorded run's commit (`code_version`, unmodified) is this
+  code (workdir.training_code) at the recorded run's commit (`code_version`, unmodified) is this
   checkout's, on the same kind of machine, backend and JAX version. True if all pass."""
   rows = recorded_rows(out)
   finished = []
