@@ -386,7 +386,8 @@ def markdown(study, rows) -> str:
       lines += gap_lines(study, groups, particles)
     lines += cost_lines(study, groups, particles)
   lines.append(
-    f"Final {rows[0]['evaluated_on'] if rows else 'test'} accuracy of the exported model, "
+    f"Final {next((r['evaluated_on'] for r in rows if r['evaluated_on']), 'test')} accuracy of "
+    "the exported model, "
     "mean ± std over seeds (n = number of seeds); "
     f"{study.total_steps} local steps per particle in every cell. {code_line(rows)}"
   )
