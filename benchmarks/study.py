@@ -319,22 +319,28 @@ def period_table(study, variants, cell) -> list:
   ]
 
 
-def gap_lines(study, groups, particles) -> list:
-  """The table of each variant's gap to `study.reference` in points, paired by seed."""
+def references(study) -> list:
+  """The variants the gap tables compare with: `study.reference`, one name or a list of them."""
+  named = study.get("reference") or []
+  return [v for v in ([named] if isinstance(named, str) else named) if v in study.variants]
+
+
+def gap_lines(study, groups, particles, reference) -> list:
+  """The table of each variant's gap to `reference` in points, paired by seed."""
 
   def finished(variant, period):
     return {
       r["seed"]: r["final_test_accuracy"] for r in finished_runs(groups, variant, period, particles)
     }
 
-  gap = lambda v, p: paired_gap(finished(v, p), finished(study.reference, p))
+  gap = lambda v, p: paired_gap(finished(v, p), finished(reference, p))
   head = [
-    f"Gap to `{study.reference}` in points (variant - reference, x 100, paired by seed over the "
+    f"Gap to `{reference}` in points (variant - reference, x 100, paired by seed over the "
     "seeds where both finished, n = those seeds): the mean and its 95% interval; * marks an "
     "interval that excludes zero, the only gaps called a difference:",
     "",
   ]
-  variants = [v for v in study.variants if v != study.reference]
+  variants = [v for v in study.variants if v != reference]
   return head + period_table(study, variants, gap) + [""]
 
 
@@ -382,14 +388,15 @@ def markdown(study, rows) -> str:
         f"{mean_std(big)} (n={len(big)}).",
         "",
       ]
-    if study.get("reference") in study.variants:
-      lines += gap_lines(study, groups, particles)
+    for reference in references(study):
+      lines += gap_lines(study, groups, particles, reference)
     lines += cost_lines(study, groups, particles)
   lines.append(
     f"Final {next((r['evaluated_on'] for r in rows if r['evaluated_on']), 'test')} accuracy of "
     "the exported model, "
     "mean ± std over seeds (n = number of seeds); "
-    f"{study.total_steps} local steps per particle in every cell. {code_line(rows)}"
+    f"{study.total_steps} local steps per particle in every cell. {code_line(rows)} "
+    f"{machine_line(rows)}"
   )
   return "\n".join(lines)
 
@@ -408,6 +415,13 @@ def code_line(rows) -> str:
     else "training code that differs or is not known"
   )
   return f"Made by commits {listed}, with {same}."
+
+
+def machine_line(rows) -> str:
+  """The machines (workdir.machine_kind) that ran the study and the number of runs on each: bit
+  identity is promised only between runs of one training code on one kind of machine."""
+  machines = collections.Counter(r.get("machine") or "not recorded" for r in rows)
+  return "Run on " + ", ".join(f"{m} ({n} runs)" for m, n in machines.most_common()) + "."
 
 
 def plot(study, curves, out):

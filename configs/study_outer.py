@@ -7,6 +7,8 @@ that benchmarks/study.py's time-to-accuracy tables (psops_jax/clock.py) have cur
       --out benchmarks/results/study_outer_nan          # 2 of 8 workers NaN from step 176
   python benchmarks/study.py --study configs/study_outer.py --grid lr_2x \
       --out benchmarks/results/study_outer_lr_2x        # every worker at learning rate 0.2
+  python benchmarks/study.py --study configs/study_outer.py --grid dirichlet \
+      --out benchmarks/results/study_outer_dirichlet    # label-skewed shards
 
 A cell takes about 2 minutes on a 2-core CPU; `--seeds`, `--variants` and `--periods` run a slice,
 and the report keeps every finished cell (committed rows included), so a grid can be filled over
@@ -16,7 +18,7 @@ Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and the
   ssgd                        gradients all-reduced every step (period 16: only its rounds)
   average, diloco             the references at periods 4, 16 and 64 (diloco = outer mean +
                               Nesterov, float32)
-  pso                         PSO-PS at periods 16 and 64: does a rare PSO sync beat a frequent
+  pso                         PSO-PS at periods 4, 16 and 64: does a rare PSO sync beat a frequent
                               average in time on any network?
   streaming                   Streaming DiLoCo: 4 fragments, one synced per round, its update
                               applied a round later, mixed 0.5; at period 4 (each fragment every
@@ -36,7 +38,10 @@ Variants (outer: learning rate 0.7, Nesterov momentum 0.9, as `diloco`), and the
                               add anything on top of DiLoCo?
 The `nan` grid runs the robust and reference variants and pso under the NaN-worker fault of
 configs/study_robustness.py, at period 16; the `lr_2x` grid runs them with every worker at twice the
-largest learning rate at which averaging converged there (0.2: where selecting might pay). The
+largest learning rate at which averaging converged there (0.2: where selecting might pay); the
+`dirichlet` grid runs ssgd, average, diloco, pso and the median on label-skewed shards (Dirichlet
+alpha 0.1, configs/study_robustness.py), at period 16. The gap tables are to averaging and to
+DiLoCo (the main grid), to the plain median (nan, lr_2x) and to averaging (dirichlet). The
 `unroll2` grid re-runs pso, average and diloco at
 period 16 with train.max_unroll 2 instead of 4, which changes only the order of float operations:
 the spread a reader should expect from re-running on other code or another machine
@@ -92,11 +97,12 @@ VARIANTS = {
 PERIODS = {  # the periods of each variant (the others: 16)
   "average": [4, 16, 64],
   "diloco": [4, 16, 64],
-  "pso": [16, 64],
+  "pso": [4, 16, 64],
   "streaming": [4, 16],
   "diloco_int8": [16, 64],
 }
 ROBUST = ("average", "diloco", "pso", "median", "median_nesterov", "trimmed_nesterov")
+SKEWED = ("ssgd", "average", "diloco", "pso", "median")
 SENSITIVITY = ("pso", "average", "diloco")
 SEEDS = [0, 1, 2, 3, 4]
 TOO_HIGH_RATE = 2 * study_robustness.EDGE_LEARNING_RATE  # twice the largest at which averaging ran
@@ -114,7 +120,7 @@ def get_config() -> dict:
     evals=11,
     overrides={"train.eval_particles": False},  # the curves need the exported model only
     one_big_worker=False,
-    reference="diloco",
+    reference=["average", "diloco"],  # a gap table to each
   )
   for grid in ("quick", "tuning", "tuned", "tuned_periods"):
     study.pop(grid)
@@ -130,6 +136,13 @@ def get_config() -> dict:
     study["nan"],
     overrides={},
     variants={v: dict(VARIANTS[v], **{"optimizer.learning_rate": TOO_HIGH_RATE}) for v in ROBUST},
+  )
+  study["dirichlet"] = dict(
+    study["nan"],
+    reference="average",
+    overrides=dict(study_robustness.SCENARIOS["dirichlet_0.1"]),
+    variants={v: VARIANTS[v] for v in SKEWED},
+    variant_periods={v: [16] for v in SKEWED},
   )
   study["unroll2"] = dict(
     study,

@@ -306,3 +306,27 @@ def test_the_code_line_says_whether_several_commits_share_their_training_code(mo
   )
   monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: commit)
   assert study.code_line(rows).endswith("with training code that differs or is not known.")
+
+
+def test_the_report_names_its_machines_and_gives_a_gap_table_per_reference():
+  sys.path.insert(0, REPO)
+  from benchmarks import study
+
+  rows = [{"machine": "X x2"}, {"machine": "Y x2"}, {"machine": "X x2"}, {}]
+  assert study.machine_line(rows) == "Run on X x2 (2 runs), Y x2 (1 runs), not recorded (1 runs)."
+  grid = study.Study(variants={"a": {}, "b": {}, "c": {}}, periods=[4])
+  assert study.references(study.Study(grid, reference="b")) == ["b"]
+  assert study.references(study.Study(grid, reference=["c", "a", "gone"])) == ["c", "a"]
+  assert study.references(grid) == []
+  accuracy = {"a": [0.80, 0.82], "b": [0.81, 0.82], "c": [0.70, 0.70]}
+  groups = {
+    (v, 4, 8): [{"seed": s, "final_test_accuracy": x, "diverged": False} for s, x in enumerate(xs)]
+    for v, xs in accuracy.items()
+  }
+  lines = study.gap_lines(study.Study(grid, reference=["a", "c"]), groups, 8, "c")
+  assert lines[0].startswith("Gap to `c` in points")
+  rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| a") or "| b |" in line}
+  # a - c: +10, +12 points: mean 11, half-width t(0.975, 1) 12.706 x std 1.414 / sqrt(2) = 12.7
+  assert rows["| a"] == "| a | +11.0 [-1.7, +23.7] (n=2) |"
+  # b - c: +11, +12: mean 11.5, half-width 12.706 x 0.707 / sqrt(2) = 6.35, excludes zero
+  assert rows["| b"] == "| b | +11.5 [+5.1, +17.9]* (n=2) |"
