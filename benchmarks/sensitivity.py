@@ -5,10 +5,17 @@ train.max_unroll 2 instead of 4 (configs/study_outer.py, grid `unroll2`):
   python benchmarks/sensitivity.py benchmarks/results/study_outer \
       benchmarks/results/study_outer_unroll2
 
-Prints, per variant and period: both final accuracies (mean over the paired seeds), the paired
-difference (second - first) as mean ± std and its largest magnitude, in points, and how many pairs
-came out with bit-identical weights. This is the spread to expect from re-running a cell on other
-code or another machine (benchmarks/study.py --check's tolerance).
+or a study and the re-runs of its cells on another machine (`study.py --check` writes them to
+OUT/check, a directory of run directories named as the cells are):
+
+  python benchmarks/sensitivity.py benchmarks/results/study_outer \
+      benchmarks/results/study_outer/check
+
+Prints, per variant, period and pair of machines (workdir.machine_kind: "same" where both runs of
+every pair ran on one kind of machine): both final accuracies (mean over the paired seeds), the
+paired difference (second - first) as mean ± std and its largest magnitude, in points, and how many
+pairs came out with bit-identical weights. This is the spread to expect from re-running a cell on
+other code or another machine (benchmarks/study.py --check's tolerance).
 """
 
 import argparse
@@ -17,37 +24,58 @@ import json
 import os
 import statistics
 
+from benchmarks import study
+
 
 def rows_of(out: str) -> dict:
-  """{(variant, period, particles, seed): row} of a study's results.json (finished runs only)."""
+  """{(variant, period, particles, seed): row} of the finished runs of a study's results.json or,
+  without one, of the run directories in `out` named as study.py names its cells."""
   path = os.path.join(out, "results.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such file (run benchmarks/study.py first)")
-  with open(path) as f:
-    return {
-      (r["variant"], r["period"], r["num_particles"], r["seed"]): r
-      for r in json.load(f)
-      if not r["diverged"]
-    }
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [r for r in json.load(f) if not r["diverged"]]
+    return {(r["variant"], r["period"], r["num_particles"], r["seed"]): r for r in rows}
+  runs = {}
+  for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+    cell, summary = study.CELL.fullmatch(name), os.path.join(out, name, "summary.json")
+    if cell and os.path.exists(summary):
+      with open(summary) as f:
+        key = (cell["variant"], int(cell["period"]), int(cell["particles"]), int(cell["seed"]))
+        runs[key] = json.load(f)
+  if not runs:
+    raise FileNotFoundError(
+      f"{out}: no results.json (run benchmarks/study.py first) and no finished run directories"
+    )
+  return runs
+
+
+def machines(runs: list) -> str:
+  """'same' where each pair ran on one kind of machine, else the pairs' 'first -> second' kinds."""
+  kinds = {(a.get("machine"), b.get("machine")) for a, b in runs}
+  if all(a == b for a, b in kinds):
+    return "same"
+  return ", ".join(sorted(f"{a} -> {b}" for a, b in kinds))
 
 
 def table(first: dict, second: dict) -> str:
   pairs = collections.defaultdict(list)
   for key in sorted(first.keys() & second.keys()):
-    pairs[key[:3]].append((first[key], second[key]))
+    pair = (first[key], second[key])
+    pairs[(*key[:3], first[key].get("machine") == second[key].get("machine"))].append(pair)
   lines = [
-    "| variant | period | n | first | second | second - first (points) | max abs (points) | "
-    "bit-identical |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| variant | period | machines | n | first | second | second - first (points) | "
+    "max abs (points) | bit-identical |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
-  for (variant, period, _), runs in pairs.items():
+  for (variant, period, _, _), runs in pairs.items():
     a = [r["final_test_accuracy"] for r, _ in runs]
     b = [r["final_test_accuracy"] for _, r in runs]
     gaps = [100 * (y - x) for x, y in zip(a, b)]
     spread = f" ± {statistics.stdev(gaps):.2f}" if len(gaps) > 1 else ""
     same = sum(x.get("params_fingerprint") == y.get("params_fingerprint") for x, y in runs)
     lines.append(
-      f"| {variant} | {period} | {len(runs)} | {statistics.mean(a):.4f} | {statistics.mean(b):.4f} "
+      f"| {variant} | {period} | {machines(runs)} | {len(runs)} | {statistics.mean(a):.4f} | "
+      f"{statistics.mean(b):.4f} "
       f"| {statistics.mean(gaps):+.2f}{spread} | {max(abs(g) for g in gaps):.2f} | "
       f"{same}/{len(runs)} |"
     )

@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -47,6 +48,14 @@ from psops_jax import workdir as workdir_lib  # no JAX in it
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BIG_WORKER = "one big worker"
+CELL = re.compile(r"(?P<variant>.+)_p(?P<period>\d+)_n(?P<particles>\d+)_s(?P<seed>\d+)")
+
+
+def cell_name(variant: str, period: int, particles: int, seed: int) -> str:
+  """A cell's workdir name under OUT/runs (and OUT/check); CELL parses it back."""
+  return f"{variant}_p{period}_n{particles}_s{seed}"
+
+
 ROW_KEYS = (
   "variant",
   "period",
@@ -124,7 +133,7 @@ def cells(study):
             }
           )
           yield (
-            f"{variant}_p{period}_n{particles}_s{seed}",
+            cell_name(variant, period, particles, seed),
             variant,
             period,
             particles,
