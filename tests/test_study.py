@@ -330,3 +330,18 @@ def test_the_report_names_its_machines_and_gives_a_gap_table_per_reference():
   assert rows["| a"] == "| a | +11.0 [-1.7, +23.7] (n=2) |"
   # b - c: +11, +12: mean 11.5, half-width 12.706 x 0.707 / sqrt(2) = 6.35, excludes zero
   assert rows["| b"] == "| b | +11.5 [+5.1, +17.9]* (n=2) |"
+
+
+def test_the_fastest_is_chosen_among_variants_with_at_least_3_seeds(monkeypatch):
+  sys.path.insert(0, REPO)
+  from benchmarks import time_report
+
+  # each run list holds its variant's label; mean_time gives that label's time for every seed
+  runs = {("a", 16): ["a"] * 5, ("b", 16): ["b"] * 3, ("c", 16): ["c"], ("ssgd", 16): ["s"] * 5}
+  mean = {"a": 50.0, "b": 40.0, "c": 10.0, "s": 100.0}
+  monkeypatch.setattr(time_report, "mean_time", lambda rs, target, p: (mean[rs[0]], len(rs)))
+  lines = time_report.time_table(runs, {"r = 1": None}, 0.8)
+  assert "| b | 16 | **40** |" in lines and "| c | 16 | 10 |" in lines  # c: one seed, not ranked
+  assert lines[-2:] == ["| **fastest** | | b p16 |", "| ssgd's time / fastest | | 2.5x |"]
+  runs = {key: group[:1] for key, group in runs.items()}  # one seed each: all compete
+  assert time_report.time_table(runs, {"r = 1": None}, 0.8)[-2] == "| **fastest** | | c p16 |"
