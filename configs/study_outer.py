@@ -43,13 +43,20 @@ largest learning rate at which averaging converged there (0.2: where selecting m
 alpha 0.1, configs/study_robustness.py), at period 16. The gap tables are to averaging and to
 DiLoCo (the main grid), to the plain median (nan, lr_2x) and to averaging (dirichlet). The
 `unroll2` grid re-runs pso, average and diloco at
-period 16 with train.max_unroll 2 instead of 4, which changes only the order of float operations:
-the spread a reader should expect from re-running on other code or another machine
+period 16 with train.max_unroll 2 instead of 4, meant to change only the order of float operations
+(it did on earlier code); at this code it changes nothing: seeds 3 and 4 of pso and average came
+out bit-identical (docs/RESULTS.md), so the spread a reader should expect from re-running on another
+machine is measured by re-running cells there (`study.py --check`, then benchmarks/sensitivity.py
+on the study and its check/ directory):
 
   python benchmarks/study.py --study configs/study_outer.py --grid unroll2 \
       --out benchmarks/results/study_outer_unroll2
   python benchmarks/sensitivity.py benchmarks/results/study_outer \
       benchmarks/results/study_outer_unroll2
+  python benchmarks/study.py --study configs/study_outer.py --out benchmarks/results/study_outer \
+      --check 3 --check-seed 0 --variants pso --periods 16 --seeds 0 1 2    # (and average, diloco)
+  python benchmarks/sensitivity.py benchmarks/results/study_outer \
+      benchmarks/results/study_outer/check
 """
 
 from configs import study_fashion_mnist, study_robustness
