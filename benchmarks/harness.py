@@ -1,5 +1,5 @@
 """What every benchmark shares: timing callables side by side, and the record written with each
-result (the command, the machine and its load).
+result (the command, the commit, the machine and its load).
 
 No JAX and no torch are imported here: the timing functions take plain callables (tests run them on
 hand-made ones), and `machine()` names the versions of the frameworks the process has loaded.
@@ -15,6 +15,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+from psops_jax import workdir  # no JAX in it
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -67,10 +69,11 @@ def command_line() -> str:
 
 
 def record() -> dict:
-  """What is written with every result: the command, the machine, the load average at the start of
-  the process and now."""
+  """What is written with every result: the command, the commit it ran (workdir.code_version), the
+  machine, the load average at the start of the process and now."""
   return {
     "command": command_line(),
+    "code_version": workdir.code_version(),
     "machine": machine(),
     "load_average": {"start": LOAD_AT_START, "end": load_average()},
   }
@@ -80,7 +83,7 @@ def write_result(path: str, payload: dict) -> dict:
   """Write `record()` and `payload` as one JSON object to `path`, atomically: the JSON goes to a
   temporary file in the same folder, renamed over `path` once complete, so an interrupted run
   leaves the previous result whole. Returns the object written."""
-  clash = set(payload) & {"command", "machine", "load_average"}
+  clash = set(payload) & {"command", "code_version", "machine", "load_average"}
   if clash:
     raise ValueError(f"the payload may not hold the record's fields: {sorted(clash)}")
   result = {**record(), **payload}

@@ -66,8 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   # | best_pull | topk_average | robust_average | outer | streaming (psops_jax.sync.STRATEGIES)
   config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
-  # Defaults from measurements (docs/RESULTS.md, the search over PSO-PS's options): bests forgotten
-  # each round and particles compared on one common probe batch came closest to averaging.
+  # Defaults from measurements (the search over PSO-PS's options, configs/study_pso_variants.py; its
+  # tables: docs/RESULTS.md at commit 0b3a7f5): bests forgotten each round and particles compared
+  # on one common probe batch came closest to averaging.
   config.sync.pso.inertia = 0.0  # w
   config.sync.pso.cognitive = 0.0  # c1
   config.sync.pso.social = 1.0  # c2

@@ -17,10 +17,9 @@ paths).
 
 STRATEGIES = ("pso", "pso_average", "average", "easgd", "diloco", "ssgd", "none")
 TUNING_LEARNING_RATES = (0.00625, 0.0125, 0.025, 0.05, 0.1)
-# The best of TUNING_LEARNING_RATES on validation, per strategy (docs/RESULTS.md). FIRST_TUNED:
-# the choice
-# for all seven when the grid stopped at 0.025; its test runs stay in the `tuned` grid beside the
-# final ones.
+# The best of TUNING_LEARNING_RATES on validation, per strategy (its table: docs/RESULTS.md at
+# commit 0b3a7f5). FIRST_TUNED: the choice for all seven when the grid stopped at 0.025; its test
+# runs stay in the `tuned` grid beside the final ones.
 TUNED = {
   "pso": 0.0125,
   "pso_average": 0.0125,

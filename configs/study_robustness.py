@@ -15,7 +15,7 @@ Scenarios:
                        label-skewed shards, each class split ~ Dirichlet(alpha) between the workers
   lr_sweep             averaging alone at learning rates 0.1 / 0.2 / 0.4 / 0.8 (period 16, seed 0):
                        finds the largest learning rate at which averaging still converges (0.1 of
-                       these: 0.2 and above collapse to chance, docs/RESULTS.md)
+                       these: 0.2 and above collapse to chance; docs/RESULTS.md at 0b3a7f5)
   lr_edge, lr_2x       every strategy at that learning rate (0.1) and at twice it (0.2)
 """
 

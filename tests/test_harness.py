@@ -113,12 +113,14 @@ def test_paired_ratio_and_spread():
     harness.measure({"a": lambda: None}, 0)
 
 
-def test_the_result_holds_the_command_the_machine_and_the_load(tmp_path, monkeypatch):
+def test_the_result_holds_the_command_the_commit_the_machine_and_the_load(tmp_path, monkeypatch):
   monkeypatch.setattr(sys, "argv", [os.path.join(REPO, "benchmarks", "x.py"), "--quick"])
   path = tmp_path / "deeper" / "result.json"
   harness.write_result(str(path), {"ratio": 1.5})
   result = json.loads(path.read_text())
   assert result["command"] == "python benchmarks/x.py --quick"
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+  assert result["code_version"].split("+")[0] == head.stdout.strip()
   assert {"platform", "processor", "cpus", "xla_flags"} <= set(result["machine"])
   assert len(result["load_average"]["start"]) == len(result["load_average"]["end"]) == 3
   assert result["ratio"] == 1.5
@@ -169,9 +171,14 @@ def benchmark_imports(source: str) -> set:
 def test_no_benchmark_imports_another():
   """Benchmarks share code only through the modules that are not benchmarks. (robustness_report.py
   is not a benchmark either: it reports the study's results with the study's own formatting; the
-  study writes its time-to-accuracy report with time_report.py, a report too.)"""
+  study writes its time-to-accuracy report with time_report.py, a report too; sensitivity.py reads
+  run directories by the study's cell names.)"""
   shared = {"common", "harness", "torch_models"}
-  allowed = {"robustness_report.py": {"study"}, "study.py": {"time_report"}}
+  allowed = {
+    "robustness_report.py": {"study"},
+    "sensitivity.py": {"study"},
+    "study.py": {"time_report"},
+  }
   folder = os.path.join(REPO, "benchmarks")
   for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
     with open(os.path.join(folder, name)) as f:
