@@ -412,12 +412,14 @@ def markdown(study, rows) -> str:
 
 def code_line(rows) -> str:
   """Which code made the runs: each commit (code_version) and its number of runs, and, for several
-  commits, whether their training code (workdir.training_code) is one and the same."""
+  commits, whether their training code (workdir.training_code) is one and the same. (A diverged
+  run records no commit: train.py's diverged.json has none.)"""
   versions = collections.Counter(r.get("code_version") or "not recorded" for r in rows)
   listed = ", ".join(f"{v} ({n} runs)" for v, n in versions.most_common())
-  if len(versions) == 1:
+  recorded = [v for v in versions if v != "not recorded"]
+  if len(recorded) <= 1:
     return f"Made by commit {listed}."
-  codes = {workdir_lib.training_code(v) for v in versions}
+  codes = {workdir_lib.training_code(v) for v in recorded}
   same = (
     "the same training code (psops_jax/ and train.py but the clock and workdir modules)"
     if len(codes) == 1 and None not in codes

@@ -304,6 +304,11 @@ def test_the_code_line_says_whether_several_commits_share_their_training_code(mo
     "Made by commits a (2 runs), b (1 runs), with the same training code (psops_jax/ and train.py "
     "but the clock and workdir modules)."
   )
+  with_diverged = rows + [{}]  # a diverged run records no commit; the others still share code
+  assert study.code_line(with_diverged).endswith(
+    "not recorded (1 runs), with the same training "
+    "code (psops_jax/ and train.py but the clock and workdir modules)."
+  )
   monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: commit)
   assert study.code_line(rows).endswith("with training code that differs or is not known.")
 
