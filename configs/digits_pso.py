@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"  # pso | pso_average | average | ssgd | easgd | diloco | none
-  # | best_pull | topk_average | robust_average | outer | streaming (psops_jax.sync.STRATEGIES)
+  # | best_pull | topk_average | robust_average | outer | streaming (sync.strategy_names())
   config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (the search over PSO-PS's options, configs/study_pso_variants.py; its

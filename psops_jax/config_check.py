@@ -1,10 +1,16 @@
 """Up-front validation of a run's config: every bad field is named with its value and what is
-accepted."""
+accepted.
+
+The fields of the sync strategy are checked by what reads them: `validate` builds the strategy the
+config names (psops_jax.sync.registry.from_config), whose constructors check their own arguments
+and whose registry entry names the config field behind each. What is checked here is the rest:
+the run's own fields, and the types of the fields no constructor reads.
+"""
 
 import math
 
 from psops_jax import data as data_lib
-from psops_jax import models
+from psops_jax import errors, models
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 
@@ -14,8 +20,7 @@ LAYOUTS = ("unroll", "vmap")
 INITS = ("shared", "independent")
 
 
-class ConfigError(ValueError):
-  """A config field with a value the run cannot use."""
+ConfigError = errors.ConfigError
 
 
 def _get(config, dotted: str):
@@ -67,15 +72,6 @@ def validate(config) -> None:
       f"faults.particles={config.faults.particles}: accepted values are "
       f"0..num_particles={config.num_particles}"
     )
-  _choice(config, "sync.robust.method", sync_lib.ROBUST_METHODS)
-  _number(config, "sync.robust.trim", 0, integer=True)
-  if (
-    config.sync.strategy == "robust_average" and 2 * config.sync.robust.trim >= config.num_particles
-  ):
-    raise ConfigError(
-      f"sync.robust.trim={config.sync.robust.trim}: accepted values are 0.."
-      f"{(config.num_particles - 1) // 2} (2 * trim < num_particles)"
-    )
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.name", models.MODELS)
   _choice(config, "model.dtype", models.DTYPES)
@@ -94,87 +90,24 @@ def validate(config) -> None:
   _number(config, "train.checkpoint_every", 1, integer=True)
   _number(config, "train.keep_checkpoints", 1, integer=True)
   _choice(config, "train.allow_config_change", (True, False))
-  _choice(config, "sync.strategy", sync_lib.STRATEGIES)
   _number(config, "sync.period", 1, integer=True)
-  for coefficient in (
-    "inertia",
-    "cognitive",
-    "social",
-    "mean_pull",
-    "max_velocity_norm",
-    "max_velocity_ratio",
-    "memory_decay",
-    "inertia_final",
-    "cognitive_final",
-    "social_final",
-  ):
+  for coefficient in ("inertia", "cognitive", "social"):  # schedules' ends: pso checks the rest
     _number(config, f"sync.pso.{coefficient}", 0.0)
-  _choice(config, "sync.pso.schedule", sync_lib.SCHEDULE_CHOICES)
-  _choice(config, "sync.average_opt_state", (True, False))
-  _number(config, "sync.easgd.alpha", 0.0)
-  _number(config, "sync.diloco.learning_rate", 0.0, strict=True)
-  _number(config, "sync.diloco.momentum", 0.0)
-  _choice(config, "sync.diloco.nesterov", (True, False))
-  _choice(config, "sync.outer.aggregate", sync_lib.AGGREGATES)
-  _choice(config, "sync.outer.optimizer", sync_lib.OUTER_OPTIMIZERS)
-  _choice(config, "sync.outer.compress", sync_lib.COMPRESSORS)
+    _number(config, f"sync.pso.{coefficient}_final", 0.0)
   _number(config, "sync.outer.learning_rate", 0.0, strict=True)
   _number(config, "sync.outer.momentum", 0.0)
-  _number(config, "sync.outer.temperature", 0.0, strict=True)
-  _number(config, "sync.outer.block_size", 1, integer=True)
-  _number(config, "sync.outer.fraction", 0.0, strict=True)
-  if config.sync.outer.fraction > 1:
-    raise ConfigError(
-      f"sync.outer.fraction={config.sync.outer.fraction}: accepted values are in (0, 1] "
-      "(the share of values topk_fraction sends)"
-    )
-  _number(config, "sync.streaming.fragments", 1, integer=True)
-  _number(config, "sync.streaming.delay", 0, integer=True)
-  if config.sync.streaming.delay >= config.sync.streaming.fragments:
-    raise ConfigError(
-      f"sync.streaming.delay={config.sync.streaming.delay}: accepted values are 0.."
-      f"{config.sync.streaming.fragments - 1} (delay < sync.streaming.fragments)"
-    )
-  _number(config, "sync.streaming.mix", 0.0)
-  if config.sync.streaming.mix > 1:
-    raise ConfigError(
-      f"sync.streaming.mix={config.sync.streaming.mix}: accepted values are in [0, 1]"
-    )
   _choice(config, "sync.pso.fitness", sync_lib.FITNESS_CHOICES)
-  _choice(config, "sync.pso.memory", sync_lib.MEMORY_CHOICES)
-  _choice(config, "sync.pso.random", sync_lib.RANDOM_CHOICES)
   _number(config, "sync.pso.probe_size", 1, integer=True)
   _choice(config, "sync.pso.probe_resample", (True, False))
-  _choice(config, "sync.pso.opt_state_on_move", sync_lib.OPT_STATE_CHOICES)
-  _number(config, "sync.best_pull", 0.0)
-  if config.sync.best_pull > 1:
-    raise ConfigError(
-      f"sync.best_pull={config.sync.best_pull}: accepted values are 0..1 "
-      "(0 = average, 1 = jump to the best)"
-    )
-  if config.sync.strategy == "topk_average" and (
-    not 1 <= config.sync.topk <= config.num_particles or config.sync.topk != int(config.sync.topk)
-  ):
-    raise ConfigError(
-      f"sync.topk={config.sync.topk}: accepted values are the integers 1.."
-      f"num_particles={config.num_particles}"
-    )
   if config.sync.pso.memory == "reevaluate" and config.sync.pso.fitness != "probe":
     raise ConfigError(
       "sync.pso.memory='reevaluate' measures the personal bests again on the probe "
       "batch: it needs sync.pso.fitness='probe'"
     )
-  if (
-    config.sync.pso.opt_state_on_move == "follow"
-    and config.sync.pso.random == "coordinate"
-    and config.sync.strategy in ("pso", "pso_average")
-  ):
-    raise ConfigError(
-      "sync.pso.opt_state_on_move='follow' needs sync.pso.random 'particle' or "
-      "'none' (one r2 per particle moves the optimizer state)"
-    )
-  entry = sync_lib.registered(config.sync.strategy)
-  if entry.shared_init(config.sync) and config.train.init != "shared":
+  strategy = sync_lib.from_config(
+    config.sync, config.train.rounds, num_particles=config.num_particles
+  )
+  if strategy.shared_init and config.train.init != "shared":
     raise ConfigError(
       f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
       "this strategy keeps one shared copy of the weights (or identical particles) and "

@@ -311,7 +311,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   model = models.create(config.model.name, dataset.num_classes, config.model.dtype)
   tx = make_optimizer(config)
   strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
-  reads_fitness = sync_lib.registered(config.sync.strategy).reads_fitness(config.sync)
+  reads_fitness = strategy.reads_fitness
   uses_probe = reads_fitness and config.sync.pso.fitness == "probe"
   round_cfg = swarm_lib.RoundConfig(
     period=config.sync.period,

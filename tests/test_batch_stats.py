@@ -51,7 +51,7 @@ def sync_config(n):
 
 
 @pytest.mark.parametrize("runner,n", [("vmap", 3), ("shard_map", 8), ("nested", 8)])
-@pytest.mark.parametrize("name", sync_lib.STRATEGIES)
+@pytest.mark.parametrize("name", sync_lib.strategy_names())
 def test_every_strategy_syncs_batch_stats_as_documented(runner, n, name):
   run, axis_name = RUNNERS[runner]
   rng = np.random.RandomState(n)

@@ -2,6 +2,8 @@
 each compressor (error bounds, error feedback), composed strategies over several rounds under vmap,
 shard_map and the nested layout, and the identities between them and the named presets."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,17 @@ import optax
 import pytest
 from test_sync import RUNNERS, numpy_trimmed_mean, random_params
 
+from psops_jax import errors
 from psops_jax import sync as sync_lib
+from psops_jax.sync import aggregates, compressors
+
+
+def aggregate_fn(name, axis_name, **options):
+  """The aggregate `name` (its constructor takes the options it has) as fn(v, fitness)."""
+  constructor = getattr(aggregates, name)
+  wanted = inspect.signature(constructor).parameters
+  aggregate = constructor(**{k: v for k, v in options.items() if k in wanted})
+  return lambda v, fitness: aggregate(v, fitness, axis_name)
 
 
 def numpy_aggregate(name, v, fitness, trim=1, k=2, temperature=1.0, pull=0.25):
@@ -44,7 +56,7 @@ def test_each_aggregate_matches_numpy_with_ties_and_a_nan_particle(runner, name)
   nan_free = name in ("mean", "best_pull")  # rules that average every particle propagate NaN
   if not nan_free:
     params["w"][1] = np.nan  # the NaN-fitness particle has NaN weights too
-  aggregate = sync_lib.make_aggregate(name, axis_name, trim=2, k=2, temperature=0.5, pull=0.3)
+  aggregate = aggregate_fn(name, axis_name, trim=2, k=2, temperature=0.5, pull=0.3)
   got = run(aggregate, params, fitness, in_axes=(0, 0))
   for leaf in params:
     want = numpy_aggregate(name, params[leaf], fitness, trim=2, k=2, temperature=0.5, pull=0.3)
@@ -57,13 +69,13 @@ def test_aggregate_identities():
   v = random_params(rng, 8)
   fitness = rng.uniform(size=8).astype(np.float32)
   run, axis = RUNNERS["vmap"]
-  mean = run(sync_lib.make_aggregate("mean", axis), v, fitness, in_axes=(0, 0))
+  mean = run(aggregate_fn("mean", axis), v, fitness, in_axes=(0, 0))
   for name, kwargs in [
     ("topk", {"k": 8}),
     ("fitness_weighted", {"temperature": 1e9}),
     ("best_pull", {"pull": 0.0}),
   ]:
-    got = run(sync_lib.make_aggregate(name, axis, **kwargs), v, fitness, in_axes=(0, 0))
+    got = run(aggregate_fn(name, axis, **kwargs), v, fitness, in_axes=(0, 0))
     for leaf in v:
       np.testing.assert_allclose(
         np.asarray(got[leaf]), np.asarray(mean[leaf]), rtol=1e-5, atol=1e-6, err_msg=name
@@ -76,26 +88,26 @@ def test_compressors_bound_their_error_and_count_their_bytes():
   block = 100
   blocks = np.abs(np.asarray(v)).reshape(-1, block).max(1).repeat(block)
   for name, levels in (("int8", 127), ("int4", 7)):
-    c = sync_lib.make_compressor(name, block_size=block)
+    c = getattr(compressors, name)(block_size=block)
     err = np.abs(np.asarray(c.apply(v)) - np.asarray(v))
     assert (err <= blocks / (2 * levels) * (1 + 1e-5)).all(), name  # half a step of its block
-  bf16 = sync_lib.make_compressor("bfloat16")
+  bf16 = compressors.bfloat16()
   rel = np.abs(np.asarray(bf16.apply(v)) - np.asarray(v)) / np.abs(np.asarray(v))
   assert rel.max() <= 2.0**-8
-  top = sync_lib.make_compressor("topk_fraction", fraction=0.05)
+  top = compressors.topk_fraction(fraction=0.05)
   kept = np.asarray(top.apply(v))
   assert np.count_nonzero(kept) == 50
   largest = np.argsort(-np.abs(np.asarray(v)))[:50]
   np.testing.assert_array_equal(kept[largest], np.asarray(v)[largest])
-  assert sync_lib.make_compressor("none").payload_bytes(1000) == 4000
+  assert compressors.none().payload_bytes(1000) == 4000
   assert bf16.payload_bytes(1000) == 2000
-  assert sync_lib.make_compressor("int8", block_size=256).payload_bytes(1000) == 1000 + 4 * 4
-  assert sync_lib.make_compressor("int4", block_size=256).payload_bytes(1001) == 501 + 4 * 4
+  assert compressors.int8(block_size=256).payload_bytes(1000) == 1000 + 4 * 4
+  assert compressors.int4(block_size=256).payload_bytes(1001) == 501 + 4 * 4
   assert top.payload_bytes(1000) == 50 * 8
 
 
 def test_int8_of_one_block_of_equal_values_is_exact():
-  c = sync_lib.make_compressor("int8", block_size=16)
+  c = compressors.int8(block_size=16)
   for value in (0.1, -3.7, 1e-20, 0.0):
     v = jnp.full((16,), value, jnp.float32)
     np.testing.assert_array_equal(np.asarray(c.apply(v)), np.asarray(v))
@@ -103,12 +115,12 @@ def test_int8_of_one_block_of_equal_values_is_exact():
 
 def test_error_feedback_carries_exactly_the_residual():
   rng = np.random.RandomState(4)
-  c = sync_lib.make_compressor("topk_fraction", fraction=0.1)
+  c = compressors.topk_fraction(fraction=0.1)
   tree = {"a": jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))}
   residual = jnp.zeros(20, jnp.float32)
   sent_total, input_total = np.zeros(20), np.zeros(20)
   for _ in range(6):
-    received, new_residual = sync_lib.compress_tree(c, tree, residual)
+    received, new_residual = compressors.compress_tree(c, tree, residual)
     flat = np.asarray(tree["a"]).reshape(-1) + np.asarray(residual)
     np.testing.assert_array_equal(
       np.asarray(new_residual), flat - np.asarray(received["a"]).reshape(-1)
@@ -137,7 +149,10 @@ def test_median_nesterov_int8_matches_numpy_over_three_rounds(runner):
   start = random_params(rng, 1)
   x = {k: np.repeat(a, n, 0) for k, a in start.items()}
   strategy = sync_lib.outer(
-    "median", optax.sgd(lr, momentum=mu, nesterov=True), "int8", axis_name, block_size=block
+    aggregates.median(),
+    optax.sgd(lr, momentum=mu, nesterov=True),
+    compressors.int8(block_size=block),
+    axis_name,
   )
   state = run(strategy.init, x, in_axes=(0,))
   theta = {k: a[0].astype(np.float64) for k, a in start.items()}
@@ -182,8 +197,8 @@ def test_presets_equal_their_composition(runner):
     return run(strategy.sync, x1, state, fitness, jax.random.key(0), in_axes=(0, 0, 0, None))[0]
 
   averaged = one_sync(sync_lib.average(axis_name))
-  plain = one_sync(sync_lib.outer("mean", axis_name=axis_name))
-  sgd_one = one_sync(sync_lib.outer("mean", optax.sgd(1.0), axis_name=axis_name))
+  plain = one_sync(sync_lib.outer(axis_name=axis_name))
+  sgd_one = one_sync(sync_lib.outer(optimizer=optax.sgd(1.0), axis_name=axis_name))
   for k in averaged:
     np.testing.assert_array_equal(np.asarray(averaged[k]), np.asarray(plain[k]))
     np.testing.assert_allclose(
@@ -193,20 +208,59 @@ def test_presets_equal_their_composition(runner):
 
 def test_bytes_of_composed_strategies():
   params = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}
-  assert sync_lib.outer("mean").bytes_per_round(params, 16) == 4000
-  assert sync_lib.outer("topk", compress="int8").bytes_per_round(params, 16) == 1000 + 16 + 4
+  assert sync_lib.outer().bytes_per_round(params, 16) == 4000
+  assert (
+    sync_lib.outer(aggregates.topk(), compressor=compressors.int8()).bytes_per_round(params, 16)
+    == 1000 + 16 + 4
+  )
   assert sync_lib.diloco().bytes_per_round(params, 16) == sync_lib.average().bytes_per_round(
     params, 16
   )
 
 
-def test_bad_parts_name_the_field():
-  with pytest.raises(ValueError, match="sync.outer.aggregate='mode'"):
-    sync_lib.outer("mode")
-  with pytest.raises(ValueError, match="sync.outer.compress='int2'"):
-    sync_lib.outer(compress="int2")
-  with pytest.raises(ValueError, match="sync.outer.optimizer='lion'"):
-    sync_lib.outer_optimizer("lion", 0.1, 0.9)
+@pytest.mark.parametrize(
+  "make, argument",
+  [
+    (lambda: aggregates.topk(0), "k"),
+    (lambda: aggregates.topk(2.5), "k"),
+    (lambda: aggregates.trimmed_mean(-1), "trim"),
+    (lambda: aggregates.fitness_weighted(0.0), "temperature"),
+    (lambda: aggregates.best_pull(1.5), "pull"),
+    (lambda: compressors.int8(0), "block_size"),
+    (lambda: compressors.int4(True), "block_size"),
+    (lambda: compressors.topk_fraction(0.0), "fraction"),
+    (lambda: compressors.topk_fraction(1.5), "fraction"),
+  ],
+)
+def test_each_part_checks_its_own_arguments(make, argument):
+  with pytest.raises(errors.BadArgument, match=f"^{argument}=") as raised:
+    make()
+  assert raised.value.argument == argument
+
+
+def test_parts_check_the_number_of_particles():
+  aggregates.topk(8).check(8)
+  with pytest.raises(errors.BadArgument, match="k=9: accepted values are the integers 1..8"):
+    aggregates.topk(9).check(8)
+  aggregates.trimmed_mean(3).check(7)
+  with pytest.raises(errors.BadArgument, match="trim=4"):
+    aggregates.trimmed_mean(4).check(8)
+  strategy = sync_lib.outer(aggregates.topk(20))
+  with pytest.raises(errors.BadArgument, match="k=20"):
+    strategy.check(8)
+
+
+def test_parts_say_what_the_sync_needs():
+  assert [a.reads_fitness for a in (aggregates.mean(), aggregates.topk(), aggregates.median())] == [
+    False,
+    True,
+    False,
+  ]
+  assert aggregates.median().collective == aggregates.trimmed_mean().collective == "all_gather"
+  assert aggregates.best_pull().collective == "all_reduce"
+  assert sync_lib.outer(aggregates.fitness_weighted()).reads_fitness
+  assert not sync_lib.outer().shared_init  # averaging keeps no center
+  assert sync_lib.outer(compressor=compressors.int8()).shared_init
 
 
 def test_a_composed_strategy_runs_from_the_command_line(tmp_path):

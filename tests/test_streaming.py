@@ -12,8 +12,9 @@ import pytest
 from test_sync import RUNNERS, random_params, run_syncs
 from test_train import small_config
 
-from psops_jax import config_check, train
+from psops_jax import config_check, errors, train
 from psops_jax import sync as sync_lib
+from psops_jax.sync import aggregates, compressors
 
 
 def numpy_keep_largest(v, fraction):
@@ -79,9 +80,8 @@ def test_streaming_matches_numpy_over_seven_syncs(runner, compress):
     delay=2,
     mix=0.5,
     optimizer=optax.sgd(lr, momentum=mu, nesterov=True),
-    compress=compress,
+    compressor=getattr(compressors, compress)(**({"fraction": 0.25} if compress != "none" else {})),
     axis_name=axis_name,
-    fraction=0.25,
   )
   got, _ = run_syncs(run, strategy, start, drifts)
   want = numpy_streaming(
@@ -110,15 +110,15 @@ def test_one_fragment_no_delay_no_mix_is_diloco_bit_for_bit(runner):
 
 def test_bytes_and_collective_of_streaming():
   params = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}
-  assert sync_lib.streaming(4).bytes_per_round(params, 16) == 4 * 250  # a quarter per sync
-  assert sync_lib.streaming(4, compress="int8").bytes_per_round(params, 16) == 250 + 4
-  assert sync_lib.streaming(3).bytes_per_round(params, 16) == 4 * 334  # padded fragments
+  assert sync_lib.streaming(4, delay=0).bytes_per_round(params, 16) == 4 * 250  # a quarter per sync
+  assert sync_lib.streaming(4, compressor=compressors.int8()).bytes_per_round(params, 16) == 250 + 4
+  assert sync_lib.streaming(3, delay=0).bytes_per_round(params, 16) == 4 * 334  # padded fragments
   assert sync_lib.streaming(4, delay=3).collective == sync_lib.Collective("all_reduce", False, 3)
-  assert sync_lib.streaming(4, aggregate="median").collective.kind == "all_gather"
+  assert sync_lib.streaming(4, aggregate=aggregates.median()).collective.kind == "all_gather"
 
 
 def test_bad_streaming_fields_are_named():
-  with pytest.raises(ValueError, match="sync.streaming.delay=4"):
+  with pytest.raises(errors.BadArgument, match=r"^delay=4: accepted values are 0\.\.3"):
     sync_lib.streaming(4, delay=4)
   for field, value, accepted in [
     ("delay", 4, r"0\.\.3"),

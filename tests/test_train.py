@@ -243,7 +243,7 @@ def test_particles_per_device_do_not_change_the_numbers(devices, layout):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", sync_lib.STRATEGIES)
+@pytest.mark.parametrize("strategy", sync_lib.strategy_names())
 def test_every_strategy_trains_through_train_and_evaluate(tmp_path, strategy):
   config = small_config(
     **{"sync.strategy": strategy, "num_devices": 2, "train.rounds": 4, "sync.period": 4}

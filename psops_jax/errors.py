@@ -1,0 +1,90 @@
+"""The errors a run reports to its user, and the exit codes of train.py: one place for both.
+
+Only an exception of a type below is reported as what it is; anything else is a bug of the
+library (exit 1, with its traceback). In particular a plain ValueError raised inside the package
+is never taken for a user's mistake: the code that knows an input is bad raises `BadInput` (or a
+subclass) and says which field, flag or file.
+
+No JAX here: the workdir checks (psops_jax/workdir.py) run before JAX starts.
+"""
+
+import math
+import numbers
+
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1  # a bug: the traceback, then INTERNAL_ERROR
+EXIT_BAD_INPUT = 2  # a flag, a config field or file, the data, the workdir: a short message
+EXIT_DIVERGED = 3  # every particle's loss became NaN or inf
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM; the checkpoint is written, rerun to resume
+
+# (exit code, meaning): the table of docs/usage.md and train.py's docstring
+EXIT_CODES = (
+  (EXIT_OK, "done"),
+  (EXIT_INTERNAL_ERROR, "an internal error (a bug): its traceback, then a line that says so"),
+  (EXIT_BAD_INPUT, "bad input: a flag, a config field or file, the data, the workdir"),
+  (EXIT_DIVERGED, "every particle diverged (loss NaN or inf)"),
+  (EXIT_PREEMPTED, "preempted by SIGTERM: the checkpoint is written, rerun to resume"),
+)
+
+INTERNAL_ERROR = "psops_jax: internal error (a bug): please report it with the traceback above"
+
+
+class BadInput(Exception):
+  """Something the user typed or pointed at cannot be used; the message names it and says what is
+  accepted. train.py exits with EXIT_BAD_INPUT and the message, no traceback."""
+
+
+class ConfigError(BadInput, ValueError):
+  """A config field with a value the run cannot use."""
+
+
+class BadArgument(BadInput, ValueError):
+  """An argument of a library constructor (a sync strategy or one of its parts) out of range.
+
+  `argument` is the parameter's name; the config layer names the config field that fed it
+  (`psops_jax.sync.registry`), so that a config user reads `sync.topk=0: ...`."""
+
+  def __init__(self, argument: str, value, accepted: str):
+    super().__init__(f"{argument}={value!r}: {accepted}")
+    self.argument, self.value, self.accepted = argument, value, accepted
+
+
+class RunStopped(Exception):
+  """A run that ended early for a reason the user must act on; `exit_code` says which."""
+
+  exit_code = EXIT_INTERNAL_ERROR
+
+
+class Diverged(RunStopped, RuntimeError):
+  """Every particle's loss is NaN or inf."""
+
+  exit_code = EXIT_DIVERGED
+
+
+class Preempted(RunStopped):
+  """SIGTERM arrived; the run checkpointed after `rounds_done` rounds and stopped."""
+
+  exit_code = EXIT_PREEMPTED
+
+  def __init__(self, rounds_done: int, directory: str):
+    super().__init__(
+      f"preempted (SIGTERM): checkpoint after round {rounds_done} in {directory}; "
+      "rerun the same command to resume"
+    )
+    self.rounds_done = rounds_done
+
+
+def require(ok: bool, argument: str, value, accepted: str) -> None:
+  """Raise BadArgument(argument, value, accepted) unless `ok`: a constructor's argument check."""
+  if not ok:
+    raise BadArgument(argument, value, accepted)
+
+
+def is_integer(value) -> bool:
+  """An int (numpy's too), not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+  """A finite real number, not a bool."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,122 @@
+"""Collectives over the particle axis, and the pytree helpers they need.
+
+Every function here sees ONE particle's values and reaches the others through the named axis
+`axis_name` (a name, or a tuple of names for several particles per device: particle d * L + l),
+bound by `jax.shard_map`, `jax.pmap` or `jax.vmap(..., axis_name=...)`.
+"""
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+AxisName = str | tuple[str, ...]
+
+
+def tree_bytes(tree: PyTree) -> int:
+  """Bytes of all leaves of `tree` (number of elements x itemsize); leaves may be arrays or
+  jax.ShapeDtypeStruct."""
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def map_floats(fn: Callable, tree: PyTree, *others: PyTree) -> PyTree:
+  """fn applied to the floating-point leaves of `tree` (with the matching leaves of `others`);
+  integer leaves (e.g. optax step counts) unchanged."""
+  return jax.tree.map(
+    lambda a, *b: fn(a, *b) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree, *others
+  )
+
+
+def float_leaves(tree: PyTree) -> list:
+  """The floating-point leaves of `tree`, in tree order."""
+  return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+
+
+def float_count(tree: PyTree) -> int:
+  """The number of floating-point values in `tree` (leaves may be jax.ShapeDtypeStruct)."""
+  return sum(math.prod(a.shape) for a in float_leaves(tree))
+
+
+def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
+  """lax.psum of the floating-point leaves of `tree` in ONE all-reduce; integer leaves unchanged.
+
+  The float leaves are concatenated into one vector (ravel_pytree, in their common dtype) and split
+  back after the sum: the same sums as one psum per leaf, but one collective instead of one per
+  leaf, which XLA:CPU does not combine itself (measured in docs/DESIGN.md with
+  benchmarks/sync_cost.py). The price is the concatenated vector: one weight-sized buffer more than
+  a per-leaf all-reduce needs (where the caller builds a masked copy anyway, as the PSO sync does,
+  that copy becomes the vector).
+  """
+  floats = float_leaves(tree)
+  if not floats:
+    return tree
+  flat, unravel = ravel_pytree(floats)
+  summed = iter(unravel(lax.psum(flat, axis_name)))
+  return map_floats(lambda a: next(summed), tree)
+
+
+def pmean_floats(tree: PyTree, axis_name: AxisName) -> PyTree:
+  """(1/N) sum_k of the floating-point leaves in ONE all-reduce (psum_floats); integer leaves
+  unchanged."""
+  n = lax.psum(1, axis_name)
+  return map_floats(lambda a: a / n, psum_floats(tree, axis_name))
+
+
+def masked_fetch(tree: PyTree, chosen: jax.Array, axis_name: AxisName) -> PyTree:
+  """The floating-point leaves of the one particle for which `chosen` is true, on every particle:
+  ONE all-reduce of where(chosen, tree, 0) (`where`, not a multiply, keeps the others' NaN out of
+  the sum). Integer leaves stay this particle's own."""
+  return psum_floats(map_floats(lambda a: jnp.where(chosen, a, jnp.zeros_like(a)), tree), axis_name)
+
+
+def particle_index(axis_name: AxisName) -> jax.Array:
+  """This particle's number along `axis_name` (row-major over a tuple of axes)."""
+  return lax.axis_index(axis_name)
+
+
+def particle_key(key: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The round key made specific to this particle: fold_in(key, particle_index)."""
+  return jax.random.fold_in(key, particle_index(axis_name))
+
+
+def all_gather_stacked(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The array `x` of every particle, stacked: shape (N,) + x.shape, ordered by `particle_index`.
+
+  Over a tuple of axes the gathers are nested, innermost axis first (jax 0.10 rejects one all_gather
+  over a mesh axis and a vmap axis together).
+  """
+  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  shape = x.shape
+  for name in reversed(names):
+    x = lax.all_gather(x, name)
+  return x.reshape((-1,) + shape)
+
+
+def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  """The scalar `x` of every particle, shape (N,), ordered by `particle_index`."""
+  return all_gather_stacked(x, axis_name)
+
+
+def sanitize_fitness(fitness: jax.Array) -> jax.Array:
+  """NaN or +-inf fitness becomes +inf, so that such a particle never wins a comparison."""
+  fitness = jnp.asarray(fitness, jnp.float32)
+  return jnp.where(jnp.isfinite(fitness), fitness, jnp.inf)
+
+
+def all_fitness(fitness: jax.Array, axis_name: AxisName) -> jax.Array:
+  """Every particle's sanitized fitness, shape (N,): one all-gather of N scalars."""
+  return all_gather_scalar(sanitize_fitness(fitness), axis_name)
+
+
+def fitness_rank(fitness: jax.Array, axis_name: AxisName) -> jax.Array:
+  """This particle's rank by fitness among all particles (0 = lowest; ties: lower index first;
+  non-finite fitness ranks last), from one all-gather of N scalars."""
+  everyone = all_fitness(fitness, axis_name)
+  i = particle_index(axis_name)
+  mine = everyone[i]
+  others = jnp.arange(everyone.shape[0])
+  return jnp.sum((everyone < mine) | ((everyone == mine) & (others < i)))

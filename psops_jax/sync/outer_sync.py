@@ -1,0 +1,204 @@
+"""The composable outer sync, and the strategies that are presets of it: averaging, DiLoCo, the
+robust average, the top-k average and the pull to the best particle.
+
+    from psops_jax.sync import aggregates, compressors, outer
+    strategy = outer(aggregates.median(), optax.sgd(0.7, 0.9, nesterov=True), compressors.int8())
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from psops_jax.clock import Collective
+from psops_jax.errors import is_number, require
+from psops_jax.sync import aggregates, compressors
+from psops_jax.sync.collectives import AxisName, float_count, float_leaves, pmean_floats, tree_bytes
+from psops_jax.sync.interface import SyncStrategy, export_mean, identity, make_strategy
+
+PyTree = Any
+
+
+class OuterState(NamedTuple):
+  """One particle's state of `outer`: the shared outer weights theta (a copy on every particle),
+  the outer optimizer's state, and (error feedback) the particle's residual, a flat vector. Fields
+  the configuration does not need hold ()."""
+
+  center: PyTree
+  opt_state: PyTree
+  residual: PyTree
+
+
+def outer(
+  aggregate: aggregates.Aggregate | None = None,
+  optimizer: optax.GradientTransformation | None = None,
+  compressor: compressors.Compressor | None = None,
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
+  """A sync built from parts: aggregate the particles, an outer optimizer on shared weights theta,
+  and a compressor for what each particle sends. With x_i' the weights after the local steps,
+  A the aggregate over particles (default: the mean) and C the compressor (default: none):
+
+      compressor "none": a     := A(x')                          (the weights themselves)
+                         d     := theta - a                       (optimizer only)
+      otherwise:         d     := A(C(theta - x_i' + e_i))        (pseudo-gradients, compressed;
+                         e_i   := theta - x_i' + e_i - C(...)      error feedback: topk_fraction)
+      optimizer None:    x_i   := a, or theta - d
+      optimizer opt:     theta := theta + opt.update(d)          (optax: sgd(1) is averaging,
+                         x_i   := theta                           sgd(eta, mu, nesterov) DiLoCo)
+
+  Each particle quantizes and dequantizes its own pseudo-gradient and the aggregate is taken over
+  the dequantized float32 values: the numbers are those of a compressed exchange, but the
+  collective here still moves float32; `bytes_per_round` counts the compressed payload (values,
+  scales, indices) that a real compressed exchange would send. Batch statistics are aggregated by
+  the same rule (never compressed, no outer step). `average`, `diloco`, `robust_average`,
+  `topk_average` and `best_pull` are presets of this function.
+  """
+  aggregate = aggregate if aggregate is not None else aggregates.mean()
+  compressor = compressor if compressor is not None else compressors.none()
+  compresses = compressor.name != "none"
+  keeps_center = optimizer is not None or compresses
+
+  def init(params):
+    if not keeps_center:
+      return ()
+    flat, _ = ravel_pytree(float_leaves(params))
+    return OuterState(
+      center=params,
+      opt_state=optimizer.init(params) if optimizer is not None else (),
+      residual=jnp.zeros_like(flat) if compressor.error_feedback else (),
+    )
+
+  def sync_with_stats(params, stats, state, fitness, key):
+    stats = aggregate(stats, fitness, axis_name)
+    if not compresses:
+      aggregated = aggregate(params, fitness, axis_name)
+      if optimizer is None:
+        return aggregated, stats, state
+      step = jax.tree.map(jnp.subtract, state.center, aggregated)
+      residual = state.residual
+    else:
+      pseudo = jax.tree.map(jnp.subtract, state.center, params)
+      received, residual = compressors.compress_tree(compressor, pseudo, state.residual)
+      step = aggregate(received, fitness, axis_name)
+    if optimizer is None:
+      theta, opt_state = jax.tree.map(jnp.subtract, state.center, step), state.opt_state
+    else:
+      updates, opt_state = optimizer.update(step, state.opt_state, state.center)
+      theta = optax.apply_updates(state.center, updates)
+    return theta, stats, OuterState(theta, opt_state, residual)
+
+  def bytes_per_round(params, period, opt_state=None):
+    return compressor.payload_bytes(float_count(params)) + aggregate.fitness_bytes
+
+  return make_strategy(
+    init,
+    sync_with_stats,
+    identity,
+    bytes_per_round,
+    export=export_mean(axis_name),
+    collective=Collective(aggregate.collective),
+    reads_fitness=aggregate.reads_fitness,
+    shared_init=keeps_center,
+    check=aggregate.check,
+  )
+
+
+def average(axis_name: AxisName = "particles", average_opt_state: bool = False) -> SyncStrategy:
+  """Parameter averaging (local SGD): x_i := (1/N) sum_k x_k at every sync; `outer()`.
+
+  The optimizer state stays local unless `average_opt_state`, which also averages its floating-point
+  leaves (e.g. momentum buffers), one more all-reduce of their size. Batch statistics are averaged
+  in the weights' all-reduce.
+  """
+  strategy = outer(axis_name=axis_name)
+  if not average_opt_state:
+    return strategy
+  return strategy._replace(
+    reduce_opt_state=lambda opt_state, state, key: pmean_floats(opt_state, axis_name),
+    bytes_per_round=lambda params, period, opt_state=None: (
+      tree_bytes(params) + (tree_bytes(float_leaves(opt_state)) if opt_state is not None else 0)
+    ),
+  )
+
+
+def diloco(
+  learning_rate: float = 0.7,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
+  """DiLoCo-style outer optimizer (Douillard et al. 2023): the round's mean displacement is a
+  pseudo-gradient for SGD with (Nesterov) momentum on shared outer weights theta;
+  `outer(optimizer=optax.sgd(eta, mu, nesterov))`:
+
+      delta := theta - mean_k x_k'                 (one all-reduce)
+      m     := mu m + delta
+      theta := theta - eta (delta + mu m)          (nesterov; plain momentum: theta - eta m)
+      x_i   := theta
+
+  eta = learning_rate, mu = momentum. eta = 1, mu = 0 is parameter averaging. The inner optimizers'
+  states stay local. Batch statistics are averaged (no outer step), in the same all-reduce.
+  """
+  require(
+    is_number(learning_rate) and learning_rate > 0,
+    "learning_rate",
+    learning_rate,
+    "accepted values are numbers > 0",
+  )
+  require(
+    is_number(momentum) and 0 <= momentum < 1, "momentum", momentum, "accepted values are in [0, 1)"
+  )
+  optimizer = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+  return outer(optimizer=optimizer, axis_name=axis_name)
+
+
+ROBUST_METHODS = {
+  "median": lambda trim: aggregates.median(),
+  "trimmed_mean": aggregates.trimmed_mean,
+}
+
+
+def robust_average(
+  method: str = "median", trim: int = 1, axis_name: AxisName = "particles"
+) -> SyncStrategy:
+  """A robust parameter average, coordinate by coordinate, over all N particles;
+  `outer(aggregates.median())` or `outer(aggregates.trimmed_mean(trim))`:
+
+      median:        x_i := median_k x_k'            (NaN values ignored; all NaN gives NaN)
+      trimmed_mean:  x_i := mean of the m finite x_k' of the coordinate, sorted, the t lowest and
+                     t highest dropped, t = min(trim, (m - 1) // 2)
+
+  The obvious defence against faulty workers, for comparison with selection (PSO-PS). It needs every
+  particle's weights on every device: an all-gather of the weights (N x the memory and received
+  bytes of an all-reduce; bytes_per_round counts the payload each particle sends, its params).
+  Batch statistics get the same rule, coordinate by coordinate.
+  """
+  require(
+    method in ROBUST_METHODS, "method", method, f"accepted values are {tuple(ROBUST_METHODS)}"
+  )
+  return outer(ROBUST_METHODS[method](trim), axis_name=axis_name)
+
+
+def topk_average(k: int = 4, axis_name: AxisName = "particles") -> SyncStrategy:
+  """The mean of the k best particles by fitness: x_i := (1/k) sum_{rank(j) < k} x_j' for every i;
+  `outer(aggregates.topk(k))`.
+
+  k = N is parameter averaging; k = 1 is "everyone jumps to the best". One all-gather of N scalars
+  and ONE all-reduce of the weights. Batch statistics: the mean of the same k, in the same
+  all-reduce.
+  """
+  return outer(aggregates.topk(k), axis_name=axis_name)
+
+
+def best_pull(pull: float = 0.25, axis_name: AxisName = "particles") -> SyncStrategy:
+  """Averaging pulled toward the best particle: x_i := m + c (g - m) = (1 - c) m + c g, with
+  m = mean_k x_k', g = x_j', j = argmin_k f_k (this round's fitness), c = pull;
+  `outer(aggregates.best_pull(pull))`.
+
+  c = 0 is parameter averaging, c = 1 is "everyone jumps to the best" (PSO-PS with w = c1 = 0,
+  c2 = 1, r2 = 1). Batch statistics get the same rule, in the same all-reduce.
+  """
+  return outer(aggregates.best_pull(pull), axis_name=axis_name)

@@ -1,0 +1,168 @@
+"""Streaming sync: the outer sync one fragment of the weights at a time, overlapped with compute."""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from psops_jax.clock import Collective
+from psops_jax.errors import is_integer, is_number, require
+from psops_jax.sync import aggregates, compressors
+from psops_jax.sync.collectives import AxisName, float_count, float_leaves, map_floats
+from psops_jax.sync.interface import SyncStrategy, export_mean, identity, make_strategy
+
+PyTree = Any
+
+
+class StreamingState(NamedTuple):
+  """One particle's state of `streaming`. The float weights are one flat vector padded to F
+  fragments of c values: `center` theta (F c), `opt_state` the outer optimizer's state of each
+  fragment stacked on a leading axis of F, `residual` the particle's error feedback (F c, or ()),
+  `pending` the aggregated pseudo-gradients still on the wire (delay x c, or ()), `count` the syncs
+  done so far."""
+
+  center: jax.Array
+  opt_state: PyTree
+  residual: PyTree
+  pending: PyTree
+  count: jax.Array
+
+
+def fragment_size(count: int, fragments: int) -> int:
+  """c = ceil(count / F): the values of one fragment (the last one padded with zeros)."""
+  return -(-count // fragments)
+
+
+def check_streaming(fragments, delay, mix) -> None:
+  """errors.BadArgument unless F >= 1, 0 <= d < F and 0 <= a <= 1."""
+  require(
+    is_integer(fragments) and fragments >= 1,
+    "fragments",
+    fragments,
+    "accepted values are integers >= 1",
+  )
+  require(
+    is_integer(delay) and 0 <= delay < fragments,
+    "delay",
+    delay,
+    f"accepted values are 0..{fragments - 1} (fragments - 1)",
+  )
+  require(is_number(mix) and 0 <= mix <= 1, "mix", mix, "accepted values are in [0, 1]")
+
+
+def streaming(
+  fragments: int = 4,
+  delay: int = 1,
+  mix: float = 0.5,
+  aggregate: aggregates.Aggregate | None = None,
+  optimizer: optax.GradientTransformation | None = None,
+  compressor: compressors.Compressor | None = None,
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
+  """Streaming DiLoCo (Douillard et al. 2025): the outer sync of `outer`, one fragment per round.
+
+  The float weights, ravelled in layer order, are cut into F = `fragments` contiguous slices of
+  equal size c (equal sizes rather than layer boundaries: LeNet-5's layers are too unequal for
+  fragments of similar size). Sync k (0-based, every `period` local steps) sends fragment
+  f = k mod F, so each fragment is synced every F rounds with offset f rounds and each sync sends
+  1/F of the weights. With d = `delay`, a = `mix`, A the aggregate and C the compressor of `outer`:
+
+      at sync k:      u_k     := theta_f - A(x'_f)  or  A(C(theta_f - x'_f + e_f))   (f = k mod F)
+      at sync k + d:  theta_f := theta_f + opt_f.update(u_k)     (the fragment's own outer state;
+                      x_f     := theta_f + a (x_f - theta_f)      optimizer None: theta_f - u_k)
+
+  u_k travels while the particles run d more rounds (tau = d x period local steps); then fragment f
+  of each particle is mixed with the new theta_f: a = 0 takes theta_f, a = 1 keeps the local
+  weights. The other fragments train on locally. F = 1, d = 0, a = 0 is `outer` with the same
+  parts (DiLoCo with the Nesterov optimizer); 0 <= d < F, so a fragment's update lands before it is
+  sent again. Batch statistics are averaged at every sync (aggregate A), in the same collective.
+  The simulation reduces fragment f only; `bytes_per_round` counts its c values at the
+  compressor's width.
+  """
+  check_streaming(fragments, delay, mix)
+  aggregate = aggregate if aggregate is not None else aggregates.mean()
+  compressor = compressor if compressor is not None else compressors.none()
+  combine = lambda v, fitness: aggregate(v, fitness, axis_name)
+
+  def padded(params):
+    flat, unravel = ravel_pytree(float_leaves(params))
+    c = fragment_size(flat.shape[0], fragments)
+    return jnp.pad(flat, (0, fragments * c - flat.shape[0])), unravel, c
+
+  def init(params):
+    center, _, c = padded(params)
+    slices = center.reshape(fragments, c)
+    return StreamingState(
+      center=center,
+      opt_state=jax.vmap(optimizer.init)(slices) if optimizer is not None else (),
+      residual=jnp.zeros_like(center) if compressor.error_feedback else (),
+      pending=jnp.zeros((delay, c), center.dtype) if delay else (),
+      count=jnp.zeros((), jnp.int32),
+    )
+
+  def sent_update(x, state: StreamingState, c, fitness):
+    """(u_k, residual): the aggregated pseudo-gradient of this sync's fragment."""
+    sent = state.count % fragments
+    fragment = lambda v: lax.dynamic_slice(v, (sent * c,), (c,))
+    if compressor.name == "none":
+      return fragment(state.center) - combine(fragment(x), fitness), state.residual
+    pseudo = fragment(state.center) - fragment(x)
+    if compressor.error_feedback:
+      pseudo = pseudo + fragment(state.residual)
+    received = compressor.apply(pseudo)
+    residual = state.residual
+    if compressor.error_feedback:
+      residual = lax.dynamic_update_slice(residual, pseudo - received, (sent * c,))
+    return combine(received, fitness), residual
+
+  def landed_update(theta, u, opt_state, landed, active):
+    """(theta_f after the update u, the optimizer states) of the fragment that lands now."""
+    if optimizer is None:
+      return jnp.where(active, theta - u, theta), opt_state
+    mine = jax.tree.map(lambda s: s[landed], opt_state)
+    updates, mine = optimizer.update(u, mine, theta)
+    new_theta = optax.apply_updates(theta, updates)
+    opt_state = jax.tree.map(
+      lambda s, m: s.at[landed].set(jnp.where(active, m, s[landed])), opt_state, mine
+    )
+    return jnp.where(active, new_theta, theta), opt_state
+
+  def sync_with_stats(params, stats, state: StreamingState, fitness, key):
+    stats = combine(stats, fitness)
+    x, unravel, c = padded(params)
+    u, residual = sent_update(x, state, c, fitness)
+    if delay:
+      queue = jnp.concatenate([state.pending, u[None]])
+      u, pending = queue[0], queue[1:]
+    else:
+      pending = ()
+    landed = (state.count - delay) % fragments  # the fragment whose update arrives now
+    active = state.count >= delay  # nothing has arrived during the first d syncs
+    theta = lax.dynamic_slice(state.center, (landed * c,), (c,))
+    new_theta, opt_state = landed_update(theta, u, state.opt_state, landed, active)
+    local = lax.dynamic_slice(x, (landed * c,), (c,))
+    mixed = jnp.where(active, new_theta + mix * (local - new_theta), local)
+    center = lax.dynamic_update_slice(state.center, new_theta, (landed * c,))
+    x = lax.dynamic_update_slice(x, mixed, (landed * c,))
+    received = iter(unravel(x[: float_count(params)]))
+    params = map_floats(lambda a: next(received), params)
+    return params, stats, StreamingState(center, opt_state, residual, pending, state.count + 1)
+
+  def bytes_per_round(params, period, opt_state=None):
+    c = fragment_size(float_count(params), fragments)
+    return compressor.payload_bytes(c) + aggregate.fitness_bytes
+
+  return make_strategy(
+    init,
+    sync_with_stats,
+    identity,
+    bytes_per_round,
+    export=export_mean(axis_name),
+    collective=Collective(aggregate.collective, hidden_rounds=delay),
+    reads_fitness=aggregate.reads_fitness,
+    shared_init=True,
+    check=aggregate.check,
+  )
