@@ -13,10 +13,11 @@ Multi-host (JAX's multi-controller runtime): one process per host, each started 
 or --distributed to let jax.distributed.initialize() read a cluster's environment (SLURM, TPU pod).
 On CPU, processes talk over gloo. scripts/launch_local.py starts N such processes on this machine.
 
-Exit codes: 0 done; 2 bad input: a flag, a config field or file, the data, the workdir (or another
-live run on it), with a short message that names it and no traceback; 3 all particles diverged;
-75 preempted by SIGTERM (checkpoint written: rerun to resume); 1 an internal error (a bug): its
-traceback, then a line that says so.
+Exit codes (psops_jax/errors.py, the one place for them): 0 done; 2 bad input: a flag, a config
+field or file, the data, the workdir (or another live run on it), with a short message that names it
+and no traceback; 3 all particles diverged; 75 preempted by SIGTERM (checkpoint written: rerun to
+resume); 1 an internal error (a bug): its traceback, then a line that says so. Only an exception the
+library raises as errors.BadInput is reported as bad input.
 """
 
 import contextlib
@@ -29,9 +30,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from psops_jax import errors  # no JAX in it: JAX starts after the flags set XLA_FLAGS
+
 DEFAULT_CONFIG = "configs/digits_pso.py"
-BAD_INPUT_EXIT_CODE = 2
-INTERNAL_ERROR = "psops_jax: internal error (a bug): please report it with the traceback above"
 # absl's reasons for a flag value it cannot parse, and what the message says instead
 FLAG_REASONS = (
   ("invalid literal for int()", "must be an integer"),
@@ -66,7 +67,7 @@ _LOCAL_DEVICES = flags.DEFINE_integer(
 def fail(message: str):
   """Exit with code 2 and `message`: a problem with what the user typed or pointed at."""
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(BAD_INPUT_EXIT_CODE)
+  sys.exit(errors.EXIT_BAD_INPUT)
 
 
 def config_path(argv) -> str:
@@ -228,24 +229,9 @@ def initialize_distributed() -> None:
 
 def bad_input_message(error: Exception, workdir: str) -> str | None:
   """The message of an error in what the user pointed at (a config field, the data, the workdir or
-  its checkpoints), or None for an internal error."""
-  import psops_jax
-  from psops_jax import checkpoint, config_check, data
-  from psops_jax import workdir as workdir_lib
-
-  if isinstance(
-    error,
-    (
-      config_check.ConfigError,
-      data.DataError,
-      checkpoint.CheckpointError,
-      workdir_lib.WorkdirError,
-    ),
-  ):
+  its checkpoints: the library raised errors.BadInput), or None for an internal error."""
+  if isinstance(error, errors.BadInput):
     return str(error)
-  innermost = traceback.extract_tb(error.__traceback__)[-1].filename
-  if isinstance(error, ValueError) and is_inside(innermost, os.path.dirname(psops_jax.__file__)):
-    return str(error)  # psops_jax raises ValueError for a config value only (sync.py, swarm.py)
   if isinstance(error, OSError) and error.filename and is_inside(str(error.filename), workdir):
     return f"{error.filename}: {error.strerror} (in --workdir={workdir})"
   return None
@@ -284,12 +270,12 @@ def main(argv):
 
   try:
     summary = train.train_and_evaluate(config, _WORKDIR.value)
-  except train.Diverged as e:
+  except errors.Diverged as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except train.Preempted as e:
+    sys.exit(e.exit_code)
+  except errors.RunStopped as e:
     print(f"psops_jax: {e}", file=sys.stderr)
-    sys.exit(train.PREEMPTED_EXIT_CODE)
+    sys.exit(e.exit_code)
   except Exception as e:
     message = bad_input_message(e, _WORKDIR.value)
     if message is None:
@@ -315,8 +301,8 @@ def run() -> None:
     app.run(main, flags_parser=parse_flags)
   except Exception:  # not SystemExit: the exits above are not errors
     traceback.print_exc()
-    print(INTERNAL_ERROR, file=sys.stderr)
-    sys.exit(1)
+    print(errors.INTERNAL_ERROR, file=sys.stderr)
+    sys.exit(errors.EXIT_INTERNAL_ERROR)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from psops_jax import errors
+
 # Fields that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_FIELDS = (
   "train.rounds",
@@ -40,7 +42,7 @@ CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written s
 DAMAGED_DIR = "checkpoints_damaged"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.BadInput, RuntimeError):
   """A checkpoint or workdir that cannot be used; the message names it."""
 
 

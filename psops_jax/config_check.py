@@ -10,8 +10,7 @@ the run's own fields, and the types of the fields no constructor reads.
 import math
 
 from psops_jax import data as data_lib
-from psops_jax import errors, models
-from psops_jax import swarm as swarm_lib
+from psops_jax import errors, faults, models
 from psops_jax import sync as sync_lib
 
 OPTIMIZERS = ("sgd", "adam")
@@ -63,7 +62,7 @@ def validate(config) -> None:
   _choice(config, "data.partition", data_lib.PARTITIONS)
   _number(config, "data.synthetic_size", 0, integer=True)
   _number(config, "data.dirichlet_alpha", 0.0, strict=True)
-  _choice(config, "faults.kind", swarm_lib.FAULT_KINDS)
+  _choice(config, "faults.kind", faults.FAULT_KINDS)
   _number(config, "faults.step", 0, integer=True)
   _number(config, "faults.scale", 0.0)
   _number(config, "faults.particles", 0, integer=True)

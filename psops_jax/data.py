@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from psops_jax import errors, streams
+
 NAMES = ("digits", "mnist", "fashion_mnist", "cifar10")
 SOURCES = ("sklearn", "files", "tfds", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
@@ -59,7 +61,7 @@ HOW_TO_GET = {
 }
 
 
-class DataError(ValueError):
+class DataError(errors.BadInput, ValueError):
   """A data set that cannot be found, read or understood; the message says where and how to fix."""
 
 
@@ -167,7 +169,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, 
   digits = sk_load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
-  order = np.random.RandomState(seed).permutation(len(labels))
+  order = np.random.RandomState(seed + streams.HOST_OFFSETS["split"]).permutation(len(labels))
   num_test = int(round(test_fraction * len(labels)))
   test, train = order[:num_test], order[num_test:]
   return images[train], labels[train], images[test], labels[test]
@@ -209,7 +211,7 @@ def synthetic_images(rng: np.random.RandomState, n: int, shape: tuple):
 
 def load_synthetic(name: str, size: int, seed: int) -> tuple[np.ndarray, ...]:
   """`size` (0: the real set's size) synthetic training examples of `name`, size // 5 test."""
-  rng = np.random.RandomState(seed)
+  rng = np.random.RandomState(seed + streams.HOST_OFFSETS["synthetic"])
   size = size or TRAIN_SIZES[name]
   return (
     *synthetic_images(rng, size, SHAPES[name]),
@@ -256,7 +258,7 @@ def carve_validation(dataset: Dataset, size: int, seed: int) -> Dataset:
       f"data.validation_size={size}: must be between 1 and {n - 1} "
       f"(the training split has {n} examples), or 0 to evaluate on the test split"
     )
-  order = np.random.RandomState(seed + 2).permutation(n)
+  order = np.random.RandomState(seed + streams.HOST_OFFSETS["validation"]).permutation(n)
   held, kept = order[:size], order[size:]
   return dataset._replace(
     train_images=dataset.train_images[kept],
@@ -279,7 +281,8 @@ def shard(images: np.ndarray, labels: np.ndarray, num_particles: int, seed: int)
   per_particle = n // num_particles
   if per_particle == 0:
     raise DataError(f"{n} training examples cannot be split between num_particles={num_particles}")
-  order = np.random.RandomState(seed).permutation(n)[: per_particle * num_particles]
+  shuffle = np.random.RandomState(seed + streams.HOST_OFFSETS["shards"])
+  order = shuffle.permutation(n)[: per_particle * num_particles]
   return (
     images[order].reshape(num_particles, per_particle, *images.shape[1:]),
     labels[order].reshape(num_particles, per_particle),
@@ -288,7 +291,9 @@ def shard(images: np.ndarray, labels: np.ndarray, num_particles: int, seed: int)
 
 def probe_batch(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
   """A fixed batch of `size` training examples, the same for every particle (the PSO probe)."""
-  order = np.random.RandomState(seed + 1).permutation(len(labels))[:size]
+  order = np.random.RandomState(seed + streams.HOST_OFFSETS["probe"]).permutation(len(labels))[
+    :size
+  ]
   return images[order], labels[order]
 
 
@@ -299,7 +304,7 @@ def dirichlet_order(labels: np.ndarray, num_particles: int, alpha: float, seed: 
   S = n // N (arrays need equal shards) by a seeded draw from its own examples: without replacement
   if it has more than S, every example then repeats to fill S if it has fewer. Label mixes are kept;
   small alpha (0.1): one or two classes per particle; large alpha (100): close to IID."""
-  rng = np.random.RandomState(seed)
+  rng = np.random.RandomState(seed + streams.HOST_OFFSETS["shards"])
   size = len(labels) // num_particles
   if size == 0:
     raise DataError(

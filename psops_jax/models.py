@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from psops_jax import errors
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -151,7 +153,7 @@ MODELS = {
 def create(name: str, num_classes: int = 10, dtype: str = "float32") -> nn.Module:
   """The model registered as `name`, computing in `dtype` ("float32" or "bfloat16")."""
   if name not in MODELS:
-    raise ValueError(f"model.name={name!r}: accepted values are {tuple(MODELS)}")
+    raise errors.ConfigError(f"model.name={name!r}: accepted values are {tuple(MODELS)}")
   if dtype not in DTYPES:
-    raise ValueError(f"model.dtype={dtype!r}: accepted values are {tuple(DTYPES)}")
+    raise errors.ConfigError(f"model.dtype={dtype!r}: accepted values are {tuple(DTYPES)}")
   return MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype])

@@ -29,6 +29,8 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from psops_jax import errors, streams
+from psops_jax import faults as faults_lib
 from psops_jax import sync as sync_lib
 
 AXIS = "particles"
@@ -57,37 +59,6 @@ class DeviceData(NamedTuple):
   probe_labels: jax.Array  # int32 (B_probe,), replicated
 
 
-class Fault(NamedTuple):
-  """Faulty workers (a test scenario): the last `particles` particles are hit at global step
-  `round * period`. kind "nan": their weights become NaN; "noise": their weights are replaced by
-  N(0, scale^2) noise; "lr": from then on their updates are `scale` times larger (a learning rate
-  `scale` x too high)."""
-
-  kind: str
-  particles: int
-  round: int
-  scale: float
-
-
-FAULT_KINDS = ("none", "nan", "noise", "lr")
-
-
-def is_faulty(index: jax.Array, num_particles: int, fault: Fault) -> jax.Array:
-  """Whether particle `index` is one of the `fault.particles` faulty ones (the last indices)."""
-  return index >= num_particles - fault.particles
-
-
-def corrupt(params, key: jax.Array, fault: Fault):
-  """The weights of a particle hit by a "nan" or "noise" fault."""
-  if fault.kind == "nan":
-    return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), params)
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(
-    treedef, [fault.scale * jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)]
-  )
-
-
 class RoundConfig(NamedTuple):
   """Static settings of a round (hashable: part of the jitted function's identity)."""
 
@@ -98,10 +69,10 @@ class RoundConfig(NamedTuple):
   loop: str  # "unroll" or "scan"
   local_layout: str  # "unroll" or "vmap": the forward/backward passes of a device's particles
   max_unroll: int  # unrolled rounds longer than this run in several calls (0: one call)
-  augment: bool  # random crop (4-pixel pad) and horizontal flip (key stream seed + 4)
+  augment: bool  # random crop (4-pixel pad) and horizontal flip (the "augment" key stream)
   mean: tuple
   std: tuple
-  fault: Fault | None = None  # faulty workers injected into the run (None: none)
+  fault: faults_lib.Fault | None = None  # faulty workers injected into the run (None: none)
 
 
 def make_mesh(num_particles: int, num_devices: int = 0) -> jax.sharding.Mesh:
@@ -113,13 +84,13 @@ def make_mesh(num_particles: int, num_devices: int = 0) -> jax.sharding.Mesh:
       d for d in range(1, min(num_particles, available) + 1) if num_particles % d == 0
     )
   if num_devices > available:
-    raise ValueError(
+    raise errors.ConfigError(
       f"num_devices={num_devices}: this process sees {available} {jax.devices()[0].platform} "
       f"devices. Accepted: 0 (auto) or 1..{available}. On CPU, set "
       f"XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts (train.py does this)."
     )
   if num_particles % num_devices:
-    raise ValueError(
+    raise errors.ConfigError(
       f"num_particles={num_particles} is not a multiple of num_devices={num_devices}: "
       "every device holds the same number of particles"
     )
@@ -221,7 +192,7 @@ def round_batch_indices(
 def gather_batch(augment_key, step, idx, images, labels, augment: bool):
   """The mini-batch of global step `step` at indices `idx` of one particle's shard, augmented if
   asked with the key fold_in(augment_key, step); `augment_key` is the particle's own augmentation
-  stream, fold_in(key(seed + 4), particle), apart from the streams of batches, sync and probe."""
+  stream, fold_in(streams.key(seed, "augment"), particle) (psops_jax/streams.py)."""
   x, y = images[idx], labels[idx]
   if augment:
     x = augment_batch(jax.random.fold_in(augment_key, step), x)
@@ -260,6 +231,155 @@ def chunk_length(period: int, loop: str, max_unroll: int) -> int:
   return max(d for d in range(1, max_unroll + 1) if period % d == 0)
 
 
+class RoundParts(NamedTuple):
+  """What a round is made of: the model, the optimizer, the strategy (built with axis_name=AXES),
+  the round's settings, the number of devices of the mesh and the run's seed."""
+
+  model: Any
+  tx: optax.GradientTransformation
+  strategy: sync_lib.SyncStrategy
+  cfg: RoundConfig
+  num_devices: int
+  seed: int
+
+
+def over_local(fn, in_axes=0):
+  """fn mapped over the device's particles, the named axis LOCAL bound (the strategies'
+  collectives span the mesh axis and this one)."""
+  return jax.vmap(fn, in_axes=in_axes, axis_name=LOCAL)
+
+
+def loss_fn(parts: RoundParts, params, batch_stats, images, labels, train=True):
+  """(mean cross-entropy of one particle on a batch of uint8 images, its new batch statistics)."""
+  cfg = parts.cfg
+  logits, batch_stats = apply_model(
+    parts.model, params, batch_stats, normalize(images, cfg.mean, cfg.std), train
+  )
+  return cross_entropy(logits, labels), batch_stats
+
+
+def local_step(parts: RoundParts, carry, step_and_idx, images, labels, augment_keys, faulty):
+  """One optax step of every particle of the device: its batch, the gradient (reduced by the
+  strategy: ssgd all-reduces it), the update (scaled for "lr" faults)."""
+  cfg, fault = parts.cfg, faults_lib.active(parts.cfg.fault)
+  params, batch_stats, opt_state = carry
+  step, idx = step_and_idx  # idx: (L, B), this step's indices into each local particle's shard
+  gather = functools.partial(gather_batch, augment=cfg.augment)
+  x, y = over_local(gather, in_axes=(0, None, 0, 0, 0))(augment_keys, step, idx, images, labels)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, parts), has_aux=True)
+  (loss, batch_stats), grads = per_particle(grad_fn, cfg.local_layout)(params, batch_stats, x, y)
+  grads = over_local(parts.strategy.reduce_grads)(grads)
+  updates, opt_state = over_local(parts.tx.update)(grads, opt_state, params)
+  if fault is not None:
+    scale = functools.partial(faults_lib.scale_updates, fault=fault, period=cfg.period)
+    updates = over_local(scale, in_axes=(0, 0, None))(updates, faulty, step)
+  return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+
+def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_step, count: int):
+  """`count` local steps of the device's particles from global step `first_step`;
+  losses (count, L)."""
+  cfg, fault = parts.cfg, faults_lib.active(parts.cfg.fault)
+  local_count = data.train_labels.shape[0]
+  index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
+  keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+    streams.key(parts.seed, stream), index
+  )
+  data_keys, augment_keys = keys_of("batches"), keys_of("augment")
+  faulty = jnp.zeros(local_count, bool)
+  if fault is not None:
+    faulty = faults_lib.is_faulty(index, local_count * parts.num_devices, fault)
+    strike = functools.partial(
+      faults_lib.strike_weights,
+      fault=fault,
+      period=cfg.period,
+      key=streams.key(parts.seed, "faults"),
+    )
+    params = over_local(strike, in_axes=(0, 0, 0, None))(params, index, faulty, first_step)
+  steps = first_step + jnp.arange(count)
+  draw_indices = functools.partial(
+    round_batch_indices,
+    period=count,
+    shard_size=data.train_labels.shape[1],
+    batch_size=cfg.batch_size,
+  )
+  indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
+  indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
+  step_fn = functools.partial(
+    local_step,
+    parts,
+    images=data.train_images,
+    labels=data.train_labels,
+    augment_keys=augment_keys,
+    faulty=faulty,
+  )
+  carry = (params, batch_stats, opt_state)
+  if cfg.loop == "scan":
+    carry, losses = lax.scan(step_fn, carry, (steps, indices))
+    return (*carry, losses)
+  losses = []
+  for t in range(count):
+    carry, loss = step_fn(carry, (steps[t], indices[t]))
+    losses.append(loss)
+  return (*carry, jnp.stack(losses))
+
+
+def round_fitness(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index, losses):
+  """(fitness (L,), sync state) at the end of a round: the probe loss (BatchNorm in evaluation
+  mode), with the strategy's state refreshed on the same probe (e.g. PSO's bests measured again);
+  or the mean mini-batch loss over the last half of the round."""
+  cfg = parts.cfg
+  if cfg.fitness != "probe":
+    return losses[cfg.period // 2 :].mean(axis=0), swarm.sync_state
+  probe_x, probe_y = round_probe(
+    data, cfg.probe_size, streams.key(parts.seed, "probe"), round_index
+  )
+  probe_loss = lambda p, s: loss_fn(parts, p, s, probe_x, probe_y, train=False)[0]
+  fitness = per_particle(probe_loss, cfg.local_layout)(swarm.params, swarm.batch_stats)
+  sync_state = swarm.sync_state
+  if jax.tree.leaves(sync_state):  # an empty state has nothing to refresh
+    refresh = lambda state, stats: parts.strategy.refresh(state, lambda p: probe_loss(p, stats))
+    sync_state = over_local(refresh)(sync_state, swarm.batch_stats)
+  return fitness, sync_state
+
+
+def sync_one(
+  strategy: sync_lib.SyncStrategy, params, batch_stats, opt_state, sync_state, fitness, key
+):
+  """One particle's sync: its weights, statistics, optimizer and sync state after it, and the
+  strategy's metrics."""
+  new_params, batch_stats, sync_state = sync_lib.sync_variables(
+    strategy, params, batch_stats, sync_state, fitness, key
+  )
+  return (
+    new_params,
+    batch_stats,
+    strategy.reduce_opt_state(opt_state, sync_state, key),
+    sync_state,
+    strategy.metrics(params, new_params, sync_state),
+  )
+
+
+def device_sync(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index, losses):
+  """Fitness, sync and metrics at the end of round `round_index`; losses (period, L)."""
+  fitness, sync_state = round_fitness(parts, swarm, data, round_index, losses)
+  sync_key = jax.random.fold_in(streams.key(parts.seed, "sync"), round_index)
+  *swarm, extra = over_local(
+    functools.partial(sync_one, parts.strategy), in_axes=(0, 0, 0, 0, 0, None)
+  )(swarm.params, swarm.batch_stats, swarm.opt_state, sync_state, fitness, sync_key)
+  metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
+  return Swarm(*swarm), metrics
+
+
+def device_round(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index):
+  """A whole round on one device: the local steps, then the sync."""
+  period = parts.cfg.period
+  *state, losses = device_steps(
+    parts, swarm.params, swarm.batch_stats, swarm.opt_state, data, round_index * period, period
+  )
+  return device_sync(parts, Swarm(*state, swarm.sync_state), data, round_index, losses)
+
+
 def make_round(
   model,
   tx: optax.GradientTransformation,
@@ -282,137 +402,23 @@ def make_round(
   ran faster in calls of 2-4 steps: benchmarks/results/max_unroll.json; the calls are queued without
   a host sync, the data stays on the devices). Both give the same numbers.
   """
-
-  def loss_fn(params, batch_stats, images, labels, train=True):
-    logits, batch_stats = apply_model(
-      model, params, batch_stats, normalize(images, cfg.mean, cfg.std), train
-    )
-    return cross_entropy(logits, labels), batch_stats
-
-  grad_fn = per_particle(jax.value_and_grad(loss_fn, has_aux=True), cfg.local_layout)
-  over_local = lambda fn, in_axes=0: jax.vmap(fn, in_axes=in_axes, axis_name=LOCAL)
-  batch_fn = over_local(
-    functools.partial(gather_batch, augment=cfg.augment), in_axes=(0, None, 0, 0, 0)
-  )
-
-  fault = cfg.fault if cfg.fault is not None and cfg.fault.kind != "none" else None
-
-  def local_step(carry, step_and_idx, images, labels, augment_keys, faulty):
-    params, batch_stats, opt_state = carry
-    step, idx = step_and_idx  # idx: (L, B), this step's indices into each local particle's shard
-    x, y = batch_fn(augment_keys, step, idx, images, labels)
-    (loss, batch_stats), grads = grad_fn(params, batch_stats, x, y)
-    grads = over_local(strategy.reduce_grads)(grads)
-    updates, opt_state = over_local(tx.update)(grads, opt_state, params)
-    if fault is not None and fault.kind == "lr":  # the faulty particles' updates, scale x larger
-      factor = jnp.where(faulty & (step >= fault.round * cfg.period), fault.scale, 1.0)
-      updates = over_local(lambda u, f: jax.tree.map(lambda a: a * f, u))(updates, factor)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
-  def inject_fault(params, index, faulty, first_step):
-    """At the first step of the fault's round: faulty particles' weights NaN or noise."""
-
-    def one(p, i, bad):
-      hit = bad & (first_step == fault.round * cfg.period)
-      broken = corrupt(p, jax.random.fold_in(jax.random.key(seed + 3), i), fault)
-      return jax.tree.map(lambda b, a: jnp.where(hit, b, a), broken, p)
-
-    return over_local(one)(params, index, faulty)
-
-  def sync_one(params, batch_stats, opt_state, sync_state, fitness, key):
-    new_params, batch_stats, sync_state = sync_lib.sync_variables(
-      strategy, params, batch_stats, sync_state, fitness, key
-    )
-    return (
-      new_params,
-      batch_stats,
-      strategy.reduce_opt_state(opt_state, sync_state, key),
-      sync_state,
-      strategy.metrics(params, new_params, sync_state),
-    )
-
-  def device_steps(params, batch_stats, opt_state, data: DeviceData, first_step, count: int):
-    """`count` local steps of the device's particles from global step `first_step`;
-    losses (count, L)."""
-    local_count = data.train_labels.shape[0]
-    index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
-    keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(stream, index)
-    data_keys, augment_keys = keys_of(jax.random.key(seed)), keys_of(jax.random.key(seed + 4))
-    faulty = (
-      is_faulty(index, local_count * mesh.devices.size, fault)
-      if fault is not None
-      else jnp.zeros(local_count, bool)
-    )
-    if fault is not None and fault.kind in ("nan", "noise"):
-      params = inject_fault(params, index, faulty, first_step)
-    steps = first_step + jnp.arange(count)
-    draw_indices = functools.partial(
-      round_batch_indices,
-      period=count,
-      shard_size=data.train_labels.shape[1],
-      batch_size=cfg.batch_size,
-    )
-    indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
-    indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
-    step_fn = functools.partial(
-      local_step,
-      images=data.train_images,
-      labels=data.train_labels,
-      augment_keys=augment_keys,
-      faulty=faulty,
-    )
-    carry = (params, batch_stats, opt_state)
-    if cfg.loop == "scan":
-      carry, losses = lax.scan(step_fn, carry, (steps, indices))
-      return (*carry, losses)
-    losses = []
-    for t in range(count):
-      carry, loss = step_fn(carry, (steps[t], indices[t]))
-      losses.append(loss)
-    return (*carry, jnp.stack(losses))
-
-  def device_sync(swarm: Swarm, data: DeviceData, round_index, losses):
-    """Fitness, sync and metrics at the end of round `round_index`; losses (period, L)."""
-    params, batch_stats, opt_state, sync_state = swarm
-    if cfg.fitness == "probe":  # running statistics (BatchNorm in evaluation mode)
-      probe_x, probe_y = round_probe(data, cfg.probe_size, jax.random.key(seed + 2), round_index)
-      probe_loss = per_particle(
-        lambda p, s: loss_fn(p, s, probe_x, probe_y, train=False)[0], cfg.local_layout
-      )
-      fitness = probe_loss(params, batch_stats)
-      refresh = lambda state, stats: strategy.refresh(  # e.g. PSO's bests measured again
-        state, lambda p: loss_fn(p, stats, probe_x, probe_y, train=False)[0]
-      )
-      if jax.tree.leaves(sync_state):  # an empty state has nothing to refresh
-        sync_state = over_local(refresh)(sync_state, batch_stats)
-    else:  # mean mini-batch loss over the last half of the round
-      fitness = losses[cfg.period // 2 :].mean(axis=0)
-    sync_key = jax.random.fold_in(jax.random.key(seed + 1), round_index)
-    *swarm, extra = over_local(sync_one, in_axes=(0, 0, 0, 0, 0, None))(
-      params, batch_stats, opt_state, sync_state, fitness, sync_key
-    )
-    metrics = {"loss": losses.mean(axis=0), "fitness": fitness, **extra}
-    return Swarm(*swarm), metrics
-
-  def device_round(swarm: Swarm, data: DeviceData, round_index):
-    *state, losses = device_steps(
-      swarm.params, swarm.batch_stats, swarm.opt_state, data, round_index * cfg.period, cfg.period
-    )
-    return device_sync(Swarm(*state, swarm.sync_state), data, round_index, losses)
-
+  parts = RoundParts(model, tx, strategy, cfg, int(mesh.devices.size), seed)
   data_spec = DeviceData(P(AXIS), P(AXIS), P(), P())
   # check_vma=False: collectives over (mesh axis, vmap axis) need it with jax 0.10 (docs/DESIGN.md)
   on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
   chunk = chunk_length(cfg.period, cfg.loop, cfg.max_unroll)
   if chunk == cfg.period:
     return jax.jit(
-      on_mesh(device_round, in_specs=(P(AXIS), data_spec, P()), out_specs=(P(AXIS), P(AXIS))),
+      on_mesh(
+        functools.partial(device_round, parts),
+        in_specs=(P(AXIS), data_spec, P()),
+        out_specs=(P(AXIS), P(AXIS)),
+      ),
       donate_argnums=0,
     )
-
   steps_fn = jax.jit(
     on_mesh(
-      functools.partial(device_steps, count=chunk),
+      functools.partial(device_steps, parts, count=chunk),
       in_specs=(P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
       out_specs=(P(AXIS), P(AXIS), P(AXIS), P(None, AXIS)),
     ),
@@ -420,11 +426,12 @@ def make_round(
   )
   sync_fn = jax.jit(
     on_mesh(
-      device_sync, in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)), out_specs=(P(AXIS), P(AXIS))
+      functools.partial(device_sync, parts),
+      in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)),
+      out_specs=(P(AXIS), P(AXIS)),
     ),
     donate_argnums=0,
   )
-
   round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk)
   round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk)
   return round_fn

@@ -19,24 +19,25 @@ are moved to workdir/checkpoints_damaged/); SIGTERM makes the run checkpoint the
 and raise `Preempted`.
 """
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
 import os
 import signal
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import config_check, models
-from psops_jax import data as data_lib
+from psops_jax import config_check, errors
+from psops_jax import run as run_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 from psops_jax import workdir as workdir_lib
@@ -55,31 +56,7 @@ SUMMARY_KEYS = (
   "train_seconds",
   "samples_per_second",
 )
-PROBE_POOL = 8  # sync.pso.probe_resample: probe batches are drawn from 8 x probe_size examples
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; the run checkpointed after `rounds_done` rounds and stopped."""
-
-  def __init__(self, rounds_done: int, directory: str):
-    super().__init__(
-      f"preempted (SIGTERM): checkpoint after round {rounds_done} in {directory}; "
-      "rerun the same command to resume"
-    )
-    self.rounds_done = rounds_done
-
-
-class Diverged(RuntimeError):
-  """Every particle's loss is NaN or inf."""
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """optax optimizer named by config.optimizer (sgd with optional momentum, or adam)."""
-  c = config.optimizer
-  if c.name == "sgd":
-    return optax.sgd(c.learning_rate, momentum=c.momentum or None)
-  return optax.adam(c.learning_rate)
+Preempted, Diverged = errors.Preempted, errors.Diverged
 
 
 def write_json_atomically(path: str, obj) -> None:
@@ -150,20 +127,18 @@ def _finite_or_none(value) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def evaluate_swarm(
-  swarm, fitness, evaluators: swarm_lib.Evaluators, test, test_one, exported_only=False
-):
+def evaluate_swarm(run, compiled, swarm, fitness, exported_only=False) -> dict:
   """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
   the model the strategy exports (`SyncStrategy.export`: g for PSO-PS, the center for EASGD, the
   mean for averaging, the best particle for independent training), each with its batch statistics;
   `exported_only`: the exported model's alone. The best particle is the one with the lowest final
-  fitness (a training-split quantity: the test split never chooses). `test` is replicated on the
-  mesh (for the particles), `test_one` lies on one local device (single models)."""
+  fitness (a training-split quantity: the test split never chooses)."""
+  evaluators, test_one = compiled.evaluators, run.test_one
   device = test_one[0].devices().pop()
   accuracy_of = lambda model: float(evaluators.one(*jax.device_put(model, device), *test_one)[0])
   result = {}
   if not exported_only:
-    accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *test)[0])
+    accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *run.test)[0])
     accuracies = accuracies.astype(np.float64)
     best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
     averaged = jax.tree.map(to_host, evaluators.mean(swarm.params, swarm.batch_stats))
@@ -274,246 +249,189 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return train_in_locked_workdir(config, workdir)
 
 
-def train_in_locked_workdir(config, workdir: str) -> dict:
-  """train_and_evaluate, once the workdir's lock is held."""
-  is_main = jax.process_index() == 0
-  note = accelerator_note(jax.default_backend())
-  if note and is_main:
-    print(note, flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint_lib.check_config(workdir, config.to_dict(), config.train.allow_config_change)
-  n = config.num_particles
-  mesh = swarm_lib.make_mesh(n, config.num_devices)
+@dataclasses.dataclass
+class Progress:
+  """The host's view of a run between rounds: the swarm, the rounds done, the seconds spent, and
+  the last round's metrics read to the host (None before any)."""
 
-  dataset = data_lib.load(
-    config.data.name,
-    config.data.source,
-    config.data.dir or None,
-    config.seed,
-    config.data.synthetic_size,
-  )
-  if config.data.validation_size:  # evaluate on a held-out part of the training split
-    dataset = data_lib.carve_validation(dataset, config.data.validation_size, config.seed)
-  if config.data.partition == "dirichlet":
-    shards = data_lib.shard_by_labels(
-      dataset.train_images, dataset.train_labels, n, config.data.dirichlet_alpha, config.seed
-    )
-  else:
-    shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
-  if config.train.batch_size > shards[1].shape[1]:
-    raise config_check.ConfigError(
-      f"train.batch_size={config.train.batch_size}: must be <= the shard of each particle "
-      f"({shards[1].shape[1]} examples = {len(dataset.train_labels)} // num_particles={n})"
-    )
-  probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
-  probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels, probe_pool, config.seed)
+  swarm: swarm_lib.Swarm
+  rounds_done: int
+  train_seconds: float
+  compile_seconds: float
+  host_metrics: dict | None
 
-  model = models.create(config.model.name, dataset.num_classes, config.model.dtype)
-  tx = make_optimizer(config)
-  strategy = sync_lib.from_config(config.sync, rounds=config.train.rounds, axis_name=swarm_lib.AXES)
-  reads_fitness = strategy.reads_fitness
-  uses_probe = reads_fitness and config.sync.pso.fitness == "probe"
-  round_cfg = swarm_lib.RoundConfig(
-    period=config.sync.period,
-    batch_size=config.train.batch_size,
-    fitness="probe" if uses_probe else "round_loss",
-    probe_size=config.sync.pso.probe_size,
-    loop=swarm_lib.resolve_loop(config.train.loop),
-    local_layout=config.train.local_layout,
-    max_unroll=config.train.max_unroll,
-    fault=swarm_lib.Fault(
-      config.faults.kind,
-      config.faults.particles,
-      config.faults.step // config.sync.period,
-      config.faults.scale,
-    ),
-    augment=config.data.name == "cifar10",
-    mean=dataset.mean,
-    std=dataset.std,
-  )
+  def checkpoint_metadata(self) -> dict:
+    """What a checkpoint keeps beside the swarm, to resume the seconds and the last metrics."""
+    return {
+      "train_seconds": self.train_seconds,
+      "compile_seconds": self.compile_seconds,
+      "loss": [_finite_or_none(v) for v in self.host_metrics["loss"]],
+      "fitness": [_finite_or_none(v) for v in self.host_metrics["fitness"]],
+    }
 
-  swarm = swarm_lib.init_swarm(
-    model,
-    tx,
-    strategy,
-    dataset.train_images,
-    n,
-    config.seed,
-    mesh,
-    dataset.mean,
-    dataset.std,
-    init=config.train.init,
-  )
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  device_data = swarm_lib.put_data(shards, probe, mesh)
-  test = (
-    swarm_lib.put_global(dataset.test_images, replicated),
-    swarm_lib.put_global(dataset.test_labels, replicated),
-  )
-  local_device = jax.local_devices()[0]
-  test_one = (
-    jax.device_put(dataset.test_images, local_device),
-    jax.device_put(dataset.test_labels, local_device),
-  )
 
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
-  start, spent = 0, {"train_seconds": 0.0, "compile_seconds": 0.0}
-  restored = checkpointer.restore_latest(like=swarm)  # damaged newer checkpoints are set aside
-  if restored is not None:
-    start, swarm, spent = restored
-  elif is_main:
-    write_json_atomically(os.path.join(workdir, "config.json"), config.to_dict())
-
-  round_fn = swarm_lib.make_round(model, tx, strategy, round_cfg, mesh, config.seed)
-  t0 = time.perf_counter()
-  compiled_round = swarm_lib.compile_round(round_fn, swarm, device_data)
-  evaluators = swarm_lib.compile_evaluators(
-    model, strategy, swarm, test, test_one, dataset.mean, dataset.std
-  )
-  compile_seconds = spent["compile_seconds"] + time.perf_counter() - t0
-
-  one_particle = lambda tree: jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
-  )
-  bytes_per_round = sync_lib.round_bytes(
-    strategy,
-    one_particle(swarm.params),
-    config.sync.period,
-    one_particle(swarm.opt_state),
-    one_particle(swarm.batch_stats),
-  )
-  samples_per_round = n * config.sync.period * config.train.batch_size
-  rounds = config.train.rounds
-  if is_main:
-    resumed = f", resumed after round {start}" if start else ""
-    print(
-      f"psops_jax: {config.sync.strategy}, {n} particles on {mesh.devices.size} "
-      f"{jax.default_backend()} devices ({jax.process_count()} process(es)), {config.model.name} "
-      f"on {config.data.name} ({shards[1].shape[1]} training examples per particle), period "
-      f"{config.sync.period}, {rounds} rounds, loop={round_cfg.loop}{resumed}; round compiled in "
-      f"{compile_seconds:.1f}s",
-      flush=True,
-    )
-
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if is_main:  # keep the lines of the rounds the checkpoint holds, drop any logged after it
-    kept = []
-    if start and os.path.exists(metrics_path):
-      with open(metrics_path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["round"] <= start]
-    write_text_atomically(metrics_path, "".join(kept))
-
-  train_seconds = spent["train_seconds"]
+def restore_or_start(run: run_lib.Run, checkpointer, workdir: str, is_main: bool) -> Progress:
+  """The progress of the newest checkpoint that restores (damaged newer ones are set aside), or a
+  fresh start (and config.json written)."""
+  restored = checkpointer.restore_latest(like=run.swarm)
+  if restored is None:
+    if is_main:
+      write_json_atomically(os.path.join(workdir, "config.json"), run.config.to_dict())
+    return Progress(run.swarm, 0, 0.0, 0.0, None)
+  start, swarm, spent = restored
   host_metrics = None
   if "loss" in spent:  # the metrics of the checkpoint's last round
     host_metrics = {
       k: np.asarray([np.nan if v is None else v for v in spent[k]], np.float64)
       for k in ("loss", "fitness")
     }
+  return Progress(
+    swarm, start, spent["train_seconds"], spent.get("compile_seconds", 0.0), host_metrics
+  )
 
-  def save(rounds_done):
-    checkpointer.save(
-      rounds_done,
-      swarm,
+
+def start_metrics_file(path: str, rounds_done: int) -> None:
+  """metrics.jsonl with the lines of the rounds the checkpoint holds (those logged after it are
+  dropped: the resumed run logs them again)."""
+  kept = []
+  if rounds_done and os.path.exists(path):
+    with open(path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["round"] <= rounds_done]
+  write_text_atomically(path, "".join(kept))
+
+
+def header_line(run: run_lib.Run, start: int, compile_seconds: float) -> str:
+  """The line a run prints once its round is compiled."""
+  config = run.config
+  resumed = f", resumed after round {start}" if start else ""
+  return (
+    f"psops_jax: {config.sync.strategy}, {config.num_particles} particles on "
+    f"{run.mesh.devices.size} {jax.default_backend()} devices ({jax.process_count()} "
+    f"process(es)), {config.model.name} on {config.data.name} ({run.shard_size} training examples "
+    f"per particle), period {config.sync.period}, {config.train.rounds} rounds, "
+    f"loop={run.round_config.loop}{resumed}; round compiled in {compile_seconds:.1f}s"
+  )
+
+
+def stop_diverged(run: run_lib.Run, done: int, checkpointer, workdir: str, is_main: bool):
+  """Every particle diverged by round `done`: diverged.json (the study records the run as
+  diverged, not as missing), then Diverged naming the last good checkpoint."""
+  config = run.config
+  checkpointer.wait()
+  last = checkpointer.latest_round()
+  message = (
+    f"all {config.num_particles} particles diverged by round {done} (loss NaN or inf); last good "
+    f"checkpoint: {'round ' + str(last) if last is not None else 'none'} in "
+    f"{checkpointer.directory}. Try a smaller optimizer.learning_rate (now "
+    f"{config.optimizer.learning_rate})."
+  )
+  if is_main:
+    write_json_atomically(
+      os.path.join(workdir, "diverged.json"),
       {
-        "train_seconds": train_seconds,
-        "compile_seconds": compile_seconds,
-        "loss": [_finite_or_none(v) for v in host_metrics["loss"]],
-        "fitness": [_finite_or_none(v) for v in host_metrics["fitness"]],
+        "diverged": True,
+        "round": done,
+        "steps": done * config.sync.period,
+        "message": message,
+        "strategy": config.sync.strategy,
+        "config": config.to_dict(),
       },
     )
+  raise Diverged(message)
 
-  events = EventsWriter(workdir, is_main, start * config.sync.period + 1 if start else None)
-  with (
-    open(metrics_path, "a") if is_main else open(os.devnull, "w") as metrics_file,
-    tqdm(total=rounds, initial=start, unit="round", disable=not is_main) as bar,
-    SigtermFlag() as sigterm,
-  ):
-    for r in range(start, rounds):
-      t0 = time.perf_counter()
-      swarm, round_metrics = compiled_round(swarm, device_data, jnp.int32(r))
-      done = r + 1
-      checkpoint_now = done % config.train.checkpoint_every == 0 or done == rounds
-      evaluate_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
-      logged = done % config.train.log_every == 0 or checkpoint_now or evaluate_now
-      # Several processes agree on a stop only at logged rounds: the agreement is a host sync.
-      stop = sigterm.any_process() if logged or jax.process_count() == 1 else False
-      if logged or stop:
-        host_metrics = {k: to_host(v).astype(np.float64) for k, v in round_metrics.items()}
-        train_seconds += time.perf_counter() - t0
-        record = round_record(
-          r, host_metrics, config, samples_per_round, bytes_per_round, train_seconds
-        )
-        if not np.isfinite(host_metrics["loss"]).any():
-          checkpointer.wait()
-          last = checkpointer.latest_round()
-          message = (
-            f"all {n} particles diverged by round {done} (loss NaN or inf); last good checkpoint: "
-            f"{'round ' + str(last) if last is not None else 'none'} in {checkpointer.directory}. "
-            f"Try a smaller optimizer.learning_rate (now {config.optimizer.learning_rate})."
-          )
-          if is_main:  # the study records the run as diverged (not as missing)
-            write_json_atomically(
-              os.path.join(workdir, "diverged.json"),
-              {
-                "diverged": True,
-                "round": done,
-                "steps": done * config.sync.period,
-                "message": message,
-                "strategy": config.sync.strategy,
-                "config": config.to_dict(),
-              },
-            )
-          raise Diverged(message)
-        if evaluate_now and done != rounds:
-          record.update(
-            evaluate_swarm(
-              swarm,
-              host_metrics["fitness"],
-              evaluators,
-              test,
-              test_one,
-              exported_only=not config.train.eval_particles,
-            )
-          )
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        events.write(record)
-        bar.set_postfix(loss=record["train_loss"], refresh=False)
-        if checkpoint_now or stop:
-          save(done)
-        if stop:
-          checkpointer.wait()
-          raise Preempted(done, checkpointer.directory)
-      else:
-        train_seconds += time.perf_counter() - t0
-      bar.update(1)
-    checkpointer.wait()
 
-  final = evaluate_swarm(swarm, host_metrics["fitness"], evaluators, test, test_one)
-  events.write({"step": rounds * config.sync.period, **final})
-  events.close()
-  summary = {
+class RoundLog(NamedTuple):
+  """Where a run's rounds are written: the workdir, metrics.jsonl (an open file, /dev/null off
+  process 0), the TensorBoard events, and the checkpointer."""
+
+  workdir: str
+  metrics_file: Any
+  events: "EventsWriter"
+  checkpointer: Any
+
+
+def log_round(run, compiled, progress: Progress, log: RoundLog, evaluate: bool) -> dict:
+  """Round `progress.rounds_done`, its metrics read to the host: stop if every particle diverged,
+  evaluate when asked, and write the metrics.jsonl line and the TensorBoard scalars."""
+  config, done = run.config, progress.rounds_done
+  record = round_record(
+    done - 1,
+    progress.host_metrics,
+    config,
+    run.samples_per_round,
+    run.bytes_per_round,
+    progress.train_seconds,
+  )
+  if not np.isfinite(progress.host_metrics["loss"]).any():
+    stop_diverged(run, done, log.checkpointer, log.workdir, jax.process_index() == 0)
+  if evaluate and done != config.train.rounds:
+    exported_only = not config.train.eval_particles
+    record.update(
+      evaluate_swarm(run, compiled, progress.swarm, progress.host_metrics["fitness"], exported_only)
+    )
+  log.metrics_file.write(json.dumps(record) + "\n")
+  log.metrics_file.flush()
+  log.events.write(record)
+  return record
+
+
+def train_rounds(run, compiled, progress: Progress, log: RoundLog, bar, sigterm) -> None:
+  """The rounds from `progress.rounds_done` to the end: one jitted call each; every
+  `train.log_every` rounds (and at evaluations and checkpoints) the metrics are read and logged;
+  checkpoints every `train.checkpoint_every` rounds and at the end; SIGTERM checkpoints the round
+  in progress and raises Preempted."""
+  c = run.config.train
+  for r in range(progress.rounds_done, c.rounds):
+    t0 = time.perf_counter()
+    progress.swarm, round_metrics = compiled.round_fn(progress.swarm, run.data, jnp.int32(r))
+    progress.rounds_done = done = r + 1
+    checkpoint_now = done % c.checkpoint_every == 0 or done == c.rounds
+    evaluate_now = bool(c.eval_every) and done % c.eval_every == 0
+    logged = done % c.log_every == 0 or checkpoint_now or evaluate_now
+    # Several processes agree on a stop only at logged rounds: the agreement is a host sync.
+    stop = sigterm.any_process() if logged or jax.process_count() == 1 else False
+    if logged or stop:
+      # reading the metrics waits for the round: its seconds are counted after
+      progress.host_metrics = {k: to_host(v).astype(np.float64) for k, v in round_metrics.items()}
+      progress.train_seconds += time.perf_counter() - t0
+      record = log_round(run, compiled, progress, log, evaluate_now)
+      bar.set_postfix(loss=record["train_loss"], refresh=False)
+      if checkpoint_now or stop:
+        log.checkpointer.save(done, progress.swarm, progress.checkpoint_metadata())
+      if stop:
+        log.checkpointer.wait()
+        raise Preempted(done, log.checkpointer.directory)
+    else:
+      progress.train_seconds += time.perf_counter() - t0
+    bar.update(1)
+  log.checkpointer.wait()
+
+
+def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int) -> dict:
+  """summary.json: the final evaluation, the run's shape, its bytes, seconds and fingerprint, the
+  communication clock's inputs, and where and on what it ran."""
+  config, rounds, swarm = run.config, run.config.train.rounds, progress.swarm
+  return {
     **final,
     "strategy": config.sync.strategy,
     "period": config.sync.period,
-    "num_particles": n,
-    "num_devices": int(mesh.devices.size),
+    "num_particles": config.num_particles,
+    "num_devices": int(run.mesh.devices.size),
     "num_processes": jax.process_count(),
     "rounds": rounds,
     "steps": rounds * config.sync.period,
-    "samples": rounds * samples_per_round,
-    "communicated_bytes_per_particle": rounds * bytes_per_round,
-    "communicated_bytes_total": rounds * bytes_per_round * n,
+    "samples": rounds * run.samples_per_round,
+    "communicated_bytes_per_particle": rounds * run.bytes_per_round,
+    "communicated_bytes_total": rounds * run.bytes_per_round * config.num_particles,
     # the communication clock's inputs (psops_jax/clock.py)
-    "collective": strategy.collective._asdict(),
+    "collective": run.strategy.collective._asdict(),
     "model_bytes": sync_lib.tree_bytes(
-      (one_particle(swarm.params), one_particle(swarm.batch_stats))
+      (run_lib.one_particle(swarm.params), run_lib.one_particle(swarm.batch_stats))
     ),
-    "train_seconds": train_seconds,
-    "compile_seconds": compile_seconds,
-    "samples_per_second": rounds * samples_per_round / train_seconds,
-    "final_train_loss_particles": [_finite_or_none(v) for v in host_metrics["loss"]],
+    "train_seconds": progress.train_seconds,
+    "compile_seconds": progress.compile_seconds,
+    "samples_per_second": rounds * run.samples_per_round / progress.train_seconds,
+    "final_train_loss_particles": [_finite_or_none(v) for v in progress.host_metrics["loss"]],
     "params_fingerprint": params_fingerprint(swarm.params, swarm.batch_stats),
     "resumed_from_round": start,
     "evaluated_on": "validation" if config.data.validation_size else "test",
@@ -523,6 +441,41 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
     "code_version": workdir_lib.code_version(),
     "machine": workdir_lib.machine_kind(),
   }
+
+
+def train_in_locked_workdir(config, workdir: str) -> dict:
+  """train_and_evaluate, once the workdir's lock is held: build the run, restore or start it,
+  compile, train the rounds, evaluate and write the summary."""
+  is_main = jax.process_index() == 0
+  note = accelerator_note(jax.default_backend())
+  if note and is_main:
+    print(note, flush=True)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint_lib.check_config(workdir, config.to_dict(), config.train.allow_config_change)
+  run = run_lib.build_run(config)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  progress = restore_or_start(run, checkpointer, workdir, is_main)
+  start = progress.rounds_done
+  t0 = time.perf_counter()
+  compiled = run_lib.compile_run(run, progress.swarm)
+  progress.compile_seconds += time.perf_counter() - t0
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if is_main:
+    print(header_line(run, start, progress.compile_seconds), flush=True)
+    start_metrics_file(metrics_path, start)
+  events = EventsWriter(workdir, is_main, start * config.sync.period + 1 if start else None)
+  with (
+    open(metrics_path, "a") if is_main else open(os.devnull, "w") as metrics_file,
+    tqdm(total=config.train.rounds, initial=start, unit="round", disable=not is_main) as bar,
+    SigtermFlag() as sigterm,
+  ):
+    log = RoundLog(workdir, metrics_file, events, checkpointer)
+    train_rounds(run, compiled, progress, log, bar, sigterm)
+  fitness = progress.host_metrics["fitness"]
+  final = evaluate_swarm(run, compiled, progress.swarm, fitness)
+  events.write({"step": config.train.rounds * config.sync.period, **final})
+  events.close()
+  summary = summary_of(run, progress, final, start)
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)
   checkpointer.close()

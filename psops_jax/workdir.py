@@ -25,11 +25,13 @@ import subprocess
 import sys
 import time
 
+from psops_jax import errors
+
 LOCK_NAME = "run.lock"
 INHERITED_FD = "PSOPS_WORKDIR_LOCK_FD"  # the descriptor of a lock a parent process hands down
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(errors.BadInput, RuntimeError):
   """A workdir that cannot be used; the message names it and what would do."""
 
 

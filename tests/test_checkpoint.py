@@ -14,7 +14,7 @@ import pytest
 import toy_runs
 
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import train
+from psops_jax import errors, train
 from tests.test_train import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +81,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, uninterrupted, ho
   else:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == train.PREEMPTED_EXIT_CODE, err[-2000:]
+    assert proc.returncode == errors.EXIT_PREEMPTED, err[-2000:]
     assert "preempted (SIGTERM): checkpoint after round" in err and "Traceback" not in err
   assert not (tmp_path / "summary.json").exists(), "the run ended before it was interrupted"
   code, out, err = finish(RUN, tmp_path)

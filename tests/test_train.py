@@ -8,12 +8,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import digits_pso
-from psops_jax import config_check, models, train
-from psops_jax import data as data_lib
+from psops_jax import config_check, errors, faults, models, train
+from psops_jax import run as run_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 
@@ -35,35 +34,32 @@ def small_config(**overrides):
 def run_rounds(
   strategy, rounds, period, n=4, loop="unroll", devices=0, layout="unroll", max_unroll=0, fault=None
 ):
-  """The project's round, `rounds` times, plain SGD on digits; returns the swarm, the last metrics
-  and the jitted round."""
-  ds = data_lib.load("digits", "sklearn")
-  mesh = swarm_lib.make_mesh(n, devices)
-  model, tx = models.create("mlp"), optax.sgd(0.1)
-  cfg = swarm_lib.RoundConfig(
-    period=period,
-    batch_size=16,
-    fitness="round_loss",
-    probe_size=32,
-    loop=loop,
-    local_layout=layout,
-    max_unroll=max_unroll,
-    augment=False,
-    mean=ds.mean,
-    std=ds.std,
-    fault=fault,
+  """The project's round built by run.build_run, `rounds` times, plain SGD on digits, `strategy`
+  in place of the config's; returns the swarm, the last metrics and the jitted round."""
+  config = small_config(
+    **{
+      "num_particles": n,
+      "num_devices": devices,
+      "sync.period": period,
+      "optimizer.learning_rate": 0.1,
+      "optimizer.momentum": 0.0,
+      "train.batch_size": 16,
+      "train.loop": loop,
+      "train.local_layout": layout,
+      "train.max_unroll": max_unroll,
+      "sync.pso.fitness": "round_loss",
+      "sync.pso.probe_size": 32,
+    }
   )
-  swarm = swarm_lib.init_swarm(model, tx, strategy, ds.train_images, n, 0, mesh, ds.mean, ds.std)
-  data = swarm_lib.put_data(
-    data_lib.shard(ds.train_images, ds.train_labels, n, 0),
-    data_lib.probe_batch(ds.train_images, ds.train_labels, 32, 0),
-    mesh,
-  )
-  round_fn = swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed=0)
-  metrics = None
+  if fault is not None:
+    config.faults.update(
+      kind=fault.kind, particles=fault.particles, step=fault.round * period, scale=fault.scale
+    )
+  run = run_lib.build_run(config, strategy)
+  swarm, metrics = run.swarm, None
   for r in range(rounds):
-    swarm, metrics = round_fn(swarm, data, jnp.int32(r))
-  return swarm, metrics, round_fn
+    swarm, metrics = run.round_fn(swarm, run.data, jnp.int32(r))
+  return swarm, metrics, run.round_fn
 
 
 def test_average_period_one_with_sgd_equals_ssgd():
@@ -179,15 +175,41 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
     (
       "sync.strategy,sync.topk",
       ("topk_average", 5),
-      r"sync.topk=5: accepted values are the integers 1..num_particles=4",
+      r"sync.topk=5: accepted values are the integers 1..4 \(num_particles\)",
     ),
-    ("sync.best_pull", 1.5, r"sync.best_pull=1.5: accepted values are 0..1"),
-    ("sync.pso.opt_state_on_move", "drop", r"opt_state_on_move='drop': accepted values are"),
+    (
+      "sync.strategy,sync.outer.aggregate,sync.topk",
+      ("outer", "topk", 0),
+      r"sync.topk=0: accepted values are integers >= 1",
+    ),
+    (
+      "sync.strategy,sync.outer.aggregate,sync.topk",
+      ("outer", "topk", 20),
+      r"sync.topk=20: accepted values are the integers 1..4 \(num_particles\)",
+    ),
+    (
+      "sync.strategy,sync.robust.method,sync.robust.trim",
+      ("robust_average", "trimmed_mean", 2),
+      r"sync.robust.trim=2: accepted values are 0..1 for 4 particles",
+    ),
+    ("sync.strategy,sync.easgd.alpha", ("easgd", -0.1), r"sync.easgd.alpha=-0.1: accepted"),
+    ("sync.strategy,sync.diloco.momentum", ("diloco", 1.0), r"sync.diloco.momentum=1.0: accepted"),
+    (
+      "sync.strategy,sync.outer.compress,sync.outer.block_size",
+      ("outer", "int4", 0),
+      r"sync.outer.block_size=0: accepted values are integers >= 1",
+    ),
+    (
+      "sync.strategy,sync.best_pull",
+      ("best_pull", 1.5),
+      r"sync.best_pull=1.5: accepted .*\[0, 1\]",
+    ),
+    ("sync.pso.opt_state_on_move", "drop", r"sync.pso.opt_state_on_move='drop': accepted"),
   ],
 )
 def test_bad_config_names_the_field(tmp_path, field, value, message):
   overrides = dict(zip(field.split(","), value)) if "," in field else {field: value}
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(errors.BadInput, match=message):
     train.train_and_evaluate(small_config(**overrides), str(tmp_path))
 
 
@@ -339,7 +361,7 @@ def test_lr_fault_scales_the_faulty_particles_updates():
   none = lambda: sync_lib.none(axis_name=swarm_lib.AXES)
   init, _, _ = run_rounds(none(), rounds=0, period=1)
   clean, _, _ = run_rounds(none(), rounds=1, period=1)
-  hit, _, _ = run_rounds(none(), rounds=1, period=1, fault=swarm_lib.Fault("lr", 1, 0, 10.0))
+  hit, _, _ = run_rounds(none(), rounds=1, period=1, fault=faults.Fault("lr", 1, 0, 10.0))
   for x0, a, b in zip(
     jax.tree.leaves(init.params), jax.tree.leaves(clean.params), jax.tree.leaves(hit.params)
   ):
@@ -350,7 +372,7 @@ def test_lr_fault_scales_the_faulty_particles_updates():
 
 def test_nan_and_noise_faults_hit_the_last_particles_at_their_round():
   pso = lambda: sync_lib.pso(axis_name=swarm_lib.AXES)
-  swarm, metrics, _ = run_rounds(pso(), rounds=3, period=2, fault=swarm_lib.Fault("nan", 2, 1, 0.0))
+  swarm, metrics, _ = run_rounds(pso(), rounds=3, period=2, fault=faults.Fault("nan", 2, 1, 0.0))
   loss = np.asarray(metrics["loss"])
   assert np.isnan(loss[2:]).all() and np.isfinite(loss[:2]).all()  # reported, not hidden
   assert int(swarm.sync_state.global_index[0]) in (0, 1)  # a NaN particle never becomes g
@@ -358,13 +380,13 @@ def test_nan_and_noise_faults_hit_the_last_particles_at_their_round():
   assert all(np.isfinite(np.asarray(a[winner])).all() for a in jax.tree.leaves(swarm.params))
   # noise: the faulty particle's weights are replaced by N(0, 5^2) at round 1 (std far above init)
   none = lambda: sync_lib.none(axis_name=swarm_lib.AXES)
-  before, _, _ = run_rounds(none(), rounds=1, period=1, fault=swarm_lib.Fault("noise", 1, 1, 5.0))
-  after, _, _ = run_rounds(none(), rounds=2, period=1, fault=swarm_lib.Fault("noise", 1, 1, 5.0))
+  before, _, _ = run_rounds(none(), rounds=1, period=1, fault=faults.Fault("noise", 1, 1, 5.0))
+  after, _, _ = run_rounds(none(), rounds=2, period=1, fault=faults.Fault("noise", 1, 1, 5.0))
   kernel = lambda swarm, i: np.asarray(swarm.params["Dense_0"]["kernel"][i])
   assert kernel(before, 3).std() < 1.0 and kernel(after, 3).std() > 3.0  # (after one SGD step)
   assert kernel(after, 0).std() < 1.0
-  noise = swarm_lib.corrupt(
-    {"k": jnp.zeros((100, 100))}, jax.random.key(0), swarm_lib.Fault("noise", 1, 1, 5.0)
+  noise = faults.corrupt(
+    {"k": jnp.zeros((100, 100))}, jax.random.key(0), faults.Fault("noise", 1, 1, 5.0)
   )["k"]
   assert 4.9 < float(noise.std()) < 5.1 and abs(float(noise.mean())) < 0.2
 

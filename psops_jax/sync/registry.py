@@ -134,7 +134,7 @@ REGISTRY: dict[str, Registered] = {
   "pso_average": Registered(
     lambda c, rounds, axis: pso_from_config(c, rounds, axis, mean_pull=c.pso.mean_pull),
     {**PSO_FIELDS, "mean_pull": "sync.pso.mean_pull"},
-    (pso_sync.pso_average, pso_sync.pso),
+    (pso_sync.pso_average, pso_sync.pso, pso_sync.coefficient_schedule),
   ),
   "average": Registered(
     lambda c, rounds, axis: outer_sync.average(axis, c.average_opt_state),
