@@ -11,6 +11,8 @@ import pytest
 
 from psops_jax import config_check, train
 
+pytestmark = pytest.mark.slow  # every config trains for a few rounds
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso")
 STUDY_CONFIGS = (

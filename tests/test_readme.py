@@ -129,6 +129,7 @@ def test_every_readme_command_has_a_case():
   assert set(readme_commands()) == set(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_readme_command(command, tmp_path):
   CASES[command](command, tmp_path)

@@ -38,6 +38,7 @@ def run_study(study_file, out, *flags):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   study_file = tmp_path / "tiny_study.py"
   study_file.write_text(TINY_STUDY)
