@@ -98,7 +98,7 @@ def test_cifar10_config_through_tfds_mock(tmp_path):
 
 def study_cells(name):
   """(grid name, cell name, config) of every cell of every grid of the study config `name`."""
-  from benchmarks import study as study_lib
+  from studies import study as study_lib
 
   spec = importlib.import_module(f"configs.{name}").get_config()
   grids = [""] + [k for k, v in spec.items() if isinstance(v, dict) and "variants" in v]
