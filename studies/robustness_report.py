@@ -1,6 +1,6 @@
 """Tables and plots over the robustness scenarios of configs/study_robustness.py.
 
-Each scenario is its own study directory (benchmarks/results/robustness_<scenario>/, written by
+Each scenario is its own study directory (studies/results/robustness_<scenario>/, written by
 `studies/study.py --grid <scenario>`); this reads their results.csv and writes, for each period:
 
   robustness_p<period>.md    strategy x scenario: final test accuracy, mean +- std over the seeds

@@ -2,14 +2,14 @@
 studies paired by (variant, period, particles, seed), e.g. a grid and its re-run with
 train.max_unroll 2 instead of 4 (configs/study_outer.py, grid `unroll2`):
 
-  python studies/sensitivity.py benchmarks/results/study_outer \
-      benchmarks/results/study_outer_unroll2
+  python studies/sensitivity.py studies/results/study_outer \
+      studies/results/study_outer_unroll2
 
 or a study and the re-runs of its cells on another machine (`study.py --check` writes them to
 OUT/check, a directory of run directories named as the cells are):
 
-  python studies/sensitivity.py benchmarks/results/study_outer \
-      benchmarks/results/study_outer/check
+  python studies/sensitivity.py studies/results/study_outer \
+      studies/results/study_outer/check
 
 Prints, per variant, period and pair of machines (workdir.machine_kind: "same" where both runs of
 every pair ran on one kind of machine): both final accuracies (mean over the paired seeds), the

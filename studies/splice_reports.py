@@ -3,7 +3,7 @@ into the docs, so that every table on docs/RESULTS.md is the one its command mad
 
 A marked block in a markdown file
 
-  <!-- report: benchmarks/results/study_outer/results.md -->
+  <!-- report: studies/results/study_outer/results.md -->
   ...
   <!-- end report -->
 

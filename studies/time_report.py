@@ -4,9 +4,9 @@ Every figure here is a PROJECTION: the accuracy a run reached after so many loca
 at the time a profile's compute and link would have taken for them. It leaves out stragglers,
 contention, the real collective algorithm and topology, and the real step time of an accelerator.
 
-  python studies/time_report.py benchmarks/results/study_outer          # a study: the tables
+  python studies/time_report.py studies/results/study_outer          # a study: the tables
                                                 # at ratios 10, 1, 0.1, 0.01 and the plot
-  python studies/time_report.py benchmarks/results/study_outer --ratio 3 0.03 \
+  python studies/time_report.py studies/results/study_outer --ratio 3 0.03 \
       --profile 1b_h100_1gbit                   # other ratios, a named profile
   python studies/time_report.py RUN_DIR --profile lenet5_h100_1gbit    # one run's curve
 

@@ -121,7 +121,7 @@ CASES = {
   FMNIST: case_fashion_mnist,
   CIFAR: case_cifar10,
   ".venv/bin/python benchmarks/accelerator_check.py": case_accelerator_check,
-  ".venv/bin/python studies/time_report.py benchmarks/results/study_outer": case_time_report,
+  ".venv/bin/python studies/time_report.py studies/results/study_outer": case_time_report,
 }
 
 

@@ -19,7 +19,7 @@ def test_docs_hold_the_reports_their_studies_wrote():
       texts[doc] = f.read()
     assert splice_reports.spliced(texts[doc]) == texts[doc], f"run splice_reports.py on {doc}"
   named = [block[1] for block in splice_reports.BLOCK.findall(texts["docs/RESULTS.md"])]
-  assert "benchmarks/results/study_outer/results.md" in named
+  assert "studies/results/study_outer/results.md" in named
 
 
 def test_blocks_take_a_whole_report_or_one_section(tmp_path, monkeypatch):
