@@ -1,5 +1,5 @@
 """PyTorch copies of psops_jax/models.py's SmallCNN and LeNet5 (NCHW), for the benchmarks that put
-the project beside torch (round_vs_floor.py, profile_lenet5.py).
+the project beside torch (round_vs_floor.py).
 
 torch is optional (the `bench` extra): `available()` says whether it is installed and `MISSING` what
 to print when it is not. Nothing here imports torch before a function is called.

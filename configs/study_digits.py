@@ -1,6 +1,6 @@
-"""The study of benchmarks/study.py on scikit-learn's digits with the small CNN (no download).
+"""The study of studies/study.py on scikit-learn's digits with the small CNN (no download).
 
-  python benchmarks/study.py --study configs/study_digits.py --out results/digits [--quick]
+  python studies/study.py --study configs/study_digits.py --out results/digits [--quick]
 
 --quick: every strategy at periods 1, 8 and 32, one seed.
 """

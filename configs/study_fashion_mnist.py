@@ -1,12 +1,12 @@
-"""The study of benchmarks/study.py on Fashion-MNIST with LeNet-5 (configs/fashion_mnist_pso.py).
+"""The study of studies/study.py on Fashion-MNIST with LeNet-5 (configs/fashion_mnist_pso.py).
 
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist [--quick]
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuning \
-      --out benchmarks/results/study_fashion_mnist_tuning       # learning rates, validation split
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuned \
-      --out benchmarks/results/study_fashion_mnist_tuned        # each at its tuned rate, test split
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
-      --out benchmarks/results/study_fashion_mnist_tuned_periods   # periods 1-64, 4 and 8 particles
+  python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist [--quick]
+  python studies/study.py --study configs/study_fashion_mnist.py --grid tuning \
+      --out studies/results/study_fashion_mnist_tuning       # learning rates, validation split
+  python studies/study.py --study configs/study_fashion_mnist.py --grid tuned \
+      --out studies/results/study_fashion_mnist_tuned        # each at its tuned rate, test split
+  python studies/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
+      --out studies/results/study_fashion_mnist_tuned_periods   # periods 1-64, 4 and 8 particles
 
 Every cell: 704 local steps of batch 32 per particle (3 passes over 7,500 examples with 8
 particles), SGD lr 0.05 momentum 0.9, evaluated on the test split at 4 points. `variants` maps a

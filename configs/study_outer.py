@@ -1,14 +1,14 @@
 """The composable outer sync and its competitors on Fashion-MNIST, LeNet-5, 8 particles, 704 local
 steps, seeds 0-4, at the tuned inner learning rates of docs/RESULTS.md, evaluated at 11 points so
-that benchmarks/study.py's time-to-accuracy tables (psops_jax/clock.py) have curves to read:
+that studies/study.py's time-to-accuracy tables (psops_jax/clock.py) have curves to read:
 
-  python benchmarks/study.py --study configs/study_outer.py --out benchmarks/results/study_outer
-  python benchmarks/study.py --study configs/study_outer.py --grid nan \
-      --out benchmarks/results/study_outer_nan          # 2 of 8 workers NaN from step 176
-  python benchmarks/study.py --study configs/study_outer.py --grid lr_2x \
-      --out benchmarks/results/study_outer_lr_2x        # every worker at learning rate 0.2
-  python benchmarks/study.py --study configs/study_outer.py --grid dirichlet \
-      --out benchmarks/results/study_outer_dirichlet    # label-skewed shards
+  python studies/study.py --study configs/study_outer.py --out studies/results/study_outer
+  python studies/study.py --study configs/study_outer.py --grid nan \
+      --out studies/results/study_outer_nan          # 2 of 8 workers NaN from step 176
+  python studies/study.py --study configs/study_outer.py --grid lr_2x \
+      --out studies/results/study_outer_lr_2x        # every worker at learning rate 0.2
+  python studies/study.py --study configs/study_outer.py --grid dirichlet \
+      --out studies/results/study_outer_dirichlet    # label-skewed shards
 
 A cell takes about 2 minutes on a 2-core CPU; `--seeds`, `--variants` and `--periods` run a slice,
 and the report keeps every finished cell (committed rows included), so a grid can be filled over
@@ -47,17 +47,17 @@ averaging (dirichlet). The
 period 16 with train.max_unroll 2 instead of 4, meant to change only the order of float operations
 (it did on earlier code); at this code it changes nothing: seeds 3 and 4 of pso and average came
 out bit-identical (docs/RESULTS.md), so the spread a reader should expect from re-running on another
-machine is measured by re-running cells there (`study.py --check`, then benchmarks/sensitivity.py
+machine is measured by re-running cells there (`study.py --check`, then studies/sensitivity.py
 on the study and its check/ directory):
 
-  python benchmarks/study.py --study configs/study_outer.py --grid unroll2 \
-      --out benchmarks/results/study_outer_unroll2
-  python benchmarks/sensitivity.py benchmarks/results/study_outer \
-      benchmarks/results/study_outer_unroll2
-  python benchmarks/study.py --study configs/study_outer.py --out benchmarks/results/study_outer \
+  python studies/study.py --study configs/study_outer.py --grid unroll2 \
+      --out studies/results/study_outer_unroll2
+  python studies/sensitivity.py studies/results/study_outer \
+      studies/results/study_outer_unroll2
+  python studies/study.py --study configs/study_outer.py --out studies/results/study_outer \
       --check 3 --check-seed 0 --variants pso --periods 16 --seeds 0 1 2    # (and average, diloco)
-  python benchmarks/sensitivity.py benchmarks/results/study_outer \
-      benchmarks/results/study_outer/check
+  python studies/sensitivity.py studies/results/study_outer \
+      studies/results/study_outer/check
 """
 
 from configs import study_fashion_mnist, study_robustness

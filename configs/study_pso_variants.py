@@ -1,14 +1,14 @@
 """PSO-PS variants against averaging: Fashion-MNIST, LeNet-5, 8 particles, 704 steps.
 
-  python benchmarks/study.py --study configs/study_pso_variants.py --grid search \
-      --out benchmarks/results/study_pso_search                     # validation split, seed 0
-  python benchmarks/study.py --study configs/study_pso_variants.py \
-      --out benchmarks/results/study_pso_variants --periods 16 64 \
+  python studies/study.py --study configs/study_pso_variants.py --grid search \
+      --out studies/results/study_pso_search                     # validation split, seed 0
+  python studies/study.py --study configs/study_pso_variants.py \
+      --out studies/results/study_pso_variants --periods 16 64 \
       --variants pso_textbook pso_jump_kept pso_jump_forgotten pso pso_average_half average none
-  python benchmarks/study.py --study configs/study_pso_variants.py \
-      --out benchmarks/results/study_pso_variants --periods 16 64 \
-      --variants $(python benchmarks/pick_finalists.py
-      benchmarks/results/study_pso_search/results.csv) average
+  python studies/study.py --study configs/study_pso_variants.py \
+      --out studies/results/study_pso_variants --periods 16 64 \
+      --variants $(python studies/pick_finalists.py
+      studies/results/study_pso_search/results.csv) average
 
 The first variants are the rows of the founding PyTorch simulation (SGD lr 0.05 momentum 0.9,
 batch 32, about 3 passes over each 7,500-example shard), rebuilt from psops_jax's options:

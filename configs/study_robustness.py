@@ -4,8 +4,8 @@ rates.
 Fashion-MNIST, LeNet-5, 8 particles, 704 local steps (configs/fashion_mnist_pso.py), periods
 4/16/64, seeds 0-2. Each scenario is a named sub-grid (--grid NAME) with its own output directory:
 
-  python benchmarks/study.py --study configs/study_robustness.py --grid nan \
-      --out benchmarks/results/robustness_nan
+  python studies/study.py --study configs/study_robustness.py --grid nan \
+      --out studies/results/robustness_nan
 
 Scenarios:
   nan, noise, lr       2 of the 8 workers faulty from local step 176 (a quarter of the run): weights

@@ -7,7 +7,7 @@ __all__ = ["sync"]
 
 def __getattr__(name):
   """`psops_jax.sync` is imported on first use, so that importing psops_jax.workdir (as
-  benchmarks/study.py does) does not import JAX."""
+  studies/study.py does) does not import JAX."""
   if name in __all__:
     return importlib.import_module(f"psops_jax.{name}")
   raise AttributeError(f"module 'psops_jax' has no attribute {name!r}")

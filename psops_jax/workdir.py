@@ -6,7 +6,7 @@ command) for the messages. The kernel drops an flock when its holder's process e
 release the lock) and is reported as taken over. A run that finds the lock held by a live run is
 refused with `WorkdirBusy`, which names the holder.
 
-A process that holds a lock can hand it to a child process it starts (benchmarks/study.py does, for
+A process that holds a lock can hand it to a child process it starts (studies/study.py does, for
 the train.py of a cell): `Lock.child_env()` and `pass_fds=(lock.fd,)`; the child adopts the lock
 instead of being refused, and the lock stays held until both have let go. No JAX here: study.py
 imports this module.
@@ -268,7 +268,7 @@ def training_code(commit: str | None = "HEAD") -> str | None:
 
 def machine_kind() -> str:
   """The CPU model and core count of this machine (a run's numbers are promised bit-identical on
-  the same kind of machine with the same code, see benchmarks/study.py --check)."""
+  the same kind of machine with the same code, see studies/study.py --check)."""
   model = platform.machine()
   try:
     with open("/proc/cpuinfo") as f:

@@ -19,6 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_PARTS = ("digits", "resnet20", "throughput")
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_the_parts_and_ends_with_one_json_line():
   done = subprocess.run(
     [sys.executable, "benchmarks/accelerator_check.py", "--cpu-smoke", "--parts", *SMOKE_PARTS],

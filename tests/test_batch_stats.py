@@ -50,7 +50,9 @@ def sync_config(n):
   return config
 
 
-@pytest.mark.parametrize("runner,n", [("vmap", 3), ("shard_map", 8), ("nested", 8)])
+@pytest.mark.parametrize(
+  "runner,n", [("vmap", 3), ("shard_map", 8), pytest.param("nested", 8, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("name", sync_lib.strategy_names())
 def test_every_strategy_syncs_batch_stats_as_documented(runner, n, name):
   run, axis_name = RUNNERS[runner]
@@ -103,6 +105,7 @@ def test_round_bytes_count_the_statistics_of_strategies_that_share_them():
   assert sync_lib.round_bytes(sync_lib.none(), params, 4, None, stats) == 0
 
 
+@pytest.mark.slow
 def test_resnet20_has_batch_stats_and_the_size_of_the_paper():
   model = models.create("resnet20")
   variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
@@ -120,6 +123,7 @@ def test_resnet20_has_batch_stats_and_the_size_of_the_paper():
   assert not np.allclose(eval_logits, logits)  # evaluation normalises with the running statistics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_bfloat16_computes_in_bfloat16_with_float32_params(name):
   shape = {"mlp": (8, 8, 1), "small_cnn": (8, 8, 1), "lenet5": (28, 28, 1)}.get(name, (32, 32, 3))

@@ -17,6 +17,8 @@ from psops_jax import checkpoint as checkpoint_lib
 from psops_jax import errors, train
 from tests.test_train import small_config
 
+pytestmark = pytest.mark.slow  # real processes, killed and resumed
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 particles of small_cnn, period 8: about a quarter of a second per round on 2 cores
 RUN = [

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each case starts a train.py process
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERNAL_ERROR = "psops_jax: internal error (a bug): please report it with the traceback above"
 

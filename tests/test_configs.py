@@ -11,6 +11,8 @@ import pytest
 
 from psops_jax import config_check, train
 
+pytestmark = pytest.mark.slow  # every config trains for a few rounds
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso")
 STUDY_CONFIGS = (
@@ -96,7 +98,7 @@ def test_cifar10_config_through_tfds_mock(tmp_path):
 
 def study_cells(name):
   """(grid name, cell name, config) of every cell of every grid of the study config `name`."""
-  from benchmarks import study as study_lib
+  from studies import study as study_lib
 
   spec = importlib.import_module(f"configs.{name}").get_config()
   grids = [""] + [k for k, v in spec.items() if isinstance(v, dict) and "variants" in v]

@@ -169,19 +169,12 @@ def benchmark_imports(source: str) -> set:
 
 
 def test_no_benchmark_imports_another():
-  """Benchmarks share code only through the modules that are not benchmarks. (robustness_report.py
-  is not a benchmark either: it reports the study's results with the study's own formatting; the
-  study writes its time-to-accuracy report with time_report.py, a report too; sensitivity.py reads
-  run directories by the study's cell names.)"""
+  """Benchmarks share code only through the modules that are not benchmarks, and the study tools
+  in studies/ take nothing else from benchmarks/ either."""
   shared = {"common", "harness", "torch_models"}
-  allowed = {
-    "robustness_report.py": {"study"},
-    "sensitivity.py": {"study"},
-    "study.py": {"time_report"},
-  }
-  folder = os.path.join(REPO, "benchmarks")
-  for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
-    with open(os.path.join(folder, name)) as f:
-      source = f.read()
-    assert benchmark_imports(source) <= shared | allowed.get(name, set()), name
+  for folder in ("benchmarks", "studies"):
+    for name in sorted(n for n in os.listdir(os.path.join(REPO, folder)) if n.endswith(".py")):
+      with open(os.path.join(REPO, folder, name)) as f:
+        source = f.read()
+      assert benchmark_imports(source) <= shared, f"{folder}/{name}"
   assert benchmark_imports("from benchmarks import common, round_cost") == {"common", "round_cost"}

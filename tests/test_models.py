@@ -20,7 +20,13 @@ def test_every_model_has_an_input_shape_here():
   assert set(INPUTS) == set(models.MODELS)
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize(
+  "name",
+  [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("resnet20", "vgg_small") else name
+    for name in sorted(models.MODELS)
+  ],
+)
 def test_model_gives_logits_and_batch_stats_only_with_batch_norm(name):
   model = models.create(name)
   x = jnp.zeros((2,) + INPUTS[name])

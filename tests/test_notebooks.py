@@ -59,6 +59,7 @@ def eval_rows(workdir):
   return [r for r in rows if "final_test_accuracy" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_runs_top_to_bottom_at_tiny_size(path, tmp_path):
   workdir = str(tmp_path / "workdir")

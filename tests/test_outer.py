@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_sync import RUNNERS, numpy_trimmed_mean, random_params
+from test_sync import LAYOUTS, RUNNERS, numpy_trimmed_mean, random_params
 
 from psops_jax import errors
 from psops_jax import sync as sync_lib
@@ -46,7 +46,7 @@ def numpy_aggregate(name, v, fitness, trim=1, k=2, temperature=1.0, pull=0.25):
   raise AssertionError(name)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("name", sync_lib.AGGREGATES)
 def test_each_aggregate_matches_numpy_with_ties_and_a_nan_particle(runner, name):
   run, axis_name = RUNNERS[runner]
@@ -140,7 +140,7 @@ def numpy_quantize(v, levels, block):
   return (safe * (np.round(blocks / safe * levels) / levels)).reshape(-1)[:n]
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_median_nesterov_int8_matches_numpy_over_three_rounds(runner):
   """outer(median, Nesterov SGD, int8) against a NumPy re-implementation, 3 syncs, 6 particles."""
   run, axis_name = RUNNERS[runner]
@@ -181,7 +181,7 @@ def test_median_nesterov_int8_matches_numpy_over_three_rounds(runner):
     x = {k: np.asarray(a) for k, a in new_x.items()}
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_presets_equal_their_composition(runner):
   """average = outer(mean) bit for bit; outer(mean, sgd(1)) = averaging to float tolerance;
   diloco = outer(mean, Nesterov SGD)."""
@@ -263,6 +263,7 @@ def test_parts_say_what_the_sync_needs():
   assert sync_lib.outer(compressor=compressors.int8()).shared_init
 
 
+@pytest.mark.slow
 def test_a_composed_strategy_runs_from_the_command_line(tmp_path):
   """median + Nesterov + int8 through train.py, one line of flags."""
   import json

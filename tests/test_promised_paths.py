@@ -18,6 +18,8 @@ from psops_jax import models, train
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 
+pytestmark = pytest.mark.slow  # each path trains through train_and_evaluate
+
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):

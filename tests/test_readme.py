@@ -121,7 +121,7 @@ CASES = {
   FMNIST: case_fashion_mnist,
   CIFAR: case_cifar10,
   ".venv/bin/python benchmarks/accelerator_check.py": case_accelerator_check,
-  ".venv/bin/python benchmarks/time_report.py benchmarks/results/study_outer": case_time_report,
+  ".venv/bin/python studies/time_report.py studies/results/study_outer": case_time_report,
 }
 
 
@@ -129,6 +129,7 @@ def test_every_readme_command_has_a_case():
   assert set(readme_commands()) == set(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_readme_command(command, tmp_path):
   CASES[command](command, tmp_path)

@@ -1,4 +1,4 @@
-"""benchmarks/robustness_report.py on hand-made results: gaps paired by seed, diverged runs, cost,
+"""studies/robustness_report.py on hand-made results: gaps paired by seed, diverged runs, cost,
 periods."""
 
 import csv
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks import robustness_report
+from studies import robustness_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,7 +92,7 @@ def test_gaps_are_paired_by_seed_and_diverged_runs_are_named(tmp_path):
   out = subprocess.run(
     [
       sys.executable,
-      "benchmarks/robustness_report.py",
+      "studies/robustness_report.py",
       "--periods",
       "4",
       "16",

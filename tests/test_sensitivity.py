@@ -1,11 +1,11 @@
-"""benchmarks/sensitivity.py pairs two studies' cells and reports their spread (hand-computed)."""
+"""studies/sensitivity.py pairs two studies' cells and reports their spread (hand-computed)."""
 
 import json
 import os
 import subprocess
 import sys
 
-from benchmarks import sensitivity
+from studies import sensitivity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,6 @@ def test_bad_directories_exit_2(tmp_path):
   write_rows(tmp_path / "a", [0.8], ["x"])
   for args in ([str(tmp_path / "a"), str(tmp_path / "missing")],):
     done = subprocess.run(
-      [sys.executable, "benchmarks/sensitivity.py", *args], cwd=REPO, capture_output=True, text=True
+      [sys.executable, "studies/sensitivity.py", *args], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 2 and "results.json" in done.stderr and "Traceback" not in done.stderr

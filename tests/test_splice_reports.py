@@ -1,10 +1,10 @@
-"""benchmarks/splice_reports.py: the docs' tables are the reports their commands wrote."""
+"""studies/splice_reports.py: the docs' tables are the reports their commands wrote."""
 
 import os
 import subprocess
 import sys
 
-from benchmarks import splice_reports
+from studies import splice_reports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT = (
@@ -19,7 +19,7 @@ def test_docs_hold_the_reports_their_studies_wrote():
       texts[doc] = f.read()
     assert splice_reports.spliced(texts[doc]) == texts[doc], f"run splice_reports.py on {doc}"
   named = [block[1] for block in splice_reports.BLOCK.findall(texts["docs/RESULTS.md"])]
-  assert "benchmarks/results/study_outer/results.md" in named
+  assert "studies/results/study_outer/results.md" in named
 
 
 def test_blocks_take_a_whole_report_or_one_section(tmp_path, monkeypatch):
@@ -39,7 +39,7 @@ def test_blocks_take_a_whole_report_or_one_section(tmp_path, monkeypatch):
 
 def test_stale_blocks_fail_check_and_bad_names_exit_2(tmp_path):
   def run(*args):
-    command = [sys.executable, "benchmarks/splice_reports.py", *args]
+    command = [sys.executable, "studies/splice_reports.py", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
   doc = tmp_path / "doc.md"

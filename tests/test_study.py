@@ -1,4 +1,4 @@
-"""benchmarks/study.py end to end on a tiny digits grid: rows, tables, plots, resumability, cell
+"""studies/study.py end to end on a tiny digits grid: rows, tables, plots, resumability, cell
 locks."""
 
 import csv
@@ -27,7 +27,7 @@ def get_config():
 def run_study(study_file, out, *flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = subprocess.run(
-    [sys.executable, "benchmarks/study.py", "--study", str(study_file), "--out", str(out), *flags],
+    [sys.executable, "studies/study.py", "--study", str(study_file), "--out", str(out), *flags],
     cwd=REPO,
     env=env,
     capture_output=True,
@@ -38,6 +38,7 @@ def run_study(study_file, out, *flags):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_study_runs_the_grid_reports_and_resumes(tmp_path):
   study_file = tmp_path / "tiny_study.py"
   study_file.write_text(TINY_STUDY)
@@ -115,7 +116,7 @@ def check_recheck(study_file, out):
   )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   failed = subprocess.run(
-    [sys.executable, "benchmarks/study.py", "--study", str(study_file), "--out", str(out)]
+    [sys.executable, "studies/study.py", "--study", str(study_file), "--out", str(out)]
     + ["--check", "1", "--variants", "pso"],
     cwd=REPO,
     env=env,
@@ -128,7 +129,7 @@ def check_recheck(study_file, out):
 
 
 def check_time_report(out):
-  """results.json keeps each run's curve and clock inputs; benchmarks/time_report.py puts them on a
+  """results.json keeps each run's curve and clock inputs; studies/time_report.py puts them on a
   ratio: at r = 1, the first evaluation at the target costs steps + bytes / model_bytes
   all-reduces of the full weights."""
   rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
@@ -145,7 +146,7 @@ def check_time_report(out):
   report = subprocess.run(
     [
       sys.executable,
-      "benchmarks/time_report.py",
+      "studies/time_report.py",
       str(out),
       "--ratio",
       "1",
@@ -160,7 +161,7 @@ def check_time_report(out):
   assert report.returncode == 0, report.stderr
   assert f"| average | 4 | {want:.3g}" in report.stdout.replace("**", "")
   one_run = subprocess.run(
-    [sys.executable, "benchmarks/time_report.py", str(out / "runs" / "average_p4_n2_s0")],
+    [sys.executable, "studies/time_report.py", str(out / "runs" / "average_p4_n2_s0")],
     cwd=REPO,
     capture_output=True,
     text=True,
@@ -173,7 +174,7 @@ def check_time_report(out):
 def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_over(
   tmp_path, capsys
 ):
-  from benchmarks import study
+  from studies import study
 
   cell = tmp_path / "runs" / "pso_p4_n2_s0"
   lock = study.take_cell(str(cell))  # free: ours (the workdir's lock, psops_jax/workdir.py)
@@ -189,7 +190,7 @@ def test_a_cell_lock_shares_cells_between_processes_and_stale_locks_are_taken_ov
 
 
 def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_path):
-  from benchmarks import study
+  from studies import study
 
   def row(variant, period, seed, accuracy, diverged=False):
     return {
@@ -223,7 +224,7 @@ def test_period_means_are_the_mean_and_std_over_seeds_of_the_finished_runs(tmp_p
 def test_the_same_grid_runs_on_another_base_config_with_overrides_for_every_cell():
   import pytest
 
-  from benchmarks import study
+  from studies import study
 
   grid = study.Study(
     base="configs/fashion_mnist_pso.py",
@@ -250,7 +251,7 @@ def test_the_same_grid_runs_on_another_base_config_with_overrides_for_every_cell
 
 def test_paired_gap_gives_the_t_interval_and_marks_only_intervals_without_zero():
   sys.path.insert(0, REPO)
-  from benchmarks import study
+  from studies import study
 
   # gaps 1.0, 1.0, 0.9 points: mean 0.967, sd 0.0577, t(0.975, 2) = 4.303, half-width 0.143
   assert study.paired_gap({0: 0.87, 1: 0.88, 2: 0.875}, {0: 0.86, 1: 0.87, 2: 0.866}) == (
@@ -282,7 +283,7 @@ def test_bad_input_exits_2_with_a_message_naming_the_flag(
     (tmp_path / "tiny_study.py").write_text(TINY_STUDY)
   (tmp_path / "file").write_text("")
   result = subprocess.run(
-    [sys.executable, "benchmarks/study.py", "--study", study_file, "--out", str(tmp_path / out)]
+    [sys.executable, "studies/study.py", "--study", study_file, "--out", str(tmp_path / out)]
     + flags,
     cwd=REPO,
     capture_output=True,
@@ -295,7 +296,7 @@ def test_bad_input_exits_2_with_a_message_naming_the_flag(
 
 def test_the_code_line_says_whether_several_commits_share_their_training_code(monkeypatch):
   sys.path.insert(0, REPO)
-  from benchmarks import study
+  from studies import study
 
   rows = [{"code_version": "a"}, {"code_version": "a"}, {"code_version": "b"}]
   assert study.code_line(rows[:2]) == "Made by commit a (2 runs)."
@@ -315,7 +316,7 @@ def test_the_code_line_says_whether_several_commits_share_their_training_code(mo
 
 def test_the_report_names_its_machines_and_gives_a_gap_table_per_reference():
   sys.path.insert(0, REPO)
-  from benchmarks import study
+  from studies import study
 
   rows = [{"machine": "X x2"}, {"machine": "Y x2"}, {"machine": "X x2"}, {}]
   assert study.machine_line(rows) == "Run on X x2 (2 runs), Y x2 (1 runs), not recorded (1 runs)."
@@ -339,7 +340,7 @@ def test_the_report_names_its_machines_and_gives_a_gap_table_per_reference():
 
 def test_the_fastest_is_chosen_among_variants_with_at_least_3_seeds(monkeypatch):
   sys.path.insert(0, REPO)
-  from benchmarks import time_report
+  from studies import time_report
 
   # each run list holds its variant's label; mean_time gives that label's time for every seed
   runs = {("a", 16): ["a"] * 5, ("b", 16): ["b"] * 3, ("c", 16): ["c"], ("ssgd", 16): ["s"] * 5}

@@ -67,6 +67,15 @@ RUNNERS = {
 }
 
 
+def marked_slow(values, slow) -> list:
+  """`values` as test parameters, those in `slow` marked slow."""
+  return [pytest.param(v, marks=pytest.mark.slow) if v in slow else v for v in values]
+
+
+# The runners as test parameters: the nested layout's cases are slow.
+LAYOUTS = marked_slow(sorted(RUNNERS), ("nested",))
+
+
 def strategy_and_runner(runner, factory, **kwargs):
   """(strategy built for the runner's axis name, runner function)."""
   run, axis_name = RUNNERS[runner]
@@ -134,8 +143,8 @@ def draws(key, params, n, random):
   return stack(r1s), stack(r2s)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
-@pytest.mark.parametrize("n", [2, 3, 8])
+@pytest.mark.parametrize("runner", marked_slow(sorted(RUNNERS), ("nested", "shard_map")))
+@pytest.mark.parametrize("n", marked_slow([2, 3, 8], (8,)))
 @pytest.mark.parametrize(
   "memory,random,coefs,extra",
   [
@@ -236,7 +245,7 @@ def test_pso_same_result_under_vmap_shard_map_and_pmap():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_zero_coefficients_is_independent_training(runner):
   strategy, run = strategy_and_runner(runner, sync_lib.pso, inertia=0.0, cognitive=0.0, social=0.0)
   x = random_params(np.random.RandomState(1), 8)
@@ -248,7 +257,7 @@ def test_zero_coefficients_is_independent_training(runner):
       np.testing.assert_array_equal(np.asarray(new_x[k]), x[k])
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_social_one_without_randomness_jumps_to_the_best(runner):
   strategy, run = strategy_and_runner(
     runner, sync_lib.pso, inertia=0.0, cognitive=0.0, social=1.0, random="none"
@@ -262,7 +271,7 @@ def test_social_one_without_randomness_jumps_to_the_best(runner):
       np.testing.assert_allclose(np.asarray(new_x[k][i]), x[k][3], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_nan_particle_never_becomes_best(runner):
   strategy, run = strategy_and_runner(
     runner, sync_lib.pso, inertia=0.0, cognitive=0.0, social=1.0, random="none"
@@ -283,7 +292,7 @@ def test_nan_particle_never_becomes_best(runner):
       np.testing.assert_allclose(healthy, np.broadcast_to(x[k][7], healthy.shape), atol=1e-6)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("n", [2, 3, 8])
 def test_average_is_the_mean(runner, n):
   strategy, run = strategy_and_runner(runner, sync_lib.average)
@@ -295,7 +304,7 @@ def test_average_is_the_mean(runner, n):
     np.testing.assert_allclose(np.asarray(new_x[k]), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_ssgd_reduces_gradients_to_their_mean_and_none_does_nothing(runner):
   grads = random_params(np.random.RandomState(4), 4)
   ssgd, run = strategy_and_runner(runner, sync_lib.ssgd)
@@ -356,7 +365,7 @@ def run_syncs(run, strategy, start, drifts, seed=0):
   return history, state
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("n", [2, 3, 8])
 def test_easgd_matches_numpy(runner, n):
   alpha = 0.3 / n
@@ -377,7 +386,7 @@ def test_easgd_matches_numpy(runner, n):
     )
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("n", [2, 3, 8])
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_diloco_matches_numpy(runner, n, nesterov):
@@ -400,7 +409,7 @@ def test_diloco_matches_numpy(runner, n, nesterov):
       np.testing.assert_allclose(history[r][k], x[k], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_identities_between_strategies(runner):
   """diloco(lr 1, momentum 0) = average; easgd(alpha 0) = none = pso with zero coefficients."""
   start, drifts = shared_start(4, seed=5)
@@ -421,7 +430,7 @@ def test_identities_between_strategies(runner):
       np.testing.assert_array_equal(results["pso0"][r][k], results["none"][r][k])
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_average_with_optimizer_state(runner):
   strategy, run = strategy_and_runner(runner, sync_lib.average, average_opt_state=True)
   opt_state = {
@@ -440,7 +449,7 @@ def test_average_with_optimizer_state(runner):
   np.testing.assert_array_equal(np.asarray(kept["momentum"]), opt_state["momentum"])
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 def test_pso_velocity_clipping_and_linear_schedule(runner):
   """Clipping: ||v_i|| <= V, direction kept. Schedule: w at sync t is the schedule's value."""
   n, max_norm = 4, 0.05
@@ -498,7 +507,7 @@ def test_pso_velocity_clipping_and_linear_schedule(runner):
     np.testing.assert_allclose(np.asarray(state2.velocity[k]), expected_v, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("n", [3, 8])
 def test_best_pull_and_topk_average_match_numpy(runner, n):
   x = random_params(np.random.RandomState(10 + n), n)
@@ -544,7 +553,7 @@ def test_best_pull_and_topk_average_match_numpy(runner, n):
   assert np.isnan(np.asarray(poisoned["b"])).all()
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("random", ["particle", "none"])
 def test_pso_optimizer_state_on_move(runner, random):
   """reset: float leaves zeroed; follow: s_i + c2 r2 (s_j - s_i) + c3 (mean s - s_i), ints kept."""
@@ -613,7 +622,7 @@ def numpy_trimmed_mean(x, trim):
   return np.array(out).reshape(x.shape[1:])
 
 
-@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("runner", LAYOUTS)
 @pytest.mark.parametrize("n", [3, 8])
 def test_robust_average_matches_numpy(runner, n):
   x = random_params(np.random.RandomState(20 + n), n)

@@ -15,6 +15,7 @@ def test_the_missing_torch_note_names_the_install_command():
   assert 'pip install -e ".[bench]"' in torch_models.MISSING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", sorted(torch_models.FLAT_HWC))
 def test_the_torch_copy_gives_the_flax_logits(model_name):
   pytest.importorskip("torch", reason=torch_models.MISSING)

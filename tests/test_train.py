@@ -16,6 +16,8 @@ from psops_jax import run as run_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
 
+pytestmark = pytest.mark.slow  # each test compiles and runs the real round
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -97,6 +97,7 @@ def test_hold_stops_every_process_when_one_cannot_use_the_workdir(tmp_path):
       pass
 
 
+@pytest.mark.slow
 def test_a_second_train_py_on_a_live_runs_workdir_is_refused(tmp_path):
   """A real run holds the workdir; a second one is refused and names it; once the first is killed
   (-9, no chance to release), its lock is free and says who left it."""

@@ -9,16 +9,16 @@ it to the cell's train.py), so several study.py processes over the same grid (e.
 group) share the cells out instead of running the same cell twice. Every cell of a variant runs the
 same number of local steps per particle (`total_steps`).
 
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist_q --quick
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
+  python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist
+  python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist_q --quick
+  python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
       --report-only                           # only the report of the finished cells
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
+  python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist \
       --periods 16 --num-particles 8          # a slice of the grid (same cells, same directory)
-  python benchmarks/study.py ... --variants pso average   # only these variants
-  python benchmarks/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
+  python studies/study.py ... --variants pso average   # only these variants
+  python studies/study.py --study configs/study_fashion_mnist.py --grid tuned_periods \
       --base configs/mnist_pso.py --set data.source=tfds --out results/mnist   # on MNIST
-  python benchmarks/study.py ... --check 3    # re-run 3 finished cells, compare with the record
+  python studies/study.py ... --check 3    # re-run 3 finished cells, compare with the record
 
 A slice limits what this process runs; the report always covers every finished cell of the grid.
 Then writes, in OUT: results.csv and results.json (one row per run), results.md (mean +- std over
@@ -42,8 +42,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks import time_report
 from psops_jax import workdir as workdir_lib  # no JAX in it
+from studies import time_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

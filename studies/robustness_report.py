@@ -1,7 +1,7 @@
 """Tables and plots over the robustness scenarios of configs/study_robustness.py.
 
-Each scenario is its own study directory (benchmarks/results/robustness_<scenario>/, written by
-`benchmarks/study.py --grid <scenario>`); this reads their results.csv and writes, for each period:
+Each scenario is its own study directory (studies/results/robustness_<scenario>/, written by
+`studies/study.py --grid <scenario>`); this reads their results.csv and writes, for each period:
 
   robustness_p<period>.md    strategy x scenario: final test accuracy, mean +- std over the seeds
   that
@@ -18,7 +18,7 @@ Each scenario is its own study directory (benchmarks/results/robustness_<scenari
 and with several periods, robustness_periods.md (PSO-PS's gap to both references, scenario x period)
 and robustness_periods.png (one panel per scenario: each strategy's accuracy against the period).
 
-  python benchmarks/robustness_report.py --periods 4 16 64
+  python studies/robustness_report.py --periods 4 16 64
 """
 
 import argparse
@@ -27,8 +27,8 @@ import json
 import os
 import statistics
 
-from benchmarks import study  # paired_gap
 from configs import study_robustness
+from studies import study  # paired_gap
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SCENARIOS = (*study_robustness.SCENARIOS, "lr_edge", "lr_2x")  # the study's grids

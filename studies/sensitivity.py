@@ -2,20 +2,20 @@
 studies paired by (variant, period, particles, seed), e.g. a grid and its re-run with
 train.max_unroll 2 instead of 4 (configs/study_outer.py, grid `unroll2`):
 
-  python benchmarks/sensitivity.py benchmarks/results/study_outer \
-      benchmarks/results/study_outer_unroll2
+  python studies/sensitivity.py studies/results/study_outer \
+      studies/results/study_outer_unroll2
 
 or a study and the re-runs of its cells on another machine (`study.py --check` writes them to
 OUT/check, a directory of run directories named as the cells are):
 
-  python benchmarks/sensitivity.py benchmarks/results/study_outer \
-      benchmarks/results/study_outer/check
+  python studies/sensitivity.py studies/results/study_outer \
+      studies/results/study_outer/check
 
 Prints, per variant, period and pair of machines (workdir.machine_kind: "same" where both runs of
 every pair ran on one kind of machine): both final accuracies (mean over the paired seeds), the
 paired difference (second - first) as mean ± std and its largest magnitude, in points, and how many
 pairs came out with bit-identical weights. This is the spread to expect from re-running a cell on
-other code or another machine (benchmarks/study.py --check's tolerance).
+other code or another machine (studies/study.py --check's tolerance).
 """
 
 import argparse
@@ -24,7 +24,7 @@ import json
 import os
 import statistics
 
-from benchmarks import study
+from studies import study
 
 
 def rows_of(out: str) -> dict:
@@ -44,7 +44,7 @@ def rows_of(out: str) -> dict:
         runs[key] = json.load(f)
   if not runs:
     raise FileNotFoundError(
-      f"{out}: no results.json (run benchmarks/study.py first) and no finished run directories"
+      f"{out}: no results.json (run studies/study.py first) and no finished run directories"
     )
   return runs
 

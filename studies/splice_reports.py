@@ -3,7 +3,7 @@ into the docs, so that every table on docs/RESULTS.md is the one its command mad
 
 A marked block in a markdown file
 
-  <!-- report: benchmarks/results/study_outer/results.md -->
+  <!-- report: studies/results/study_outer/results.md -->
   ...
   <!-- end report -->
 
@@ -11,8 +11,8 @@ is replaced by the named file (a path from the repository root), or by one secti
 `path#heading` (the lines under that heading, down to the next heading). `--check` changes
 nothing and exits 1 where a block differs from its report:
 
-  python benchmarks/splice_reports.py docs/RESULTS.md
-  python benchmarks/splice_reports.py --check docs/RESULTS.md
+  python studies/splice_reports.py docs/RESULTS.md
+  python studies/splice_reports.py --check docs/RESULTS.md
 """
 
 import argparse
@@ -76,7 +76,7 @@ def main(argv=None):
           f.write(new)
         os.replace(path + ".tmp", path)
   if args.check and stale:
-    print(f"stale report blocks in {', '.join(stale)}: run benchmarks/splice_reports.py on them")
+    print(f"stale report blocks in {', '.join(stale)}: run studies/splice_reports.py on them")
     sys.exit(1)
 
 

@@ -1,6 +1,6 @@
 """The PSO-based variants of a search study that did best on the validation split.
 
-  python benchmarks/pick_finalists.py benchmarks/results/study_pso_search/results.csv --top 2
+  python studies/pick_finalists.py studies/results/study_pso_search/results.csv --top 2
 
 Ranks every variant except `average` (or, with --prefix, the variants whose names start with it) by
 its mean final accuracy over the periods searched and prints the names of the best `--top`

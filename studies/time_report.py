@@ -4,13 +4,13 @@ Every figure here is a PROJECTION: the accuracy a run reached after so many loca
 at the time a profile's compute and link would have taken for them. It leaves out stragglers,
 contention, the real collective algorithm and topology, and the real step time of an accelerator.
 
-  python benchmarks/time_report.py benchmarks/results/study_outer          # a study: the tables
+  python studies/time_report.py studies/results/study_outer          # a study: the tables
                                                 # at ratios 10, 1, 0.1, 0.01 and the plot
-  python benchmarks/time_report.py benchmarks/results/study_outer --ratio 3 0.03 \
+  python studies/time_report.py studies/results/study_outer --ratio 3 0.03 \
       --profile 1b_h100_1gbit                   # other ratios, a named profile
-  python benchmarks/time_report.py RUN_DIR --profile lenet5_h100_1gbit    # one run's curve
+  python studies/time_report.py RUN_DIR --profile lenet5_h100_1gbit    # one run's curve
 
-A study directory is read from its results.json (benchmarks/study.py writes each run's curve
+A study directory is read from its results.json (studies/study.py writes each run's curve
 there); a run directory from its summary.json and metrics.jsonl. For a study it writes
 time_to_accuracy.md (per target accuracy: the mean projected time to reach it per variant and
 period, at each ratio or profile, the fastest marked, and how much sooner than ssgd) and
@@ -63,7 +63,7 @@ def study_runs(out: str) -> dict:
   """{(variant, period): [(RunShape, curve)]} of a study's results.json (rows with a curve)."""
   path = os.path.join(out, "results.json")
   if not os.path.exists(path):
-    raise InputError(f"{out}: no results.json (run benchmarks/study.py first)")
+    raise InputError(f"{out}: no results.json (run studies/study.py first)")
   with open(path) as f:
     rows = json.load(f)
   runs = collections.defaultdict(list)
