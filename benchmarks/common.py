@@ -61,7 +61,7 @@ def random_shard(model_name: str, size: int, seed: int = 1) -> tuple:
   return images, labels
 
 
-def build_round(
+def run_config(
   model_name: str,
   particles: int,
   devices: int,
@@ -75,8 +75,43 @@ def build_round(
   probe_size: int = 1024,
   seed: int = 0,
   max_unroll: int = 0,
+  dtype: str = "float32",
+  data_name: str | None = None,
 ):
-  """The project's compiled round on random uint8 data, ready to call.
+  """The run config of a benchmarked round: the default config with these settings, synthetic
+  images of the model's data set (or `data_name`'s; `shard_size` per particle: the speed does not
+  depend on the pixels), and every benchmark's optimizer (SGD 0.01, momentum 0.9)."""
+  from configs import digits_pso
+
+  config = digits_pso.get_config()
+  config.update_from_flattened_dict(
+    {
+      "seed": seed,
+      "num_particles": particles,
+      "num_devices": devices,
+      "model.name": model_name,
+      "model.dtype": dtype,
+      "data.name": data_name or DATA_SETS[model_name],
+      "data.source": "synthetic",
+      "data.synthetic_size": particles * shard_size,
+      "optimizer.learning_rate": 0.01,
+      "optimizer.momentum": 0.9,
+      "sync.strategy": strategy_name,
+      "sync.period": period,
+      "sync.pso.fitness": fitness,
+      "sync.pso.probe_size": probe_size,
+      "train.batch_size": batch_size,
+      "train.loop": loop,
+      "train.local_layout": layout,
+      "train.max_unroll": max_unroll,
+    }
+  )
+  return config
+
+
+def build_round(model_name: str, particles: int, devices: int, period: int, **settings):
+  """The project's compiled round, built by psops_jax.run.build_run from `run_config(...)`
+  (same arguments), ready to call.
 
   max_unroll > 0 splits an unrolled round into calls of at most that many steps plus a sync call, as
   train.max_unroll does. Returns (run, info): each `run()` executes the next round (the swarm is
@@ -85,45 +120,17 @@ def build_round(
   """
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
-  from psops_jax import models
-  from psops_jax import swarm as swarm_lib
-  from psops_jax import sync as sync_lib
+  from psops_jax import run as run_lib
 
-  mesh = swarm_lib.make_mesh(particles, devices)
-  shape = INPUT_SHAPES[model_name]
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (particles, shard_size) + shape, dtype=np.uint8)
-  labels = rng.integers(0, 10, (particles, shard_size), dtype=np.int32)
-  probe_images = rng.integers(0, 256, (probe_size,) + shape, dtype=np.uint8)
-  probe_labels = rng.integers(0, 10, (probe_size,), dtype=np.int32)
-  model, tx = models.create(model_name), optimizer()
-  strategy = getattr(sync_lib, strategy_name)(axis_name=swarm_lib.AXES)
-  mean, std = normalization(shape[-1])
-  cfg = swarm_lib.RoundConfig(
-    period=period,
-    batch_size=batch_size,
-    fitness=fitness,
-    probe_size=probe_size,
-    loop=loop,
-    local_layout=layout,
-    max_unroll=max_unroll,
-    augment=False,
-    mean=mean,
-    std=std,
-  )
-  swarm = swarm_lib.init_swarm(model, tx, strategy, images[0], particles, seed, mesh, mean, std)
-  data = swarm_lib.put_data((images, labels), (probe_images, probe_labels), mesh)
+  built = run_lib.build_run(run_config(model_name, particles, devices, period, **settings))
   t0 = time.perf_counter()
-  round_fn = swarm_lib.compile_round(
-    swarm_lib.make_round(model, tx, strategy, cfg, mesh, seed), swarm, data
-  )
+  round_fn = run_lib.swarm_lib.compile_round(built.round_fn, built.swarm, built.data)
   compile_seconds = time.perf_counter() - t0
-  state, rounds = {"swarm": swarm}, itertools.count()
+  state, rounds = {"swarm": built.swarm}, itertools.count()
 
   def run():
-    state["swarm"], metrics = round_fn(state["swarm"], data, jnp.int32(next(rounds)))
+    state["swarm"], metrics = round_fn(state["swarm"], built.data, jnp.int32(next(rounds)))
     jax.block_until_ready((state["swarm"], metrics))
 
   return run, {"compile_seconds": round(compile_seconds, 2)}

@@ -100,7 +100,7 @@ def build_syncs(model_name: str, particles: int, devices: int) -> tuple:
     p, f
   ):  # the fitness all-gather, then a psum of the weights masked to the winner
     mine = sync_lib.particle_index(AXES) == jnp.argmin(sync_lib.all_gather_scalar(f, AXES))
-    return sync_lib.psum_floats(jax.tree.map(lambda a: jnp.where(mine, a, 0.0), p), AXES)
+    return sync_lib.masked_fetch(p, mine, AXES)
 
   one = (P(AXIS), 0)
   compiled = {
