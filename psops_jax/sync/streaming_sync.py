@@ -1,5 +1,6 @@
 """Streaming sync: the outer sync one fragment of the weights at a time, overlapped with compute."""
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -53,6 +54,97 @@ def check_streaming(fragments, delay, mix) -> None:
   require(is_number(mix) and 0 <= mix <= 1, "mix", mix, "accepted values are in [0, 1]")
 
 
+class StreamingParts(NamedTuple):
+  """The arguments of `streaming`, checked, with the parts' defaults filled in."""
+
+  fragments: int
+  delay: int
+  mix: float
+  aggregate: aggregates.Aggregate
+  optimizer: optax.GradientTransformation | None
+  compressor: compressors.Compressor
+  axis_name: AxisName
+
+
+def padded(s: StreamingParts, params):
+  """(the float weights as one flat vector padded to F c values, its unravel, c)."""
+  flat, unravel = ravel_pytree(float_leaves(params))
+  c = fragment_size(flat.shape[0], s.fragments)
+  return jnp.pad(flat, (0, s.fragments * c - flat.shape[0])), unravel, c
+
+
+def init_state(s: StreamingParts, params) -> StreamingState:
+  """theta := the initial weights; the outer state of every fragment; nothing on the wire."""
+  center, _, c = padded(s, params)
+  slices = center.reshape(s.fragments, c)
+  return StreamingState(
+    center=center,
+    opt_state=jax.vmap(s.optimizer.init)(slices) if s.optimizer is not None else (),
+    residual=jnp.zeros_like(center) if s.compressor.error_feedback else (),
+    pending=jnp.zeros((s.delay, c), center.dtype) if s.delay else (),
+    count=jnp.zeros((), jnp.int32),
+  )
+
+
+def sent_update(s: StreamingParts, x, state: StreamingState, c, fitness):
+  """(u_k, residual): the aggregated pseudo-gradient of this sync's fragment f = k mod F."""
+  combine = lambda v: s.aggregate(v, fitness, s.axis_name)
+  sent = state.count % s.fragments
+  fragment = lambda v: lax.dynamic_slice(v, (sent * c,), (c,))
+  if s.compressor.name == "none":
+    return fragment(state.center) - combine(fragment(x)), state.residual
+  pseudo = fragment(state.center) - fragment(x)
+  if s.compressor.error_feedback:
+    pseudo = pseudo + fragment(state.residual)
+  received = s.compressor.apply(pseudo)
+  residual = state.residual
+  if s.compressor.error_feedback:
+    residual = lax.dynamic_update_slice(residual, pseudo - received, (sent * c,))
+  return combine(received), residual
+
+
+def landed_update(s: StreamingParts, theta, u, opt_state, landed, active):
+  """(theta_f after the update u, the optimizer states) of the fragment that lands now."""
+  if s.optimizer is None:
+    return jnp.where(active, theta - u, theta), opt_state
+  mine = jax.tree.map(lambda a: a[landed], opt_state)
+  updates, mine = s.optimizer.update(u, mine, theta)
+  new_theta = optax.apply_updates(theta, updates)
+  opt_state = jax.tree.map(
+    lambda a, m: a.at[landed].set(jnp.where(active, m, a[landed])), opt_state, mine
+  )
+  return jnp.where(active, new_theta, theta), opt_state
+
+
+def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fitness, key):
+  """Send fragment k mod F, land the update sent d syncs ago, mix it into the local weights."""
+  stats = s.aggregate(stats, fitness, s.axis_name)
+  x, unravel, c = padded(s, params)
+  u, residual = sent_update(s, x, state, c, fitness)
+  if s.delay:
+    queue = jnp.concatenate([state.pending, u[None]])
+    u, pending = queue[0], queue[1:]
+  else:
+    pending = ()
+  landed = (state.count - s.delay) % s.fragments  # the fragment whose update arrives now
+  active = state.count >= s.delay  # nothing has arrived during the first d syncs
+  theta = lax.dynamic_slice(state.center, (landed * c,), (c,))
+  new_theta, opt_state = landed_update(s, theta, u, state.opt_state, landed, active)
+  local = lax.dynamic_slice(x, (landed * c,), (c,))
+  mixed = jnp.where(active, new_theta + s.mix * (local - new_theta), local)
+  center = lax.dynamic_update_slice(state.center, new_theta, (landed * c,))
+  x = lax.dynamic_update_slice(x, mixed, (landed * c,))
+  received = iter(unravel(x[: float_count(params)]))
+  params = map_floats(lambda a: next(received), params)
+  return params, stats, StreamingState(center, opt_state, residual, pending, state.count + 1)
+
+
+def bytes_per_round(s: StreamingParts, params, period, opt_state=None) -> int:
+  """One fragment's c values at the compressor's width (+ the fitness if the aggregate ranks)."""
+  c = fragment_size(float_count(params), s.fragments)
+  return s.compressor.payload_bytes(c) + s.aggregate.fitness_bytes
+
+
 def streaming(
   fragments: int = 4,
   delay: int = 1,
@@ -85,81 +177,13 @@ def streaming(
   check_streaming(fragments, delay, mix)
   aggregate = aggregate if aggregate is not None else aggregates.mean()
   compressor = compressor if compressor is not None else compressors.none()
-  combine = lambda v, fitness: aggregate(v, fitness, axis_name)
-
-  def padded(params):
-    flat, unravel = ravel_pytree(float_leaves(params))
-    c = fragment_size(flat.shape[0], fragments)
-    return jnp.pad(flat, (0, fragments * c - flat.shape[0])), unravel, c
-
-  def init(params):
-    center, _, c = padded(params)
-    slices = center.reshape(fragments, c)
-    return StreamingState(
-      center=center,
-      opt_state=jax.vmap(optimizer.init)(slices) if optimizer is not None else (),
-      residual=jnp.zeros_like(center) if compressor.error_feedback else (),
-      pending=jnp.zeros((delay, c), center.dtype) if delay else (),
-      count=jnp.zeros((), jnp.int32),
-    )
-
-  def sent_update(x, state: StreamingState, c, fitness):
-    """(u_k, residual): the aggregated pseudo-gradient of this sync's fragment."""
-    sent = state.count % fragments
-    fragment = lambda v: lax.dynamic_slice(v, (sent * c,), (c,))
-    if compressor.name == "none":
-      return fragment(state.center) - combine(fragment(x), fitness), state.residual
-    pseudo = fragment(state.center) - fragment(x)
-    if compressor.error_feedback:
-      pseudo = pseudo + fragment(state.residual)
-    received = compressor.apply(pseudo)
-    residual = state.residual
-    if compressor.error_feedback:
-      residual = lax.dynamic_update_slice(residual, pseudo - received, (sent * c,))
-    return combine(received, fitness), residual
-
-  def landed_update(theta, u, opt_state, landed, active):
-    """(theta_f after the update u, the optimizer states) of the fragment that lands now."""
-    if optimizer is None:
-      return jnp.where(active, theta - u, theta), opt_state
-    mine = jax.tree.map(lambda s: s[landed], opt_state)
-    updates, mine = optimizer.update(u, mine, theta)
-    new_theta = optax.apply_updates(theta, updates)
-    opt_state = jax.tree.map(
-      lambda s, m: s.at[landed].set(jnp.where(active, m, s[landed])), opt_state, mine
-    )
-    return jnp.where(active, new_theta, theta), opt_state
-
-  def sync_with_stats(params, stats, state: StreamingState, fitness, key):
-    stats = combine(stats, fitness)
-    x, unravel, c = padded(params)
-    u, residual = sent_update(x, state, c, fitness)
-    if delay:
-      queue = jnp.concatenate([state.pending, u[None]])
-      u, pending = queue[0], queue[1:]
-    else:
-      pending = ()
-    landed = (state.count - delay) % fragments  # the fragment whose update arrives now
-    active = state.count >= delay  # nothing has arrived during the first d syncs
-    theta = lax.dynamic_slice(state.center, (landed * c,), (c,))
-    new_theta, opt_state = landed_update(theta, u, state.opt_state, landed, active)
-    local = lax.dynamic_slice(x, (landed * c,), (c,))
-    mixed = jnp.where(active, new_theta + mix * (local - new_theta), local)
-    center = lax.dynamic_update_slice(state.center, new_theta, (landed * c,))
-    x = lax.dynamic_update_slice(x, mixed, (landed * c,))
-    received = iter(unravel(x[: float_count(params)]))
-    params = map_floats(lambda a: next(received), params)
-    return params, stats, StreamingState(center, opt_state, residual, pending, state.count + 1)
-
-  def bytes_per_round(params, period, opt_state=None):
-    c = fragment_size(float_count(params), fragments)
-    return compressor.payload_bytes(c) + aggregate.fitness_bytes
-
+  s = StreamingParts(fragments, delay, mix, aggregate, optimizer, compressor, axis_name)
+  bind = lambda fn: functools.partial(fn, s)
   return make_strategy(
-    init,
-    sync_with_stats,
+    bind(init_state),
+    bind(sync_with_stats),
     identity,
-    bytes_per_round,
+    bind(bytes_per_round),
     export=export_mean(axis_name),
     collective=Collective(aggregate.collective, hidden_rounds=delay),
     reads_fitness=aggregate.reads_fitness,
