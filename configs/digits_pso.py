@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.diloco.learning_rate = 0.7  # outer learning rate (1 with momentum 0 = average)
   config.sync.diloco.momentum = 0.9
   config.sync.diloco.nesterov = True
-  # outer: a sync built from parts (sync.outer in psops_jax/sync.py); trim, k and pull come from
+  # outer: a sync built from parts (psops_jax/sync/outer_sync.py); trim, k and pull come from
   # sync.robust.trim, sync.topk and sync.best_pull
   config.sync.outer = ml_collections.ConfigDict()
   config.sync.outer.aggregate = "mean"  # mean | median | trimmed_mean | topk | fitness_weighted

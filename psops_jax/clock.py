@@ -3,7 +3,7 @@
 On one machine's virtual devices communication is free, so measured seconds cannot say what a sync
 method costs on a real network. A run records, at every evaluation, its local steps and the bytes
 each particle sent (`communicated_bytes_per_particle`), and once its period, its strategy's
-`Collective` (sync.py) and its model's size. A `Profile` prices those:
+`Collective` (psops_jax/sync/) and its model's size. A `Profile` prices those:
 
   compute      t_step seconds per local step (one worker; the workers run in parallel)
   all_reduce   a ring over N workers, payload P: each sends and receives 2 (N - 1) / N P in
@@ -37,7 +37,7 @@ COLLECTIVE_KINDS = ("all_reduce", "all_gather", "none")
 
 
 class Collective(NamedTuple):
-  """How a sync strategy's bytes travel (`SyncStrategy.collective` in sync.py).
+  """How a sync strategy's bytes travel (`SyncStrategy.collective`, psops_jax/sync/interface.py).
 
   kind:           all_reduce (a ring all-reduce of the payload), all_gather (every particle
                   receives every other's payload) or none (no communication).

@@ -126,3 +126,18 @@ def test_a_registered_strategy_trains_through_train_and_evaluate(registered_shri
   with pytest.raises(errors.ConfigError, match="sync.shrink.scale=-1.0"):
     train.train_and_evaluate(shrink_config(-1.0), str(tmp_path / "bad"))
   assert not (tmp_path / "bad").exists()  # a bad config creates no workdir
+
+
+def test_the_usage_guides_python_example_runs():
+  """docs/usage.md's example of the outer sync's parts as values builds what it says."""
+  import os
+
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "usage.md")
+  with open(path) as f:
+    text = f.read().split("In Python the parts are values", 1)[1]
+  code = text.split("```python\n", 1)[1].split("```", 1)[0]
+  namespace = {}
+  exec(code, namespace)
+  assert isinstance(namespace["strategy"], sync_lib.SyncStrategy)
+  assert namespace["strategy"].collective.kind == "all_gather"  # the median gathers
+  assert namespace["streamed"].reads_fitness  # top-k ranks the particles
