@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from psops_jax import checkpoint as checkpoint_lib
 from psops_jax import config_check, errors
+from psops_jax import link as link_lib
 from psops_jax import run as run_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
@@ -407,9 +408,10 @@ def train_rounds(run, compiled, progress: Progress, log: RoundLog, bar, sigterm)
   log.checkpointer.wait()
 
 
-def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int) -> dict:
+def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int, link=None) -> dict:
   """summary.json: the final evaluation, the run's shape, its bytes, seconds and fingerprint, the
-  communication clock's inputs, and where and on what it ran."""
+  communication clock's inputs (and the measured link between processes, psops_jax/link.py), and
+  where and on what it ran."""
   config, rounds, swarm = run.config, run.config.train.rounds, progress.swarm
   return {
     **final,
@@ -428,6 +430,7 @@ def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int) ->
     "model_bytes": sync_lib.tree_bytes(
       (run_lib.one_particle(swarm.params), run_lib.one_particle(swarm.batch_stats))
     ),
+    "link": link,
     "train_seconds": progress.train_seconds,
     "compile_seconds": progress.compile_seconds,
     "samples_per_second": rounds * run.samples_per_round / progress.train_seconds,
@@ -459,6 +462,10 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   t0 = time.perf_counter()
   compiled = run_lib.compile_run(run, progress.swarm)
   progress.compile_seconds += time.perf_counter() - t0
+  link = None
+  if jax.process_count() > 1:  # the link between processes (one process: shared memory)
+    weights = sync_lib.tree_bytes(run_lib.one_particle(progress.swarm.params))
+    link = link_lib.measure(run.mesh, weights)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if is_main:
     print(header_line(run, start, progress.compile_seconds), flush=True)
@@ -475,7 +482,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   final = evaluate_swarm(run, compiled, progress.swarm, fitness)
   events.write({"step": config.train.rounds * config.sync.period, **final})
   events.close()
-  summary = summary_of(run, progress, final, start)
+  summary = summary_of(run, progress, final, start, link)
   if is_main:
     write_json_atomically(os.path.join(workdir, "summary.json"), summary)
   checkpointer.close()
