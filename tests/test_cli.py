@@ -13,6 +13,8 @@ pytestmark = pytest.mark.slow  # each case starts a train.py process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERNAL_ERROR = "psops_jax: internal error (a bug): please report it with the traceback above"
+with open(os.path.join(REPO, "configs", "cifar10_pso.py")) as f:  # where get_config(model) refuses
+  CIFAR_RAISE_LINE = next(i for i, line in enumerate(f, 1) if "raise ValueError" in line)
 
 # name: (arguments after train.py, text the message must hold). {tmp} is a scratch directory; a case
 # without --workdir gets one (except "no_workdir").
@@ -63,6 +65,12 @@ CASES = {
     ["--config=configs/digits_pso.py:fast"],
     "--config configs/digits_pso.py: cannot be loaded: TypeError: get_config() "
     "takes 0 positional arguments but 1 was given",
+  ),
+  "config_argument_not_a_model": (
+    ["--config=configs/cifar10_pso.py:vgg"],
+    f"--config configs/cifar10_pso.py: cannot be loaded: line {CIFAR_RAISE_LINE}: ValueError: the "
+    "argument 'vgg' (configs/cifar10_pso.py:MODEL) names no model here; accepted values are "
+    "('resnet20', 'vgg_small')",
   ),
   "unknown_flag": (
     ["--worker=3"],
