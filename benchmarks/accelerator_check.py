@@ -52,14 +52,15 @@ def peak_memory() -> dict:
   return {"peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def run_training(config_name: str, fields: dict) -> dict:
-  """train_and_evaluate of a config with dotted `fields` set: the summary's figures, peak memory."""
+def run_training(config_name: str, fields: dict, *argument: str) -> dict:
+  """train_and_evaluate of a config (get_config(*argument): e.g. cifar10_pso's model, which brings
+  its learning rate) with dotted `fields` set: the summary's figures, peak memory."""
   import importlib
   import tempfile
 
   from psops_jax import train
 
-  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config = importlib.import_module(f"configs.{config_name}").get_config(*argument)
   config.update_from_flattened_dict(fields)
   with tempfile.TemporaryDirectory() as workdir:
     summary = train.train_and_evaluate(config, workdir)
@@ -75,10 +76,10 @@ def run_training(config_name: str, fields: dict) -> dict:
   return {**{k: summary[k] for k in keys}, **peak_memory()}
 
 
-def cifar_fields(model: str, smoke: bool) -> dict:
+def cifar_fields(smoke: bool) -> dict:
+  """The CIFAR-10 parts' fields on top of the config (its argument picks the model)."""
   fields = {
     "data.source": "synthetic",
-    "model.name": model,
     "train.loop": "scan",
     "train.eval_every": 0,
   }
@@ -219,7 +220,7 @@ def run_part(part: str, smoke: bool) -> dict:
       fields.update({"train.rounds": 2, "num_particles": 2, "sync.pso.probe_size": 64})
     return run_training("digits_pso", fields)
   if part in ("resnet20", "vgg_small"):
-    return run_training("cifar10_pso", cifar_fields(part, smoke))
+    return run_training("cifar10_pso", cifar_fields(smoke), part)
   if part == "throughput":
     return throughput(smoke)
   raise ValueError(part)

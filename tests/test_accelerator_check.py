@@ -54,10 +54,12 @@ def test_a_part_over_its_limit_is_reported_and_the_check_goes_on(monkeypatch):
 
 @pytest.mark.parametrize("smoke", [True, False])
 def test_the_vgg_small_part_is_a_valid_config(smoke):
-  config = importlib.import_module("configs.cifar10_pso").get_config()
-  config.update_from_flattened_dict(accelerator_check.cifar_fields("vgg_small", smoke))
+  cifar10_pso = importlib.import_module("configs.cifar10_pso")
+  config = cifar10_pso.get_config("vgg_small")
+  config.update_from_flattened_dict(accelerator_check.cifar_fields(smoke))
   config_check.validate(config)
   assert config.model.name == "vgg_small" and config.data.source == "synthetic"
+  assert config.optimizer.learning_rate == cifar10_pso.LEARNING_RATES["vgg_small"]
 
 
 @pytest.mark.parametrize("smoke", [True, False])
