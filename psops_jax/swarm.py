@@ -371,13 +371,31 @@ def device_sync(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index, 
   return Swarm(*swarm), metrics
 
 
+def communicate(parts: RoundParts, sync_state):
+  """The strategy's collective of the last sync's payload (`SyncStrategy.communicate`), issued in
+  the same program as the round's local steps: nothing in the steps waits for it, so XLA runs it
+  behind them (docs/DESIGN.md: XLA:CPU overlaps it with gloo too)."""
+  if parts.strategy.communicate is None:
+    return sync_state
+  return over_local(parts.strategy.communicate)(sync_state)
+
+
 def device_round(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index):
-  """A whole round on one device: the local steps, then the sync."""
+  """A whole round on one device: the local steps (beside the last sync's collective, for a
+  strategy that overlaps it), then the sync."""
   period = parts.cfg.period
+  sync_state = communicate(parts, swarm.sync_state)
   *state, losses = device_steps(
     parts, swarm.params, swarm.batch_stats, swarm.opt_state, data, round_index * period, period
   )
-  return device_sync(parts, Swarm(*state, swarm.sync_state), data, round_index, losses)
+  return device_sync(parts, Swarm(*state, sync_state), data, round_index, losses)
+
+
+def device_first_steps(parts, params, batch_stats, opt_state, sync_state, data, first_step, count):
+  """The first call of a round in several calls: its steps, beside `communicate`."""
+  sync_state = communicate(parts, sync_state)
+  *state, losses = device_steps(parts, params, batch_stats, opt_state, data, first_step, count)
+  return (*state, sync_state, losses)
 
 
 def make_round(
@@ -432,20 +450,39 @@ def make_round(
     ),
     donate_argnums=0,
   )
-  round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk)
-  round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk)
+  first_fn = None
+  if strategy.communicate is not None:
+    first_fn = jax.jit(
+      on_mesh(
+        functools.partial(device_first_steps, parts, count=chunk),
+        in_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
+        out_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(None, AXIS)),
+      ),
+      donate_argnums=(0, 1, 2, 3),
+    )
+  round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk, first_fn)
+  round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk, first_fn)
   return round_fn
 
 
-def chain_calls(steps_fn, sync_fn, period: int, chunk: int):
-  """A round made of period / chunk calls of `steps_fn` and one of `sync_fn` (see make_round)."""
+def chain_calls(steps_fn, sync_fn, period: int, chunk: int, first_fn=None):
+  """A round made of period / chunk calls of `steps_fn` (the first one `first_fn`, when the
+  strategy overlaps a collective with the steps) and one of `sync_fn` (see make_round)."""
 
   def round_fn(swarm: Swarm, data: DeviceData, round_index):
-    state, losses = (swarm.params, swarm.batch_stats, swarm.opt_state), []
+    state, sync_state, losses = (
+      (swarm.params, swarm.batch_stats, swarm.opt_state),
+      swarm.sync_state,
+      [],
+    )
     for c in range(period // chunk):
-      *state, chunk_losses = steps_fn(*state, data, jnp.int32(round_index * period + c * chunk))
+      first_step = jnp.int32(round_index * period + c * chunk)
+      if c == 0 and first_fn is not None:
+        *state, sync_state, chunk_losses = first_fn(*state, sync_state, data, first_step)
+      else:
+        *state, chunk_losses = steps_fn(*state, data, first_step)
       losses.append(chunk_losses)
-    return sync_fn(Swarm(*state, swarm.sync_state), data, round_index, jnp.concatenate(losses))
+    return sync_fn(Swarm(*state, sync_state), data, round_index, jnp.concatenate(losses))
 
   return round_fn
 
@@ -454,17 +491,19 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   """`round_fn` of make_round compiled ahead of time for these arguments (same call signature)."""
   if not hasattr(round_fn, "chunked"):
     return round_fn.lower(swarm, data, jnp.int32(0)).compile()
-  steps_fn, sync_fn, period, chunk = round_fn.chunked
+  steps_fn, sync_fn, period, chunk, first_fn = round_fn.chunked
   num_particles = jax.tree.leaves(swarm.params)[0].shape[0]
   sharding = jax.tree.leaves(swarm.params)[0].sharding
   losses = jax.ShapeDtypeStruct(
     (period, num_particles), jnp.float32, sharding=NamedSharding(sharding.mesh, P(None, AXIS))
   )
-  steps_c = steps_fn.lower(
-    swarm.params, swarm.batch_stats, swarm.opt_state, data, jnp.int32(0)
-  ).compile()
+  variables = (swarm.params, swarm.batch_stats, swarm.opt_state)
+  steps_c = steps_fn.lower(*variables, data, jnp.int32(0)).compile()
   sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses).compile()
-  return chain_calls(steps_c, sync_c, period, chunk)
+  first_c = None
+  if first_fn is not None:
+    first_c = first_fn.lower(*variables, swarm.sync_state, data, jnp.int32(0)).compile()
+  return chain_calls(steps_c, sync_c, period, chunk, first_c)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -352,12 +352,15 @@ def shared_start(n, seed):
 
 
 def run_syncs(run, strategy, start, drifts, seed=0):
-  """init at `start`; then per round: local drift, sync (random fitnesses). Returns the params after
-  each sync and the last state."""
+  """init at `start`; then per round: the strategy's `communicate` (as the round issues it beside
+  its local steps), local drift, sync (random fitnesses). Returns the params after each sync and
+  the last state."""
   state = run_vmap(strategy.init, start, in_axes=(0,))
   rng = np.random.RandomState(seed)
   x, history = start, []
   for r, drift in enumerate(drifts):
+    if strategy.communicate is not None:
+      state = run(strategy.communicate, state, in_axes=(0,))
     x = jax.tree.map(lambda a, d: a + d, x, drift)
     fitness = jnp.asarray(rng.uniform(size=len(drift["b"])), jnp.float32)
     x, state = run(strategy.sync, x, state, fitness, jax.random.key(r), in_axes=(0, 0, 0, None))

@@ -74,6 +74,10 @@ class SyncStrategy(NamedTuple):
   shared_init: bool = False  # the particles must start from the same weights
   # num_particles -> None; raises errors.BadArgument when the strategy cannot run on that many
   check: Callable[[int], None] = any_number_of_particles
+  # state -> state: the collective of the last sync's payload, which the round issues beside its
+  # next local steps so that it runs behind them (streaming with a delay); None: the sync does all
+  # of its collectives itself
+  communicate: Callable[[PyTree], PyTree] | None = None
 
 
 def make_strategy(

@@ -23,13 +23,16 @@ class StreamingState(NamedTuple):
   fragments of c values: `center` theta (F c), `opt_state` the outer optimizer's state of each
   fragment stacked on a leading axis of F, `residual` the particle's error feedback (F c, or ()),
   `pending` the aggregated pseudo-gradients still on the wire (delay x c, or ()), `count` the syncs
-  done so far."""
+  done so far; with a delay, `outgoing` (c) and `outgoing_fitness` are what this particle sent at
+  the last sync, all-reduced by `communicate` during the next round's local steps (else ())."""
 
   center: jax.Array
   opt_state: PyTree
   residual: PyTree
   pending: PyTree
   count: jax.Array
+  outgoing: PyTree = ()
+  outgoing_fitness: PyTree = ()
 
 
 def fragment_size(count: int, fragments: int) -> int:
@@ -83,16 +86,18 @@ def init_state(s: StreamingParts, params) -> StreamingState:
     residual=jnp.zeros_like(center) if s.compressor.error_feedback else (),
     pending=jnp.zeros((s.delay, c), center.dtype) if s.delay else (),
     count=jnp.zeros((), jnp.int32),
+    outgoing=jnp.zeros((c,), center.dtype) if s.delay else (),
+    outgoing_fitness=jnp.zeros((), jnp.float32) if s.delay else (),
   )
 
 
-def sent_update(s: StreamingParts, x, state: StreamingState, c, fitness):
-  """(u_k, residual): the aggregated pseudo-gradient of this sync's fragment f = k mod F."""
-  combine = lambda v: s.aggregate(v, fitness, s.axis_name)
+def local_payload(s: StreamingParts, x, state: StreamingState, c):
+  """(what this particle sends for fragment f = k mod F, its new residual): the fragment of its
+  weights (compressor none), or its compressed pseudo-gradient theta_f - x_f + e_f."""
   sent = state.count % s.fragments
   fragment = lambda v: lax.dynamic_slice(v, (sent * c,), (c,))
   if s.compressor.name == "none":
-    return fragment(state.center) - combine(fragment(x)), state.residual
+    return fragment(x), state.residual
   pseudo = fragment(state.center) - fragment(x)
   if s.compressor.error_feedback:
     pseudo = pseudo + fragment(state.residual)
@@ -100,7 +105,24 @@ def sent_update(s: StreamingParts, x, state: StreamingState, c, fitness):
   residual = state.residual
   if s.compressor.error_feedback:
     residual = lax.dynamic_update_slice(residual, pseudo - received, (sent * c,))
-  return combine(received), residual
+  return received, residual
+
+
+def aggregated_update(s: StreamingParts, payload, theta_f, fitness):
+  """u: theta_f - A(payload) (the weights' fragments) or A(payload) (pseudo-gradients): the
+  collective of a sync."""
+  aggregated = s.aggregate(payload, fitness, s.axis_name)
+  return theta_f - aggregated if s.compressor.name == "none" else aggregated
+
+
+def communicate(s: StreamingParts, state: StreamingState) -> StreamingState:
+  """The all-reduce of the last sync's payload (fragment (k - 1) mod F, whose theta no update has
+  changed since), into the last slot of `pending`. The round runs it beside its local steps."""
+  c = state.outgoing.shape[0]
+  f = (state.count - 1) % s.fragments
+  theta_f = lax.dynamic_slice(state.center, (f * c,), (c,))
+  u = aggregated_update(s, state.outgoing, theta_f, state.outgoing_fitness)
+  return state._replace(pending=state.pending.at[-1].set(u))
 
 
 def landed_update(s: StreamingParts, theta, u, opt_state, landed, active):
@@ -117,15 +139,20 @@ def landed_update(s: StreamingParts, theta, u, opt_state, landed, active):
 
 
 def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fitness, key):
-  """Send fragment k mod F, land the update sent d syncs ago, mix it into the local weights."""
+  """Send fragment k mod F, land the update sent d syncs ago, mix it into the local weights.
+
+  delay 0: the update is aggregated here and lands at once. delay d > 0: this sync only prepares
+  the payload (`outgoing`); `communicate` all-reduces it during the next round, so that `pending`
+  holds u_{k-d} .. u_{k-1} at sync k, and u_{k-d} lands."""
   stats = s.aggregate(stats, fitness, s.axis_name)
   x, unravel, c = padded(s, params)
-  u, residual = sent_update(s, x, state, c, fitness)
+  payload, residual = local_payload(s, x, state, c)
   if s.delay:
-    queue = jnp.concatenate([state.pending, u[None]])
-    u, pending = queue[0], queue[1:]
+    u, pending = state.pending[0], jnp.concatenate([state.pending[1:], jnp.zeros_like(state.pending[:1])])
   else:
-    pending = ()
+    sent = state.count % s.fragments
+    theta_sent = lax.dynamic_slice(state.center, (sent * c,), (c,))
+    u, pending = aggregated_update(s, payload, theta_sent, fitness), ()
   landed = (state.count - s.delay) % s.fragments  # the fragment whose update arrives now
   active = state.count >= s.delay  # nothing has arrived during the first d syncs
   theta = lax.dynamic_slice(state.center, (landed * c,), (c,))
@@ -136,7 +163,12 @@ def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fit
   x = lax.dynamic_update_slice(x, mixed, (landed * c,))
   received = iter(unravel(x[: float_count(params)]))
   params = map_floats(lambda a: next(received), params)
-  return params, stats, StreamingState(center, opt_state, residual, pending, state.count + 1)
+  outgoing = (payload, jnp.asarray(fitness, jnp.float32)) if s.delay else ((), ())
+  return (
+    params,
+    stats,
+    StreamingState(center, opt_state, residual, pending, state.count + 1, *outgoing),
+  )
 
 
 def bytes_per_round(s: StreamingParts, params, period, opt_state=None) -> int:
@@ -166,7 +198,10 @@ def streaming(
       at sync k + d:  theta_f := theta_f + opt_f.update(u_k)     (the fragment's own outer state;
                       x_f     := theta_f + a (x_f - theta_f)      optimizer None: theta_f - u_k)
 
-  u_k travels while the particles run d more rounds (tau = d x period local steps); then fragment f
+  u_k travels while the particles run d more rounds (tau = d x period local steps): with d > 0 its
+  all-reduce is issued in the next round's program, beside the local steps (`communicate`), so that
+  XLA runs it behind them (also on CPU with gloo: docs/DESIGN.md); it must end with that program,
+  so it hides behind one round of compute at most (the clock's `hidden_rounds`). Then fragment f
   of each particle is mixed with the new theta_f: a = 0 takes theta_f, a = 1 keeps the local
   weights. The other fragments train on locally. F = 1, d = 0, a = 0 is `outer` with the same
   parts (DiLoCo with the Nesterov optimizer); 0 <= d < F, so a fragment's update lands before it is
@@ -185,8 +220,10 @@ def streaming(
     identity,
     bind(bytes_per_round),
     export=export_mean(axis_name),
-    collective=Collective(aggregate.collective, hidden_rounds=delay),
+    # the collective runs behind the next round's steps, and must end with that round's program
+    collective=Collective(aggregate.collective, hidden_rounds=min(delay, 1)),
     reads_fitness=aggregate.reads_fitness,
     shared_init=True,
     check=aggregate.check,
+    communicate=bind(communicate) if delay else None,
   )
