@@ -22,6 +22,7 @@ STUDY_CONFIGS = (
   "study_pso_variants",
   "study_robustness",
 )
+LINK_STUDY_CONFIGS = ("study_link",)  # multi-process cells over shaped links: test_shaped_link.py
 
 
 def test_every_config_file_is_tested_here():
@@ -30,7 +31,7 @@ def test_every_config_file_is_tested_here():
     for f in os.listdir(os.path.join(REPO, "configs"))
     if f.endswith(".py") and f != "__init__.py"
   }
-  assert names == set(RUN_CONFIGS) | set(STUDY_CONFIGS)
+  assert names == set(RUN_CONFIGS) | set(STUDY_CONFIGS) | set(LINK_STUDY_CONFIGS)
 
 
 def toy(config, data_dir, rounds=2):

@@ -105,3 +105,47 @@ def test_a_run_over_a_shaped_link_records_the_link_and_leaves_no_namespace(tmp_p
   assert link["allreduce_seconds"] > link["payload_bytes"] / 12.5e6
   assert link["fixed_seconds"] < link["allreduce_seconds"]
   assert "psops" not in namespaces()
+
+
+def link_study_config():
+  from studies import study as study_lib
+
+  return study_lib.load_study(os.path.join(REPO, "configs", "study_link.py"))
+
+
+def test_every_cell_of_the_link_study_is_a_valid_config():
+  from configs import digits_pso
+  from psops_jax import config_check
+
+  study = link_study_config()
+  names = set()
+  for name, rate, variant, seed, overrides in link_study.cells(study):
+    config = digits_pso.get_config()
+    config.update_from_flattened_dict(overrides)
+    config_check.validate(config)
+    names.add(name)
+  assert len(names) == len(study.rates) * len(study.variants) * len(study.seeds)
+  assert study.calibration in study.variants
+
+
+@pytest.mark.slow
+def test_the_link_study_runs_at_toy_size_and_reports(tmp_path):
+  """configs/study_link.py cut to one rate, its calibration and streaming, 2 rounds of 2 steps."""
+  reason = can_shape()
+  if reason:
+    pytest.skip(reason)
+  study = link_study_config()
+  study["rates"] = study.rates[1:2]
+  study["variants"] = {k: study.variants[k] for k in (study.calibration, "streaming")}
+  study["overrides"] = dict(study.overrides, **{"train.rounds": 2, "sync.period": 2})
+  study["overrides"].update({"train.eval_every": 1, "train.batch_size": 16})
+  study["targets"] = (0.0, 0.2)
+  link_study.run_cells(study, str(tmp_path))
+  text = link_study.report(study, str(tmp_path))
+  rows = json.loads((tmp_path / "results.json").read_text())
+  assert [r["variant"] for r in rows] == [study.calibration, "streaming"]
+  assert all(r["finished"] for r in rows) and "| streaming |" in text
+  calibration = rows[0]  # no communication: its projection is its own compute
+  assert calibration["projected_total"] == pytest.approx(calibration["train_seconds"])
+  assert rows[1]["measured_r"] > 0 and (tmp_path / "measured_vs_projected.png").exists()
+  assert "psops" not in namespaces()
