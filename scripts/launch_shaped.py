@@ -70,10 +70,12 @@ def run(*command: str) -> None:
   subprocess.run(command, check=True, capture_output=True, text=True)
 
 
-def shape_namespace(name: str, rate: str, burst: str, limit: str) -> None:
-  """A namespace `name` whose loopback is up, at MTU 1500, behind tbf(rate, burst, limit)."""
+def shape_namespace(name: str, rate: str, burst: str, limit: str, slow_start: int = 1) -> None:
+  """A namespace `name` whose loopback is up, at MTU 1500, behind tbf(rate, burst, limit), with
+  TCP's slow start after an idle connection on (1, Linux's default) or off (0)."""
   run("ip", "netns", "add", name)
   inside = ("ip", "netns", "exec", name)
+  run(*inside, "sysctl", "-q", "-w", f"net.ipv4.tcp_slow_start_after_idle={slow_start}")
   run(*inside, "ip", "link", "set", "lo", "mtu", str(MTU), "up")
   tbf = ("tbf", "rate", rate, "burst", burst, "limit", limit)
   run(*inside, "tc", "qdisc", "add", "dev", "lo", "root", *tbf)
@@ -102,6 +104,13 @@ def parse_args(argv):
     type=matching(SIZE, "a size such as 1mb"),
     help="bytes that may wait in the queue; default 1mb",
   )
+  parser.add_argument(
+    "--slow-start-after-idle",
+    type=int,
+    choices=(0, 1),
+    default=1,
+    help="TCP's congestion window restarts after an idle connection (Linux's default 1); 0: off",
+  )
   parser.add_argument("launch_args", nargs=argparse.REMAINDER)
   args = parser.parse_args(argv)
   if args.launch_args[:1] == ["--"]:
@@ -120,11 +129,12 @@ def main(argv=None) -> int:
     fail(reason)
   name = f"psops{os.getpid()}"
   link = {"rate": args.rate, "burst": args.burst, "limit": args.limit, "mtu": MTU}
+  link["slow_start_after_idle"] = args.slow_start_after_idle
   env = dict(os.environ, PSOPS_LINK=json.dumps(link))
   command = ["ip", "netns", "exec", name, sys.executable, LAUNCH_LOCAL, *args.launch_args]
   previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    shape_namespace(name, args.rate, args.burst, args.limit)
+    shape_namespace(name, args.rate, args.burst, args.limit, args.slow_start_after_idle)
     job = subprocess.Popen(command, env=env)
     forward = lambda signum, frame: job.send_signal(signum)
     for s in previous:
