@@ -9,8 +9,9 @@ local steps, every method at the digits config's SGD rate (0.05, momentum 0.9; n
 DiLoCo variants at outer learning rate 0.35 (below). The
 rates were chosen so that the measured r is about 8, 1 and 0.1 on a 2-core Intel Xeon (t_step
 about 38 ms; at 10gbit the fixed cost of a gloo call and the namespace's MTU of 1500 bound the
-all-reduce to about 5 ms). `none` (no communication) is each link's compute calibration: its seconds per step
-are the t_step of the projection. Needs root (network namespaces); about 15 minutes.
+all-reduce to about 5 ms). `none` (no communication) is each link's compute calibration: its
+seconds per step are the t_step of the projection. Needs root (network namespaces); about 15
+minutes.
 """
 
 # DiLoCo's outer learning rate: its default 0.7 (Nesterov 0.9) diverges here (all 4 particles by

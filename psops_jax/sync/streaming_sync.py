@@ -148,7 +148,8 @@ def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fit
   x, unravel, c = padded(s, params)
   payload, residual = local_payload(s, x, state, c)
   if s.delay:
-    u, pending = state.pending[0], jnp.concatenate([state.pending[1:], jnp.zeros_like(state.pending[:1])])
+    u = state.pending[0]  # u_{k-d}; the last slot waits for this sync's update (communicate)
+    pending = jnp.concatenate([state.pending[1:], jnp.zeros_like(state.pending[:1])])
   else:
     sent = state.count % s.fragments
     theta_sent = lax.dynamic_slice(state.center, (sent * c,), (c,))
