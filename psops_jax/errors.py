@@ -15,6 +15,7 @@ EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1  # a bug: the traceback, then INTERNAL_ERROR
 EXIT_BAD_INPUT = 2  # a flag, a config field or file, the data, the workdir: a short message
 EXIT_DIVERGED = 3  # every particle's loss became NaN or inf
+EXIT_WORKER_LOST = 69  # EX_UNAVAILABLE: another process of the run died; rerun to resume
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM; the checkpoint is written, rerun to resume
 
 # (exit code, meaning): the table of docs/usage.md and train.py's docstring
@@ -23,6 +24,11 @@ EXIT_CODES = (
   (EXIT_INTERNAL_ERROR, "an internal error (a bug): its traceback, then a line that says so"),
   (EXIT_BAD_INPUT, "bad input: a flag, a config field or file, the data, the workdir"),
   (EXIT_DIVERGED, "every particle diverged (loss NaN or inf)"),
+  (
+    EXIT_WORKER_LOST,
+    "a process of a multi-process run was lost (killed, its host gone): every other process "
+    "names it, the round and the checkpoint a rerun resumes from",
+  ),
   (EXIT_PREEMPTED, "preempted by SIGTERM: the checkpoint is written, rerun to resume"),
 )
 
@@ -72,6 +78,26 @@ class Preempted(RunStopped):
       "rerun the same command to resume"
     )
     self.rounds_done = rounds_done
+
+
+class WorkerLost(RunStopped):
+  """Processes `lost` of a multi-process run stopped answering at round `rounds_done`; `checkpoint`
+  is the newest complete checkpoint's round (None: none yet), in `directory`."""
+
+  exit_code = EXIT_WORKER_LOST
+
+  def __init__(self, lost: list, rounds_done: int, checkpoint: int | None, directory: str | None):
+    names = ("process " if len(lost) == 1 else "processes ") + ", ".join(str(i) for i in lost)
+    resume = (
+      f"resume from the checkpoint after round {checkpoint} in {directory}"
+      if checkpoint is not None
+      else "start from round 0 (no checkpoint yet)"
+    )
+    super().__init__(
+      f"lost {names} of this multi-process run at round {rounds_done} (its heartbeats "
+      f"stopped: killed, or its host is gone); rerun the same command to {resume}"
+    )
+    self.lost, self.rounds_done, self.checkpoint = lost, rounds_done, checkpoint
 
 
 def require(ok: bool, argument: str, value, accepted: str) -> None:

@@ -25,6 +25,7 @@ def test_the_documented_exit_codes_are_the_librarys():
   assert set(documented_exit_codes()) == {code for code, _ in errors.EXIT_CODES}
   assert errors.Diverged("x").exit_code == errors.EXIT_DIVERGED == 3
   assert errors.Preempted(4, "d").exit_code == errors.EXIT_PREEMPTED == 75
+  assert errors.WorkerLost([1], 14, 10, "d").exit_code == errors.EXIT_WORKER_LOST == 69
 
 
 def test_a_plain_value_error_of_the_library_is_not_bad_input():
