@@ -12,12 +12,15 @@ Multi-host (JAX's multi-controller runtime): one process per host, each started 
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 or --distributed to let jax.distributed.initialize() read a cluster's environment (SLURM, TPU pod).
 On CPU, processes talk over gloo. scripts/launch_local.py starts N such processes on this machine.
+When a process of such a run dies, every other one exits within about 15 s (exit code 69) with one
+line that names the lost process, the round and the checkpoint a rerun resumes from.
 
 Exit codes (psops_jax/errors.py, the one place for them): 0 done; 2 bad input: a flag, a config
 field or file, the data, the workdir (or another live run on it), with a short message that names it
-and no traceback; 3 all particles diverged; 75 preempted by SIGTERM (checkpoint written: rerun to
-resume); 1 an internal error (a bug): its traceback, then a line that says so. Only an exception the
-library raises as errors.BadInput is reported as bad input.
+and no traceback; 3 all particles diverged; 69 another process of a multi-process run was lost
+(rerun to resume from the checkpoint it names); 75 preempted by SIGTERM (checkpoint written: rerun
+to resume); 1 an internal error (a bug): its traceback, then a line that says so. Only an exception
+the library raises as errors.BadInput is reported as bad input.
 """
 
 import contextlib
@@ -206,8 +209,11 @@ def check_distributed_flags() -> None:
 
 
 def initialize_distributed() -> None:
-  """jax.distributed.initialize from the flags (CPU collectives over gloo), if asked."""
+  """jax.distributed from the flags (CPU collectives over gloo), if asked, with the watchdog that
+  ends every process of the run when one is lost (psops_jax/peers.py)."""
   import jax
+
+  from psops_jax import peers
 
   explicit = _COORDINATOR.value is not None
   if not (explicit or _DISTRIBUTED.value):
@@ -215,13 +221,13 @@ def initialize_distributed() -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     if explicit:
-      jax.distributed.initialize(
+      peers.initialize(
         coordinator_address=_COORDINATOR.value,
         num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value,
       )
     else:
-      jax.distributed.initialize()
+      peers.initialize()
   except (ValueError, RuntimeError) as e:  # no cluster environment, coordinator unreachable
     flag = "--coordinator_address" if explicit else "--distributed"
     fail(f"{flag}: jax.distributed.initialize() failed: {str(e).strip().splitlines()[0]}")
@@ -277,6 +283,10 @@ def main(argv):
     print(f"psops_jax: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
   except Exception as e:
+    from psops_jax import peers
+
+    if peers.is_lost_peer_error(e):  # another process is gone: its watchdog names it and exits
+      peers.await_verdict()
     message = bad_input_message(e, _WORKDIR.value)
     if message is None:
       raise
@@ -303,6 +313,16 @@ def run() -> None:
     traceback.print_exc()
     print(errors.INTERNAL_ERROR, file=sys.stderr)
     sys.exit(errors.EXIT_INTERNAL_ERROR)
+  finally:
+    leave_together()
+
+
+def leave_together() -> None:
+  """Every exit of a multi-process run: the processes leave together, process 0 (the coordination
+  service) last (psops_jax/peers.py). Nothing when JAX never started (no import of it here)."""
+  peers = sys.modules.get("psops_jax.peers")
+  if peers is not None:
+    peers.leave()
 
 
 if __name__ == "__main__":

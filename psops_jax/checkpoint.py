@@ -129,6 +129,17 @@ def check_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
     )
 
 
+def newest_complete(directory: str) -> int | None:
+  """The round of the newest complete checkpoint in `directory` (orbax renames a checkpoint to its
+  round only once every process has written it), read from the disk alone: no collective, so it
+  answers after a process of the run is lost. None when there is none."""
+  try:
+    rounds = [int(name) for name in os.listdir(directory) if name.isdigit()]
+  except OSError:
+    return None
+  return max(rounds, default=None)
+
+
 class Checkpointer:
   """Save and restore the swarm in `workdir/checkpoints`, the last `keep` kept."""
 

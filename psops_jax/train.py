@@ -36,7 +36,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import config_check, errors
+from psops_jax import config_check, errors, peers
 from psops_jax import link as link_lib
 from psops_jax import run as run_lib
 from psops_jax import swarm as swarm_lib
@@ -458,6 +458,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   run = run_lib.build_run(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   progress = restore_or_start(run, checkpointer, workdir, is_main)
+  peers.follow(lambda: (progress.rounds_done, checkpointer.directory))  # for a lost process's line
   start = progress.rounds_done
   t0 = time.perf_counter()
   compiled = run_lib.compile_run(run, progress.swarm)
