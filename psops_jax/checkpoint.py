@@ -36,6 +36,12 @@ RESUMABLE_FIELDS = (
   "train.allow_config_change",
   "train.max_unroll",
 )
+# Fields of the layout, where the particles run rather than what they compute: they may change too,
+# so that a job that lost a host resumes on fewer devices (any processes x devices holding the same
+# particles). The numbers stay bit for bit those of an uninterrupted run where the sync sums nothing
+# over particles (none, pso); a sum over particles (average, ...) may change order, hence its last
+# bits (docs/usage.md, "Checkpoints and resume").
+LAYOUT_FIELDS = ("num_devices",)
 
 
 CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written since it existed
@@ -101,12 +107,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-  """`field: saved -> current` for every field that differs, RESUMABLE_FIELDS aside."""
+  """`field: saved -> current` for every field that differs, RESUMABLE_FIELDS and LAYOUT_FIELDS
+  aside."""
   a, b = flatten(saved), flatten(current)
   return [
     f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
     for k in sorted(set(a) | set(b))
-    if k not in RESUMABLE_FIELDS and a.get(k) != b.get(k)
+    if k not in RESUMABLE_FIELDS + LAYOUT_FIELDS and a.get(k) != b.get(k)
   ]
 
 
