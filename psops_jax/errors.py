@@ -95,7 +95,7 @@ class WorkerLost(RunStopped):
     )
     super().__init__(
       f"lost {names} of this multi-process run at round {rounds_done} (its heartbeats "
-      f"stopped: killed, or its host is gone); rerun the same command to {resume}"
+      f"stopped: killed, hung, or its host is gone); rerun the same command to {resume}"
     )
     self.lost, self.rounds_done, self.checkpoint = lost, rounds_done, checkpoint
 

@@ -130,7 +130,7 @@ def wait_all(procs: list, deadline: float | None) -> list[int]:
     if failed and first_failure is None:
       first_failure = now
       i = failed[0]
-      say(f"process {i} {describe(procs[i].returncode)}; the others stop on their own")
+      say(f"process {i} {describe(procs[i].returncode)}; the others get {GRACE_S:.0f}s to stop")
     if first_failure is not None and now - first_failure > GRACE_S:
       for i, p in enumerate(procs):
         if p.poll() is None:
