@@ -92,12 +92,12 @@ class Watchdog:
         live = set(self.client.get_live_nodes(self.everyone))
       except jax.errors.JaxRuntimeError:  # the service itself is gone, i.e. process 0
         live = set(self.everyone) - {0}
-      if self.leaving.is_set():
-        if self.index != 0 or live == {0}:  # process 0 returns once every other has left
-          return
-      elif len(live) < len(self.everyone):
-        self.lost(sorted(set(self.everyone) - live))
-      time.sleep(CHECK_EVERY_S)
+      if not self.leaving.is_set():
+        if len(live) < len(self.everyone):
+          self.lost(sorted(set(self.everyone) - live))
+        time.sleep(CHECK_EVERY_S)
+      elif self.index != 0 or live == {0}:  # process 0 returns once every other has left
+        return
 
   def lost(self, ids: list) -> None:
     """Print the WorkerLost line, wait (briefly) for the other survivors to print theirs, exit.
