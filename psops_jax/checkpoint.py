@@ -136,6 +136,11 @@ def check_config(workdir: str, config_dict: dict, allow_change: bool) -> None:
     )
 
 
+def directory_of(workdir: str) -> str:
+  """Where the checkpoints of `workdir` are."""
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
 def newest_complete(directory: str) -> int | None:
   """The round of the newest complete checkpoint in `directory` (orbax renames a checkpoint to its
   round only once every process has written it), read from the disk alone: no collective, so it
@@ -151,7 +156,7 @@ class Checkpointer:
   """Save and restore the swarm in `workdir/checkpoints`, the last `keep` kept."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = directory_of(workdir)
     self.manager = ocp.CheckpointManager(
       self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     )

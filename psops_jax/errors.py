@@ -81,20 +81,24 @@ class Preempted(RunStopped):
 
 
 class WorkerLost(RunStopped):
-  """Processes `lost` of a multi-process run stopped answering at round `rounds_done`; `checkpoint`
-  is the newest complete checkpoint's round (None: none yet), in `directory`."""
+  """Processes `lost` of a multi-process run stopped answering at round `rounds_done` (None: before
+  the first round); `checkpoint` is the newest complete checkpoint's round (None: none yet), in
+  `directory`."""
 
   exit_code = EXIT_WORKER_LOST
 
-  def __init__(self, lost: list, rounds_done: int, checkpoint: int | None, directory: str | None):
+  def __init__(
+    self, lost: list, rounds_done: int | None, checkpoint: int | None, directory: str | None
+  ):
     names = ("process " if len(lost) == 1 else "processes ") + ", ".join(str(i) for i in lost)
+    when = "before its first round" if rounds_done is None else f"at round {rounds_done}"
     resume = (
       f"resume from the checkpoint after round {checkpoint} in {directory}"
       if checkpoint is not None
       else "start from round 0 (no checkpoint yet)"
     )
     super().__init__(
-      f"lost {names} of this multi-process run at round {rounds_done} (its heartbeats "
+      f"lost {names} of this multi-process run {when} (its heartbeats "
       f"stopped: killed, hung, or its host is gone); rerun the same command to {resume}"
     )
     self.lost, self.rounds_done, self.checkpoint = lost, rounds_done, checkpoint

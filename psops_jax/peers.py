@@ -83,7 +83,7 @@ class Watchdog:
   def __init__(self, client, index: int, count: int):
     self.client, self.index, self.everyone = client, index, list(range(count))
     self.leaving = threading.Event()
-    self.status = lambda: (0, None)  # (rounds done, checkpoint directory): set by `follow`
+    self.status = lambda: (None, None)  # (rounds done, checkpoints): set by `follow`
     self.thread = threading.Thread(target=self.run, name="psops_jax.peers", daemon=True)
 
   def run(self) -> None:
@@ -132,7 +132,8 @@ _watchdog: Watchdog | None = None
 
 
 def follow(status) -> None:
-  """Let the lost-worker line say where the run is: `status()` -> (rounds done, checkpoints)."""
+  """Let the lost-worker line say where the run is: `status()` -> (rounds done, or None before
+  the first round; the checkpoints' directory, or None)."""
   if _watchdog is not None:
     _watchdog.status = status
 

@@ -450,6 +450,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   """train_and_evaluate, once the workdir's lock is held: build the run, restore or start it,
   compile, train the rounds, evaluate and write the summary."""
   is_main = jax.process_index() == 0
+  peers.follow(lambda: (None, checkpoint_lib.directory_of(workdir)))  # for a lost process's line
   note = accelerator_note(jax.default_backend())
   if note and is_main:
     print(note, flush=True)
@@ -458,7 +459,7 @@ def train_in_locked_workdir(config, workdir: str) -> dict:
   run = run_lib.build_run(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   progress = restore_or_start(run, checkpointer, workdir, is_main)
-  peers.follow(lambda: (progress.rounds_done, checkpointer.directory))  # for a lost process's line
+  peers.follow(lambda: (progress.rounds_done, checkpointer.directory))
   start = progress.rounds_done
   t0 = time.perf_counter()
   compiled = run_lib.compile_run(run, progress.swarm)
