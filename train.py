@@ -211,13 +211,13 @@ def check_distributed_flags() -> None:
 def initialize_distributed() -> None:
   """jax.distributed from the flags (CPU collectives over gloo), if asked, with the watchdog that
   ends every process of the run when one is lost (psops_jax/peers.py)."""
+  explicit = _COORDINATOR.value is not None
+  if not (explicit or _DISTRIBUTED.value):
+    return
   import jax
 
   from psops_jax import peers
 
-  explicit = _COORDINATOR.value is not None
-  if not (explicit or _DISTRIBUTED.value):
-    return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     if explicit:
