@@ -99,7 +99,13 @@ def test_a_run_over_a_shaped_link_records_the_link_and_leaves_no_namespace(tmp_p
   )
   assert done.returncode == 0, done.stderr[-3000:]
   link = json.loads((workdir / "summary.json").read_text())["link"]
-  assert link["shaped"] == {"rate": "100mbit", "burst": "64kb", "limit": "1mb", "mtu": 1500}
+  assert link["shaped"] == {
+    "rate": "100mbit",
+    "burst": "64kb",
+    "limit": "1mb",
+    "mtu": 1500,
+    "slow_start_after_idle": 1,
+  }
   assert link["processes"] == 2 and link["payload_bytes"] > 100_000  # the MLP's weights
   # 100 Mbit/s is 12.5 MB/s: an all-reduce of the weights cannot beat the wire
   assert link["allreduce_seconds"] > link["payload_bytes"] / 12.5e6
