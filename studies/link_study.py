@@ -75,13 +75,16 @@ def run_cells(study, out: str) -> None:
     if study_lib.is_finished(workdir):
       continue
     print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
-    t0 = time.time()
+    t0, load_at_start = time.time(), os.getloadavg()[0]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run(
       command(study, rate, workdir, overrides), cwd=REPO, env=env, capture_output=True, text=True
     )
     if done.returncode == 2 and "launch_shaped.py:" in done.stderr:
       raise study_lib.BadInput(done.stderr.strip().splitlines()[-1])
+    load = {"start": load_at_start, "end": os.getloadavg()[0]}  # the 1-minute load average
+    with open(os.path.join(workdir, "load.json"), "w") as f:
+      json.dump(load, f)
     last = (done.stdout.strip().splitlines() or [""])[-1]
     print(f"  exit {done.returncode}: {last[:120]} [{time.time() - t0:.0f}s wall]", flush=True)
 
@@ -125,6 +128,10 @@ def cell_row(study, out, name, rate, variant, seed, step_seconds) -> dict:
   row = {"cell": name, "rate": rate, "variant": variant, "seed": seed, "finished": bool(summary)}
   if not summary:
     return row
+  load_path = os.path.join(workdir, "load.json")
+  if os.path.exists(load_path):
+    with open(load_path) as f:
+      row["load"] = json.load(f)
   link = summary["link"]
   profile = measured_profile(link, step_seconds, summary["num_particles"])
   points = time_report.evaluations(workdir, summary)
@@ -185,16 +192,17 @@ def markdown(study, rows) -> str:
     f"2 processes x 2 devices over a shaped loopback, {len(study.seeds)} seed(s). Seconds of "
     "training (evaluations excluded) to the first evaluation at or above the target; projected: "
     "psops_jax/clock.py on the cell's measured link and the link's measured t_step. In bold: "
-    f"measured / projected off by more than {DISAGREE:.0%}.",
+    f"measured / projected off by more than {DISAGREE:.0%}. load: the machine's 1-minute load "
+    "average at the cell's start and end (2 cores: above 2, other work shared them).",
     "",
     "| rate | variant | measured r | t_allreduce (ms) | final acc. | train s | projected s "
     f"| ratio | to {study.targets[0]}: measured | projected | ratio | to {target}: measured "
-    "| projected | ratio |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| projected | ratio | load |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in rows:
     if not r["finished"]:
-      lines.append(f"| {r['rate']} | {r['variant']} | not finished |" + " |" * 11)
+      lines.append(f"| {r['rate']} | {r['variant']} | not finished |" + " |" * 12)
       continue
     cells = [r["rate"], r["variant"], fmt(r["measured_r"]), fmt(1e3 * r["allreduce_seconds"])]
     cells += [f"{r['final_test_accuracy']:.4f}", fmt(r["train_seconds"])]
@@ -202,6 +210,8 @@ def markdown(study, rows) -> str:
     for t in study.targets:
       measured, projected = r[f"measured_{t}"], r[f"projected_{t}"]
       cells += [fmt(measured), fmt(projected), ratio_text(measured, projected)]
+    load = r.get("load")
+    cells.append(f"{load['start']:.1f}-{load['end']:.1f}" if load else "—")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
