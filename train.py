@@ -33,7 +33,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psops_jax import errors  # no JAX in it: JAX starts after the flags set XLA_FLAGS
+# no JAX in them: JAX starts after the flags set XLA_FLAGS
+from psops_jax import errors
+from psops_jax import workdir as workdir_lib
 
 DEFAULT_CONFIG = "configs/digits_pso.py"
 # absl's reasons for a flag value it cannot parse, and what the message says instead
@@ -238,15 +240,13 @@ def bad_input_message(error: Exception, workdir: str) -> str | None:
   its checkpoints: the library raised errors.BadInput), or None for an internal error."""
   if isinstance(error, errors.BadInput):
     return str(error)
-  if isinstance(error, OSError) and error.filename and is_inside(str(error.filename), workdir):
+  if (
+    isinstance(error, OSError)
+    and error.filename
+    and workdir_lib.is_inside(str(error.filename), workdir)
+  ):
     return f"{error.filename}: {error.strerror} (in --workdir={workdir})"
   return None
-
-
-def is_inside(path: str, directory: str) -> bool:
-  """Whether `path` lies in `directory`."""
-  path, directory = os.path.abspath(path), os.path.abspath(directory)
-  return os.path.commonpath([path, directory]) == directory
 
 
 def main(argv):
@@ -261,10 +261,8 @@ def main(argv):
       "(created if missing), e.g. --workdir /tmp/digits_pso"
     )
   check_distributed_flags()
-  from psops_jax import workdir as workdir_lib  # no JAX: a bad workdir is refused before it starts
-
   try:
-    workdir_lib.prepare(_WORKDIR.value)
+    workdir_lib.prepare(_WORKDIR.value)  # no JAX yet: a bad workdir is refused before it starts
   except workdir_lib.WorkdirError as e:
     fail(str(e))
   logging.set_verbosity(logging.WARNING)
