@@ -315,11 +315,16 @@ def restore_or_start(run: run_lib.Run, checkpointer, workdir: str, is_main: bool
 
 def start_metrics_file(path: str, rounds_done: int) -> None:
   """metrics.jsonl with the lines of the rounds the checkpoint holds (those logged after it are
-  dropped: the resumed run logs them again)."""
+  dropped: the resumed run logs them again, and so is a last line without its newline, cut short
+  by a full disk)."""
   kept = []
   if rounds_done and os.path.exists(path):
     with open(path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["round"] <= rounds_done]
+      kept = [
+        line
+        for line in f
+        if line.endswith("\n") and line.strip() and json.loads(line)["round"] <= rounds_done
+      ]
   write_text_atomically(path, "".join(kept))
 
 

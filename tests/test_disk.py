@@ -111,6 +111,13 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   )
 
 
+def test_a_metrics_line_cut_short_by_a_full_disk_is_dropped_on_resume(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"round": 1}\n{"round": 2}\n{"round": 3, "train_lo')
+  train.start_metrics_file(str(path), rounds_done=3)
+  assert path.read_text() == '{"round": 1}\n{"round": 2}\n'
+
+
 def test_the_message_is_one_line_with_the_space_and_the_checkpoint():
   error = errors.WorkdirWriteError("/w", "No space left on device: metrics.jsonl", "12.0 KiB", 2)
   assert error.exit_code == errors.EXIT_WRITE_FAILED == 74
@@ -195,6 +202,7 @@ def test_a_full_disk_stops_the_run_and_a_rerun_with_space_resumes(small_disk):
   assert code == 0, err[-3000:]
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["resumed_from_round"] == latest and summary["rounds"] == 8
+  assert [json.loads(line)["round"] for line in open(workdir / "metrics.jsonl")] == [*range(1, 9)]
 
 
 def make_read_only(workdir, stage) -> str | None:
