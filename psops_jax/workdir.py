@@ -174,9 +174,14 @@ class Lock:
         file=sys.stderr,
         flush=True,
       )
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder_record()).encode(), 0)
-    os.fsync(fd)
+    try:
+      with naming(path):  # a full disk: train.py names the file (exit 2), the lock is let go
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder_record()).encode(), 0)
+        os.fsync(fd)
+    except OSError:
+      os.close(fd)
+      raise
     return cls(path, fd)
 
   def child_env(self) -> dict:

@@ -98,6 +98,21 @@ def test_naming_gives_a_buffered_writes_error_its_file():
   assert workdir_lib.write_failure(raised.value, "/w") == "No space left on device: metrics.jsonl"
 
 
+def test_a_lock_record_the_disk_refuses_names_the_lock_file_and_lets_go(tmp_path, monkeypatch):
+  """A disk full before the run starts: train.py's one line names run.lock (exit 2, as for any
+  workdir that cannot be used), and the lock is free again."""
+
+  def full(fd, data, offset):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(workdir_lib.os, "pwrite", full)
+    with pytest.raises(OSError) as raised:
+      workdir_lib.Lock.acquire(str(tmp_path))
+  assert raised.value.filename == str(tmp_path / workdir_lib.LOCK_NAME)
+  workdir_lib.Lock.acquire(str(tmp_path)).release()
+
+
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   def full(fd):
     raise OSError(errno.ENOSPC, "No space left on device")
