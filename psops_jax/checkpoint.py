@@ -51,8 +51,8 @@ CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written s
 DAMAGED_DIR = "checkpoints_damaged"
 PARTIAL = "*.orbax-checkpoint-tmp*"  # orbax's temporary directory of a save not yet complete
 # Seconds a save may take in a multi-process run, its writes and the barrier that ends it. A save
-# that fails in one process (a full disk) leaves the others waiting at orbax's barriers this long
-# (orbax's default: 20 minutes); then every process exits.
+# that fails in one process (a full disk) holds every process at orbax's barriers this long (each
+# waits at a different one; orbax's default: 20 minutes); then every process exits.
 MULTI_PROCESS_SAVE_TIMEOUT = 300
 
 
