@@ -18,12 +18,15 @@ line that names the lost process, the round and the checkpoint a rerun resumes f
 Exit codes (psops_jax/errors.py, the one place for them): 0 done; 2 bad input: a flag, a config
 field or file, the data, the workdir (or another live run on it), with a short message that names it
 and no traceback; 3 all particles diverged; 69 another process of a multi-process run was lost
-(rerun to resume from the checkpoint it names); 75 preempted by SIGTERM (checkpoint written: rerun
-to resume); 1 an internal error (a bug): its traceback, then a line that says so. Only an exception
-the library raises as errors.BadInput is reported as bad input.
+(rerun to resume from the checkpoint it names); 74 the workdir's disk refused a write (full, over
+quota, read-only: one line with the space left and the checkpoint a rerun resumes from, the partial
+one removed); 75 preempted by SIGTERM (checkpoint written: rerun to resume); 1 an internal error (a
+bug): its traceback, then a line that says so. Only an exception the library raises as
+errors.BadInput is reported as bad input.
 """
 
 import contextlib
+import logging as std_logging
 import os
 import re
 import sys
@@ -33,7 +36,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psops_jax import errors  # no JAX in it: JAX starts after the flags set XLA_FLAGS
+# no JAX in them: JAX starts after the flags set XLA_FLAGS
+from psops_jax import errors
+from psops_jax import workdir as workdir_lib
 
 DEFAULT_CONFIG = "configs/digits_pso.py"
 # absl's reasons for a flag value it cannot parse, and what the message says instead
@@ -238,15 +243,40 @@ def bad_input_message(error: Exception, workdir: str) -> str | None:
   its checkpoints: the library raised errors.BadInput), or None for an internal error."""
   if isinstance(error, errors.BadInput):
     return str(error)
-  if isinstance(error, OSError) and error.filename and is_inside(str(error.filename), workdir):
+  if (
+    isinstance(error, OSError)
+    and error.filename
+    and workdir_lib.is_inside(str(error.filename), workdir)
+  ):
     return f"{error.filename}: {error.strerror} (in --workdir={workdir})"
   return None
 
 
-def is_inside(path: str, directory: str) -> bool:
-  """Whether `path` lies in `directory`."""
-  path, directory = os.path.abspath(path), os.path.abspath(directory)
-  return os.path.commonpath([path, directory]) == directory
+class WriteFailureRecords(std_logging.Filter):
+  """Leaves out the log records whose exception is a write that the workdir's disk refused: orbax
+  logs its failed save with the traceback from each of its threads, asyncio its futures that failed
+  with it, and the run's one line (errors.WorkdirWriteError) says it all."""
+
+  def __init__(self, workdir: str):
+    super().__init__()
+    self.workdir = workdir
+
+  def filter(self, record) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return workdir_lib.write_failure(error, self.workdir) is None
+
+
+def quiet_closed_loops(previous):
+  """A sys.unraisablehook that leaves out `RuntimeError: Event loop is closed`: tensorstore's
+  writes that end after orbax gave up a failed save (and closed its event loop) print it, a
+  traceback that says nothing; any other unraisable error goes to `previous`."""
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      previous(unraisable)
+
+  return hook
 
 
 def main(argv):
@@ -261,13 +291,13 @@ def main(argv):
       "(created if missing), e.g. --workdir /tmp/digits_pso"
     )
   check_distributed_flags()
-  from psops_jax import workdir as workdir_lib  # no JAX: a bad workdir is refused before it starts
-
   try:
-    workdir_lib.prepare(_WORKDIR.value)
+    workdir_lib.prepare(_WORKDIR.value)  # no JAX yet: a bad workdir is refused before it starts
   except workdir_lib.WorkdirError as e:
     fail(str(e))
   logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(WriteFailureRecords(_WORKDIR.value))  # every logger's
+  sys.unraisablehook = quiet_closed_loops(sys.unraisablehook)
   config = _CONFIG.value
   wanted = _LOCAL_DEVICES.value or config.get("num_devices") or config.get("num_particles")
   ensure_host_devices(wanted if isinstance(wanted, int) and wanted > 0 else 1)

@@ -7,15 +7,18 @@ keys derived from (seed, particle, step) and (seed, round), so the round index i
 data-order state.
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
-killed while saving leaves the previous checkpoints intact; the last `keep` are kept. The metadata
-also holds a checksum of the swarm, checked after restoring: orbax does not notice every damaged
-byte. `Checkpointer.restore_latest` resumes from the newest checkpoint that restores, and moves the
-newer damaged ones to WORKDIR/checkpoints_damaged/ (orbax does not list them there; nothing is
-deleted).
+killed while saving leaves the previous checkpoints intact; the last `keep` are kept. The temporary
+directory of a save that failed (a full disk) is removed then (`remove_partial`), or else when the
+next run starts. The metadata also holds a checksum of the swarm, checked after restoring: orbax
+does not notice every damaged byte. `Checkpointer.restore_latest` resumes from the newest checkpoint
+that restores, and moves the newer damaged ones to WORKDIR/checkpoints_damaged/ (orbax does not list
+them there; nothing is deleted).
 """
 
+import glob
 import json
 import os
+import shutil
 import sys
 
 import jax
@@ -46,6 +49,11 @@ LAYOUT_FIELDS = ("num_devices",)
 
 CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written since it existed
 DAMAGED_DIR = "checkpoints_damaged"
+PARTIAL = "*.orbax-checkpoint-tmp*"  # orbax's temporary directory of a save not yet complete
+# Seconds a save may take in a multi-process run, its writes and the barrier that ends it. A save
+# that fails in one process (a full disk) holds every process at orbax's barriers this long (each
+# waits at a different one; orbax's default: 20 minutes); then every process exits.
+MULTI_PROCESS_SAVE_TIMEOUT = 300
 
 
 class CheckpointError(errors.BadInput, RuntimeError):
@@ -158,7 +166,21 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int):
     self.directory = directory_of(workdir)
     self.manager = ocp.CheckpointManager(
-      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        cleanup_tmp_directories=True,  # the partial checkpoint of a run that could not remove it
+        async_options=ocp.AsyncOptions(
+          timeout_secs=MULTI_PROCESS_SAVE_TIMEOUT
+          if jax.process_count() > 1
+          else ocp.AsyncOptions.timeout_secs,
+          # created in the run's thread, a directory that cannot be (a read-only disk) fails the
+          # save there; created in the background, it leaves orbax's threads that wait for it
+          # holding the process for 5 minutes at its exit
+          create_directories_asynchronously=False,
+        ),
+      ),
     )
 
   def latest_round(self) -> int | None:
@@ -245,6 +267,16 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("psops_jax: damaged checkpoints set aside")
     self.manager.reload()
+
+  def remove_partial(self) -> list[str]:
+    """Remove the temporary directories of saves that failed (call it once no save is in flight; in
+    process 0: they are shared); the names of those that could not be removed (a read-only disk)."""
+    left = []
+    for path in sorted(glob.glob(os.path.join(self.directory, PARTIAL))):
+      shutil.rmtree(path, ignore_errors=True)
+      if os.path.exists(path):
+        left.append(os.path.basename(path))
+    return left
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -10,12 +10,14 @@ No JAX here: the workdir checks (psops_jax/workdir.py) run before JAX starts.
 
 import math
 import numbers
+import os
 
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1  # a bug: the traceback, then INTERNAL_ERROR
 EXIT_BAD_INPUT = 2  # a flag, a config field or file, the data, the workdir: a short message
 EXIT_DIVERGED = 3  # every particle's loss became NaN or inf
 EXIT_WORKER_LOST = 69  # EX_UNAVAILABLE: another process of the run died; rerun to resume
+EXIT_WRITE_FAILED = 74  # EX_IOERR: the workdir's disk is full or read-only; rerun to resume
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM; the checkpoint is written, rerun to resume
 
 # (exit code, meaning): the table of docs/usage.md and train.py's docstring
@@ -28,6 +30,11 @@ EXIT_CODES = (
     EXIT_WORKER_LOST,
     "a process of a multi-process run was lost (killed, its host gone): every other process "
     "names it, the round and the checkpoint a rerun resumes from",
+  ),
+  (
+    EXIT_WRITE_FAILED,
+    "the workdir cannot be written (disk full, over quota, read-only): free space and rerun to "
+    "resume",
   ),
   (EXIT_PREEMPTED, "preempted by SIGTERM: the checkpoint is written, rerun to resume"),
 )
@@ -102,6 +109,29 @@ class WorkerLost(RunStopped):
       f"stopped: killed, hung, or its host is gone); rerun the same command to {resume}"
     )
     self.lost, self.rounds_done, self.checkpoint = lost, rounds_done, checkpoint
+
+
+class WorkdirWriteError(RunStopped):
+  """A write to the workdir (a checkpoint, metrics.jsonl, the TensorBoard events, a JSON file) that
+  its disk refused: full, over quota, read-only. Not a bug and not bad input: the run stopped after
+  its last good checkpoint, which a rerun with space resumes from; the message says what failed,
+  the space left and that checkpoint (`latest`: its round, None when there is none)."""
+
+  exit_code = EXIT_WRITE_FAILED
+
+  def __init__(self, workdir: str, failure: str, free: str, latest: int | None, left=()):
+    resume = (
+      f"the latest good checkpoint is round {latest} in {os.path.join(workdir, 'checkpoints')}: "
+      "free space (or make the workdir writable) and rerun the same command to resume from it"
+      if latest is not None
+      else "there is no checkpoint yet: free space (or make the workdir writable) and rerun"
+    )
+    kept = f"; could not remove the partial {', '.join(left)} (a rerun will)" if left else ""
+    super().__init__(
+      f"cannot write --workdir={workdir} ({failure}, with {free} free on its filesystem){kept}; "
+      f"{resume}"
+    )
+    self.latest = latest
 
 
 def require(ok: bool, argument: str, value, accepted: str) -> None:

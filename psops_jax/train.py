@@ -16,9 +16,12 @@ the end, and writes (process 0 only):
 
 A workdir that holds checkpoints is resumed from the newest one that restores (damaged newer ones
 are moved to workdir/checkpoints_damaged/); SIGTERM makes the run checkpoint the round in progress
-and raise `Preempted`.
+and raise `Preempted`. A write that the workdir's disk refuses (full, over quota, read-only),
+wherever it surfaces (orbax saves in the background: its error comes with the next save or wait),
+stops the run with `errors.WorkdirWriteError`, the partial checkpoint removed (`stop_writing`).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -66,12 +69,18 @@ def write_json_atomically(path: str, obj) -> None:
 
 
 def write_text_atomically(path: str, text: str) -> None:
+  """Through a temporary file, which a failed write (a full disk) removes; its error names it."""
   tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with workdir_lib.naming(tmp), open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def to_host(x) -> np.ndarray:
@@ -194,23 +203,36 @@ def tensorboard_scalars(record: dict) -> dict:
   }
 
 
+FOREVER = 10**6  # seconds (11 days): tensorboardX's flush period; 10**9 overflows its poll()
+
+
 class EventsWriter:
   """TensorBoard event files in the workdir (tensorboardX: no TensorFlow needed), process 0 only; a
-  resumed run purges the events logged after its checkpoint's step."""
+  resumed run purges the events logged after its checkpoint's step.
+
+  Only `write` flushes: tensorboardX's thread would flush every `flush_secs`, and a write error
+  there (a full disk) would end the thread, leaving the run to wait on its full queue; here it is
+  raised in the run."""
 
   def __init__(self, workdir: str, enabled: bool, purge_step: int | None):
-    self.writer = SummaryWriter(workdir, purge_step=purge_step) if enabled else None
+    self.path = os.path.join(workdir, "events.out.tfevents.*")
+    self.writer = None
+    if enabled:
+      with workdir_lib.naming(self.path):
+        self.writer = SummaryWriter(workdir, purge_step=purge_step, flush_secs=FOREVER)
 
   def write(self, record: dict) -> None:
     """The record's scalars at its step, flushed (a run that stops on an error keeps them)."""
     if self.writer is not None:
-      for name, value in tensorboard_scalars(record).items():
-        self.writer.add_scalar(name, value, record["step"])
-      self.writer.flush()
+      with workdir_lib.naming(self.path):
+        for name, value in tensorboard_scalars(record).items():
+          self.writer.add_scalar(name, value, record["step"])
+        self.writer.flush()
 
   def close(self) -> None:
     if self.writer is not None:
-      self.writer.close()
+      with workdir_lib.naming(self.path):
+        self.writer.close()
 
 
 class SigtermFlag:
@@ -293,11 +315,16 @@ def restore_or_start(run: run_lib.Run, checkpointer, workdir: str, is_main: bool
 
 def start_metrics_file(path: str, rounds_done: int) -> None:
   """metrics.jsonl with the lines of the rounds the checkpoint holds (those logged after it are
-  dropped: the resumed run logs them again)."""
+  dropped: the resumed run logs them again, and so is a last line without its newline, cut short
+  by a full disk)."""
   kept = []
   if rounds_done and os.path.exists(path):
     with open(path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["round"] <= rounds_done]
+      kept = [
+        line
+        for line in f
+        if line.endswith("\n") and line.strip() and json.loads(line)["round"] <= rounds_done
+      ]
   write_text_atomically(path, "".join(kept))
 
 
@@ -370,8 +397,9 @@ def log_round(run, compiled, progress: Progress, log: RoundLog, evaluate: bool) 
     record.update(
       evaluate_swarm(run, compiled, progress.swarm, progress.host_metrics["fitness"], exported_only)
     )
-  log.metrics_file.write(json.dumps(record) + "\n")
-  log.metrics_file.flush()
+  with workdir_lib.naming(log.metrics_file.name):
+    log.metrics_file.write(json.dumps(record) + "\n")
+    log.metrics_file.flush()
   log.events.write(record)
   return record
 
@@ -447,17 +475,47 @@ def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int, li
 
 
 def train_in_locked_workdir(config, workdir: str) -> dict:
-  """train_and_evaluate, once the workdir's lock is held: build the run, restore or start it,
-  compile, train the rounds, evaluate and write the summary."""
-  is_main = jax.process_index() == 0
+  """train_and_evaluate, once the workdir's lock is held: build the run, then train it from its
+  checkpoints; a write that the workdir's disk refuses stops it with WorkdirWriteError."""
   peers.follow(lambda: (None, checkpoint_lib.directory_of(workdir)))  # for a lost process's line
   note = accelerator_note(jax.default_backend())
-  if note and is_main:
+  if note and jax.process_index() == 0:
     print(note, flush=True)
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.check_config(workdir, config.to_dict(), config.train.allow_config_change)
   run = run_lib.build_run(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  checkpointer = None
+  try:
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+    return train_from_checkpoints(run, checkpointer, workdir)
+  except Exception as e:
+    failure = workdir_lib.write_failure(e, workdir)
+    if failure is None:
+      raise
+    raise stop_writing(failure, checkpointer, workdir) from e
+
+
+def stop_writing(failure: str, checkpointer, workdir: str) -> errors.WorkdirWriteError:
+  """The error that stops a run whose write `failure` the disk refused, once the save in flight has
+  ended (it fails the same way, or completes and is then the latest good checkpoint) and process 0
+  has removed the partial checkpoint: it names the workdir, the space left and the checkpoint that a
+  rerun resumes from."""
+  if checkpointer is None:  # the checkpoints directory could not be created
+    return errors.WorkdirWriteError(workdir, failure, workdir_lib.free_space(workdir), None)
+  try:
+    checkpointer.wait()
+  except Exception as e:
+    if workdir_lib.write_failure(e, workdir) is None:
+      raise
+  free = workdir_lib.free_space(workdir)  # what the write found, before the partial is removed
+  left = checkpointer.remove_partial() if jax.process_index() == 0 else []
+  latest = checkpoint_lib.newest_complete(checkpointer.directory)
+  return errors.WorkdirWriteError(workdir, failure, free, latest, left)
+
+
+def train_from_checkpoints(run: run_lib.Run, checkpointer, workdir: str) -> dict:
+  """Restore or start the run, compile, train the rounds, evaluate and write the summary."""
+  config, is_main = run.config, jax.process_index() == 0
   progress = restore_or_start(run, checkpointer, workdir, is_main)
   peers.follow(lambda: (progress.rounds_done, checkpointer.directory))
   start = progress.rounds_done

@@ -1,4 +1,5 @@
-"""A run's workdir: created when missing, and locked while a run uses it.
+"""A run's workdir: created when missing, locked while a run uses it, and the writes to it that its
+disk refuses.
 
 The lock is an flock(2) on WORKDIR/run.lock, whose text names the holder (host, pid, start time,
 command) for the messages. The kernel drops an flock when its holder's process ends, however it ends
@@ -10,6 +11,11 @@ A process that holds a lock can hand it to a child process it starts (studies/st
 the train.py of a cell): `Lock.child_env()` and `pass_fds=(lock.fd,)`; the child adopts the lock
 instead of being refused, and the lock stays held until both have let go. No JAX here: study.py
 imports this module.
+
+A write that the workdir's disk refuses (no space, over quota, read-only, not writable) is
+recognised by `write_failure`, in the OSError of a Python write or in the error that orbax's array
+writer (tensorstore) raises for it; the run then stops with errors.WorkdirWriteError (see
+psops_jax/train.py). Any other error is left as it is.
 """
 
 import contextlib
@@ -20,6 +26,8 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,9 +174,14 @@ class Lock:
         file=sys.stderr,
         flush=True,
       )
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder_record()).encode(), 0)
-    os.fsync(fd)
+    try:
+      with naming(path):  # a full disk: train.py names the file (exit 2), the lock is let go
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder_record()).encode(), 0)
+        os.fsync(fd)
+    except OSError:
+      os.close(fd)
+      raise
     return cls(path, fd)
 
   def child_env(self) -> dict:
@@ -218,6 +231,80 @@ def hold(workdir: str, main: bool = True, agree=lambda ok: ok):
   finally:
     if lock:
       lock.release()
+
+
+# The errnos of a write that the disk or its filesystem refuses, whatever the run does.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+# tensorstore (orbax's array writer) reports them as a ValueError that quotes the paths, e.g.
+# 'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file "/w/checkpoints/
+# 3.orbax-checkpoint-tmp/...": ... No space left on device [os_error_code='28']'.
+TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='?(\d+)'?\]")
+QUOTED = re.compile(r'"([^"]+)"')
+
+
+def is_inside(path: str, directory: str) -> bool:
+  """Whether `path` lies in `directory`."""
+  path, directory = os.path.abspath(path), os.path.abspath(directory)
+  return os.path.commonpath([path, directory]) == directory
+
+
+@contextlib.contextmanager
+def naming(path: str):
+  """Inside: an OSError that names no file (a buffered write, a flush, an fsync) is given `path`,
+  the file being written, so that its message and `write_failure` know where it happened."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None:
+      e.filename = path
+    raise
+
+
+def causes(error: BaseException | None) -> list:
+  """`error` and the exceptions it was raised from or while handling, each once: orbax re-raises the
+  error of a background thread, some libraries wrap it."""
+  seen, todo = [], [error]
+  while todo:
+    e = todo.pop(0)
+    if e is not None and not any(e is s for s in seen):
+      seen.append(e)
+      todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+  return seen
+
+
+def write_failure(error: BaseException | None, workdir: str) -> str | None:
+  """`STRERROR: PATH` (PATH in `workdir`, its first two parts) when `error`, or an exception it
+  came from, is a write in `workdir` that the disk refused (an errno of WRITE_ERRNOS, from an
+  OSError that names a file in the workdir or from tensorstore's message that quotes one); None for
+  any other error, and for an error the library already reports (errors.BadInput,
+  errors.RunStopped)."""
+  if isinstance(error, (errors.BadInput, errors.RunStopped)):
+    return None
+  for e in causes(error):
+    if isinstance(e, OSError):
+      code, paths = e.errno, [p for p in (e.filename, e.filename2) if isinstance(p, str)]
+    else:
+      found = TENSORSTORE_ERRNO.search(str(e))
+      code = int(found[1]) if found else None
+      paths = [p for p in QUOTED.findall(str(e)) if os.path.isabs(p)]
+    paths = [p for p in paths if is_inside(p, workdir)]
+    if code in WRITE_ERRNOS and paths:
+      where = os.path.relpath(os.path.abspath(paths[0]), os.path.abspath(workdir))
+      return f"{os.strerror(code)}: {os.path.join(*where.split(os.sep)[:2])}"
+  return None
+
+
+def free_space(workdir: str) -> str:
+  """The space left on `workdir`'s filesystem, e.g. `12.0 KiB`."""
+  try:
+    free = float(shutil.disk_usage(workdir).free)
+  except OSError as e:
+    return f"unknown space ({e.strerror})"
+  units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+  k = 0
+  while free >= 1024 and k < len(units) - 1:
+    free, k = free / 1024, k + 1
+  return f"{free:.0f} bytes" if k == 0 else f"{free:.1f} {units[k]}"
 
 
 # What a run's numbers depend on besides its config (which summary.json records in full), less the
