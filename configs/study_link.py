@@ -41,6 +41,9 @@ def get_config():
     "calibration": "none",
     "seeds": (0,),
     "targets": (0.9, 0.95),
+    # the projection credits streaming's collective no hiding behind the next round: measured on
+    # this CPU (2 devices per process), it hid about a sixth of it (docs/RESULTS.md)
+    "hides_rounds": False,
     "overrides": {
       "num_particles": 4,
       "train.batch_size": 128,
