@@ -54,9 +54,7 @@ def test_overlap_hides_what_it_should_and_no_more():
   assert clock.event_seconds(1.0, 2.5, 0.0, 2) == 2.5  # 1 + (2.5 - 2) = 1.5, but the link: 2.5
   # a profile whose backend does not run the collective behind the next round credits nothing
   blocking = profile(0.01)._replace(hides_rounds=False)
-  assert clock.projected_seconds(704, 44 * W, hidden, blocking) == pytest.approx(
-    44 * (0.16 + sync)
-  )
+  assert clock.projected_seconds(704, 44 * W, hidden, blocking) == pytest.approx(44 * (0.16 + sync))
 
 
 def test_ssgd_pays_one_all_reduce_per_step():
