@@ -117,6 +117,10 @@ def test_a_registered_strategy_matches_numpy_and_its_fields_are_checked(register
     sync_lib.from_config(shrink_config(1.5).sync)
   with pytest.raises(errors.ConfigError, match=r"sync.strategy='shrnk': accepted .*'shrink'"):
     sync_lib.from_config(ml_collections.ConfigDict({"strategy": "shrnk"}))
+  lacking = small_config()
+  lacking.sync.strategy = "shrink"  # no sync.shrink section
+  with pytest.raises(errors.ConfigError, match=r"reads config field 'shrink'.*sync.shrink.scale"):
+    sync_lib.from_config(lacking.sync)
 
 
 @pytest.mark.slow

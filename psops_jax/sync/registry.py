@@ -220,8 +220,16 @@ def from_config(
   """The strategy a `config.sync` section names (`rounds`: length of the schedules), checked
   against `num_particles` when given; a bad field raises ConfigError naming it."""
   entry = registered(sync_config.strategy)
-  with naming_fields(entry.fields):
-    strategy = entry.build(sync_config, rounds, axis_name)
-    if num_particles is not None:
-      strategy.check(num_particles)
+  try:
+    with naming_fields(entry.fields):
+      strategy = entry.build(sync_config, rounds, axis_name)
+      if num_particles is not None:
+        strategy.check(num_particles)
+  except AttributeError as e:  # ml_collections: a field the config lacks (AttributeError(KeyError))
+    if not (e.args and isinstance(e.args[0], KeyError)):
+      raise
+    raise errors.ConfigError(
+      f"sync.strategy={sync_config.strategy!r} reads config field {e.args[0]}, which the config "
+      f"lacks; its fields: {sorted(set(entry.fields.values()))}"
+    ) from None
   return strategy
