@@ -228,8 +228,9 @@ def from_config(
   except AttributeError as e:  # ml_collections: a field the config lacks (AttributeError(KeyError))
     if not (e.args and isinstance(e.args[0], KeyError)):
       raise
+    missing = str(e.args[0].args[0]).strip("'")
     raise errors.ConfigError(
-      f"sync.strategy={sync_config.strategy!r} reads config field {e.args[0]}, which the config "
+      f"sync.strategy={sync_config.strategy!r} reads config field {missing!r}, which the config "
       f"lacks; its fields: {sorted(set(entry.fields.values()))}"
     ) from None
   return strategy
