@@ -324,14 +324,26 @@ def main(argv):
   import jax
 
   if jax.process_index() == 0:
-    print(
-      f"final test accuracy {summary['final_test_accuracy']:.4f} "
-      f"(best particle {summary['test_accuracy_best_particle']:.4f}, "
-      f"mean particle {summary['test_accuracy_mean_particle']:.4f}, "
-      f"averaged weights {summary['test_accuracy_averaged_weights']:.4f}); "
-      f"{summary['train_seconds']:.1f}s, {summary['samples_per_second']:.0f} samples/s; "
-      f"summary in {os.path.join(_WORKDIR.value, 'summary.json')}"
+    print(f"{result_line(summary)}; summary in {os.path.join(_WORKDIR.value, 'summary.json')}")
+
+
+def result_line(summary: dict) -> str:
+  """The run's last line: its task's headline figures and its speed."""
+  if summary["task"] == "language_model":
+    f = lambda key: "nan" if summary[key] is None else f"{summary[key]:.4f}"  # JSON null: NaN
+    return (
+      f"final validation bits per byte {f('final_bits_per_byte')} (unigram entropy of the text "
+      f"{f('unigram_bits_per_byte')}; loss {f('final_test_loss')} nats, best particle "
+      f"{f('test_loss_best_particle')}, averaged weights {f('test_loss_averaged_weights')}); "
+      f"{summary['train_seconds']:.1f}s, {summary['tokens_per_second']:.0f} tokens/s"
     )
+  return (
+    f"final test accuracy {summary['final_test_accuracy']:.4f} "
+    f"(best particle {summary['test_accuracy_best_particle']:.4f}, "
+    f"mean particle {summary['test_accuracy_mean_particle']:.4f}, "
+    f"averaged weights {summary['test_accuracy_averaged_weights']:.4f}); "
+    f"{summary['train_seconds']:.1f}s, {summary['samples_per_second']:.0f} samples/s"
+  )
 
 
 def run() -> None:

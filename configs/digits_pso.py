@@ -15,18 +15,29 @@ def get_config() -> ml_collections.ConfigDict:
   # (or the largest divisor of num_particles that exists)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "digits"  # digits | mnist | fashion_mnist | cifar10
+  config.data.name = "digits"  # digits | mnist | fashion_mnist | cifar10 (classification)
+  # | text (language modelling: configs/text_lm.py)
   config.data.source = "sklearn"  # sklearn (digits) | files | tfds | synthetic (random
-  # class-coloured images of the data set's shape)
+  # class-coloured images of the data set's shape); text: fortunes (Debian's package) | files
+  # (a UTF-8 file or directory) | tfds | synthetic (sentences of a small vocabulary)
   config.data.synthetic_size = 0  # synthetic: training examples (0: the real set's size)
-  config.data.dir = ""  # files: the directory of the files; tfds: data_dir ("" = default)
+  config.data.dir = ""  # files: the directory of the files (text: or one file); tfds: data_dir;
+  # fortunes: the fortune directory ("" = default)
+  config.data.tfds_name = "tiny_shakespeare"  # text from tfds: the data set (its `text` feature)
+  config.data.context = 64  # text: bytes a window holds (the model's context)
+  config.data.validation_fraction = 0.05  # text: documents held out, the same for every seed
+  config.data.eval_windows = 256  # text: validation windows evaluated
   config.data.validation_size = 0  # > 0: hold out this many training examples and evaluate on
   # them instead of the test split (for tuning)
   config.data.partition = "iid"  # iid | dirichlet: each particle's label mix ~ Dirichlet(alpha)
+  # | contiguous: each particle a run of consecutive examples (text: of documents, non-IID)
   config.data.dirichlet_alpha = 1.0  # dirichlet: 0.1 nearly one class per particle, 100 ~ iid
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "small_cnn"  # mlp | lenet5 | small_cnn | vgg_small | resnet20 (BatchNorm)
+  # | transformer (text only)
+  config.model.size = "tiny"  # transformer: tiny | small | medium | m35 | m150 (models.py)
+  config.model.tie_embeddings = True  # transformer: logits through the token embedding
   config.model.dtype = "float32"  # float32 | bfloat16: the computation's dtype (mixed precision);
   # params, optimizer state and the sync stay float32
 

@@ -10,7 +10,7 @@ the run's own fields, and the types of the fields no constructor reads.
 import math
 
 from psops_jax import data as data_lib
-from psops_jax import errors, faults, models
+from psops_jax import errors, faults, models, tasks, text
 from psops_jax import sync as sync_lib
 
 OPTIMIZERS = ("sgd", "adam")
@@ -52,14 +52,34 @@ def _number(config, field, minimum, integer=False, strict=False):
     raise ConfigError(f"{field}={value!r}: must be {kind} {bound}")
 
 
+def check_task(config) -> None:
+  """The data source, model and partition fit the data set's task: text is read by its own
+  sources into a transformer; images by theirs into the classifiers; Dirichlet label mixes need
+  labels."""
+  if tasks.task_of(config.data.name) == "language_model":
+    _choice(config, "data.source", text.SOURCES)
+    _choice(config, "model.name", models.LANGUAGE_MODELS)
+    _choice(config, "model.size", models.TRANSFORMER_SIZES)
+    _choice(config, "model.tie_embeddings", (True, False))
+    _choice(config, "data.partition", ("iid", "contiguous"))
+    text.check_text_fields(
+      _get(config, "data.context"),
+      _get(config, "data.validation_fraction"),
+      _get(config, "data.eval_windows"),
+    )
+    return
+  _choice(config, "data.source", data_lib.SOURCES)
+  _choice(config, "model.name", models.CLASSIFIERS)
+
+
 def validate(config) -> None:
   """Raise ConfigError naming the first field whose value cannot be used."""
   _number(config, "seed", 0, integer=True)
   _number(config, "num_particles", 1, integer=True)
   _number(config, "num_devices", 0, integer=True)
   _choice(config, "data.name", data_lib.NAMES)
-  _choice(config, "data.source", data_lib.SOURCES)
   _choice(config, "data.partition", data_lib.PARTITIONS)
+  check_task(config)
   _number(config, "data.synthetic_size", 0, integer=True)
   _number(config, "data.dirichlet_alpha", 0.0, strict=True)
   _choice(config, "faults.kind", faults.FAULT_KINDS)
@@ -72,7 +92,6 @@ def validate(config) -> None:
       f"0..num_particles={config.num_particles}"
     )
   _number(config, "data.validation_size", 0, integer=True)
-  _choice(config, "model.name", models.MODELS)
   _choice(config, "model.dtype", models.DTYPES)
   _choice(config, "optimizer.name", OPTIMIZERS)
   _number(config, "optimizer.learning_rate", 0.0, strict=True)

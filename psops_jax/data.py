@@ -21,11 +21,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from psops_jax import errors, streams
+from psops_jax import errors, streams, text
 
-NAMES = ("digits", "mnist", "fashion_mnist", "cifar10")
+NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "text")
 SOURCES = ("sklearn", "files", "tfds", "synthetic")
-PARTITIONS = ("iid", "dirichlet")
+PARTITIONS = ("iid", "dirichlet", "contiguous")
 
 # Per-channel mean and std of the training images scaled to [0, 1].
 NORMALIZATION = {
@@ -66,13 +66,14 @@ class DataError(errors.BadInput, ValueError):
 
 
 class Dataset(NamedTuple):
-  train_images: np.ndarray  # uint8 (N, H, W, C)
-  train_labels: np.ndarray  # int32 (N,)
-  test_images: np.ndarray
-  test_labels: np.ndarray
+  train_inputs: np.ndarray  # uint8 (N, H, W, C)
+  train_targets: np.ndarray  # int32 (N,)
+  test_inputs: np.ndarray
+  test_targets: np.ndarray
   mean: tuple
   std: tuple
   num_classes: int = 10
+  unigram_bits_per_byte: float | None = None  # text: the entropy of the training bytes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,6 +226,8 @@ def load(
   """The data set `name` from `source` (see the module docstring)."""
   if name not in NAMES:
     raise DataError(f"data.name={name!r}: accepted values are {NAMES}")
+  if name == "text":
+    raise DataError("data.name='text' is read by load_text (its own sources: text.SOURCES)")
   if source not in SOURCES:
     raise DataError(f"data.source={source!r}: accepted values are {SOURCES}")
   if source == "sklearn":
@@ -249,10 +252,33 @@ def load(
   return Dataset(train_x, train_y, test_x, test_y, mean, std)
 
 
+def load_text(
+  source: str,
+  directory: str,
+  tfds_name: str,
+  context: int,
+  validation_fraction: float,
+  eval_windows: int,
+  seed: int = 0,
+) -> Dataset:
+  """The language-model data set of a text source (psops_jax/text.py): windows of `context` bytes
+  and their next bytes, a fixed validation split as the evaluation split, 256 classes (bytes)."""
+  *arrays, bits = text.load_text(
+    source,
+    directory,
+    tfds_name,
+    context,
+    validation_fraction,
+    eval_windows,
+    seed + streams.HOST_OFFSETS["synthetic"],
+  )
+  return Dataset(*arrays, mean=(), std=(), num_classes=256, unigram_bits_per_byte=bits)
+
+
 def carve_validation(dataset: Dataset, size: int, seed: int) -> Dataset:
   """Hold out `size` training examples (seeded) as the evaluation split, in place of the test split:
   for tuning without ever looking at the test set. The rest stays the training set."""
-  n = len(dataset.train_labels)
+  n = len(dataset.train_targets)
   if not 0 < size < n:
     raise DataError(
       f"data.validation_size={size}: must be between 1 and {n - 1} "
@@ -261,10 +287,10 @@ def carve_validation(dataset: Dataset, size: int, seed: int) -> Dataset:
   order = np.random.RandomState(seed + streams.HOST_OFFSETS["validation"]).permutation(n)
   held, kept = order[:size], order[size:]
   return dataset._replace(
-    train_images=dataset.train_images[kept],
-    train_labels=dataset.train_labels[kept],
-    test_images=dataset.train_images[held],
-    test_labels=dataset.train_labels[held],
+    train_inputs=dataset.train_inputs[kept],
+    train_targets=dataset.train_targets[kept],
+    test_inputs=dataset.train_inputs[held],
+    test_targets=dataset.train_targets[held],
   )
 
 
@@ -285,7 +311,22 @@ def shard(images: np.ndarray, labels: np.ndarray, num_particles: int, seed: int)
   order = shuffle.permutation(n)[: per_particle * num_particles]
   return (
     images[order].reshape(num_particles, per_particle, *images.shape[1:]),
-    labels[order].reshape(num_particles, per_particle),
+    labels[order].reshape(num_particles, per_particle, *labels.shape[1:]),
+  )
+
+
+def shard_contiguous(inputs: np.ndarray, targets: np.ndarray, num_particles: int):
+  """Shards of consecutive examples, in order (text: each particle reads its own run of documents,
+  a non-IID split); the n % num_particles last examples are dropped."""
+  per_particle = len(targets) // num_particles
+  if per_particle == 0:
+    raise DataError(
+      f"{len(targets)} training examples cannot be split between num_particles={num_particles}"
+    )
+  keep = per_particle * num_particles
+  return (
+    inputs[:keep].reshape(num_particles, per_particle, *inputs.shape[1:]),
+    targets[:keep].reshape(num_particles, per_particle, *targets.shape[1:]),
   )
 
 

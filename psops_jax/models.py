@@ -1,5 +1,5 @@
-"""Flax (linen) classifiers, chosen by name. Inputs are normalised NHWC float images; outputs are
-float32 logits.
+"""Flax (linen) models, chosen by name: classifiers of normalised NHWC float images, and a
+byte-level decoder-only transformer (`transformer`) of int32 tokens. Outputs are float32 logits.
 
 Every model is called as `model.apply(variables, x, train=...)`. `resnet20` has BatchNorm: its
 variables hold `batch_stats` (running means and variances) beside `params`; `train=True` normalises
@@ -141,19 +141,111 @@ class ResNet20(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class CausalSelfAttention(nn.Module):
+  """Multi-head causal self-attention: per head, softmax(q k^T / sqrt(d_head) + mask) v, where the
+  mask forbids position t to attend to positions after t; scores and softmax in float32."""
+
+  heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, width = x.shape
+    head = width // self.heads
+    qkv = nn.Dense(3 * width, use_bias=False, dtype=self.dtype)(x)
+    q, k, v = jnp.split(qkv.reshape(b, t, 3 * self.heads, head), 3, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    weights = nn.softmax(jnp.where(causal, scores, -1e30), axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, width)
+    return nn.Dense(width, use_bias=False, dtype=self.dtype)(out)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm block: x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x)), the MLP
+  Dense(4 width) - GELU - Dense(width)."""
+
+  heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    x = x + CausalSelfAttention(self.heads, self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
+    y = nn.Dense(4 * width, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
+    return x + nn.Dense(width, dtype=self.dtype)(nn.gelu(y))
+
+
+class Transformer(nn.Module):
+  """A decoder-only byte-level language model: token (byte) and learned position embeddings,
+  `depth` pre-norm blocks, a final LayerNorm, and logits over the `num_classes` (256) bytes at
+  every position, through the token embedding's transpose (`tie_embeddings`) or their own Dense.
+
+  Input: int32 tokens (B, T), T <= context; output: float32 logits (B, T, num_classes)."""
+
+  num_classes: int = 256
+  width: int = 64
+  depth: int = 2
+  heads: int = 4
+  context: int = 64
+  tie_embeddings: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    embed = nn.Embed(self.num_classes, self.width, embedding_init=nn.initializers.normal(0.02))
+    positions = self.param(
+      "positions", nn.initializers.normal(0.02), (self.context, self.width), jnp.float32
+    )
+    x = (embed(tokens) + positions[: tokens.shape[1]]).astype(self.dtype)
+    for _ in range(self.depth):
+      x = TransformerBlock(self.heads, self.dtype)(x)
+    x = nn.LayerNorm(dtype=self.dtype)(x)
+    if self.tie_embeddings:
+      return embed.attend(x.astype(jnp.float32))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+# width, depth, heads of the transformer's sizes (parameters at context 128, tied embeddings):
+# tiny for tests (0.12M), small for studies on 2 CPU cores (0.8M), medium for longer CPU runs
+# (3.2M), and the accelerator sizes of the DiLoCo papers' smallest runs, m35 (38M) and m150 (151M).
+TRANSFORMER_SIZES = {
+  "tiny": (64, 2, 4),
+  "small": (128, 4, 4),
+  "medium": (256, 4, 8),
+  "m35": (512, 12, 8),
+  "m150": (1024, 12, 16),
+}
+
 MODELS = {
   "mlp": MLP,
   "lenet5": LeNet5,
   "small_cnn": SmallCNN,
   "vgg_small": VGGSmall,
   "resnet20": ResNet20,
+  "transformer": Transformer,
 }
+LANGUAGE_MODELS = ("transformer",)
+CLASSIFIERS = tuple(name for name in MODELS if name not in LANGUAGE_MODELS)
 
 
-def create(name: str, num_classes: int = 10, dtype: str = "float32") -> nn.Module:
-  """The model registered as `name`, computing in `dtype` ("float32" or "bfloat16")."""
+def create(
+  name: str,
+  num_classes: int = 10,
+  dtype: str = "float32",
+  size: str = "tiny",
+  context: int = 64,
+  tie_embeddings: bool = True,
+) -> nn.Module:
+  """The model registered as `name`, computing in `dtype` ("float32" or "bfloat16"); a transformer
+  takes its width, depth and heads from TRANSFORMER_SIZES[size] and its longest input `context`."""
   if name not in MODELS:
     raise errors.ConfigError(f"model.name={name!r}: accepted values are {tuple(MODELS)}")
   if dtype not in DTYPES:
     raise errors.ConfigError(f"model.dtype={dtype!r}: accepted values are {tuple(DTYPES)}")
-  return MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype])
+  if name in CLASSIFIERS:
+    return MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype])
+  if size not in TRANSFORMER_SIZES:
+    raise errors.ConfigError(f"model.size={size!r}: accepted values are {tuple(TRANSFORMER_SIZES)}")
+  width, depth, heads = TRANSFORMER_SIZES[size]
+  return Transformer(num_classes, width, depth, heads, context, bool(tie_embeddings), DTYPES[dtype])

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from psops_jax import data as data_lib
-from psops_jax import errors, models
+from psops_jax import errors, models, tasks
 from psops_jax import faults as faults_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
@@ -49,6 +49,17 @@ class Run(NamedTuple):
   samples_per_round: int
 
 
+def create_model(config, dataset: data_lib.Dataset):
+  """The model config.model names, with the data set's number of classes (256 bytes for text) and,
+  for the transformer, its size and the text's context."""
+  c = config.model
+  if c.name != "transformer":
+    return models.create(c.name, dataset.num_classes, c.dtype)
+  return models.create(
+    c.name, dataset.num_classes, c.dtype, c.size, config.data.context, c.tie_embeddings
+  )
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """The optax optimizer named by config.optimizer (sgd with optional momentum, or adam)."""
   c = config.optimizer
@@ -58,7 +69,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def load_dataset(config) -> data_lib.Dataset:
-  """The data set config.data names, with its validation split carved out when asked."""
+  """The data set config.data names, with its validation split carved out when asked (text has
+  its own fixed validation split: psops_jax/text.py)."""
+  c = config.data
+  if tasks.task_of(c.name) == "language_model":
+    return data_lib.load_text(
+      c.source, c.dir, c.tfds_name, c.context, c.validation_fraction, c.eval_windows, config.seed
+    )
   dataset = data_lib.load(
     config.data.name,
     config.data.source,
@@ -72,18 +89,21 @@ def load_dataset(config) -> data_lib.Dataset:
 
 
 def shard_dataset(config, dataset: data_lib.Dataset) -> tuple[np.ndarray, np.ndarray]:
-  """(images, labels) of every particle's shard, stacked: IID or Dirichlet label mixes."""
+  """(inputs, targets) of every particle's shard, stacked: IID, Dirichlet label mixes, or runs of
+  consecutive examples (text: of documents)."""
   n = config.num_particles
   if config.data.partition == "dirichlet":
     shards = data_lib.shard_by_labels(
-      dataset.train_images, dataset.train_labels, n, config.data.dirichlet_alpha, config.seed
+      dataset.train_inputs, dataset.train_targets, n, config.data.dirichlet_alpha, config.seed
     )
+  elif config.data.partition == "contiguous":
+    shards = data_lib.shard_contiguous(dataset.train_inputs, dataset.train_targets, n)
   else:
-    shards = data_lib.shard(dataset.train_images, dataset.train_labels, n, config.seed)
+    shards = data_lib.shard(dataset.train_inputs, dataset.train_targets, n, config.seed)
   if config.train.batch_size > shards[1].shape[1]:
     raise errors.ConfigError(
       f"train.batch_size={config.train.batch_size}: must be <= the shard of each particle "
-      f"({shards[1].shape[1]} examples = {len(dataset.train_labels)} // num_particles={n})"
+      f"({shards[1].shape[1]} examples = {len(dataset.train_targets)} // num_particles={n})"
     )
   return shards
 
@@ -109,6 +129,7 @@ def round_config(config, dataset: data_lib.Dataset, strategy) -> swarm_lib.Round
     augment=config.data.name == "cifar10",
     mean=dataset.mean,
     std=dataset.std,
+    task=tasks.task_of(config.data.name),
   )
 
 
@@ -121,13 +142,13 @@ def place_test(dataset: data_lib.Dataset, mesh) -> tuple[tuple, tuple]:
   """The evaluation split replicated on the mesh, and on one local device."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   test = (
-    swarm_lib.put_global(dataset.test_images, replicated),
-    swarm_lib.put_global(dataset.test_labels, replicated),
+    swarm_lib.put_global(dataset.test_inputs, replicated),
+    swarm_lib.put_global(dataset.test_targets, replicated),
   )
   local_device = jax.local_devices()[0]
   test_one = (
-    jax.device_put(dataset.test_images, local_device),
-    jax.device_put(dataset.test_labels, local_device),
+    jax.device_put(dataset.test_inputs, local_device),
+    jax.device_put(dataset.test_targets, local_device),
   )
   return test, test_one
 
@@ -141,8 +162,8 @@ def build_run(config, strategy: sync_lib.SyncStrategy | None = None) -> Run:
   dataset = load_dataset(config)
   shards = shard_dataset(config, dataset)
   probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
-  probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels, probe_pool, config.seed)
-  model = models.create(config.model.name, dataset.num_classes, config.model.dtype)
+  probe = data_lib.probe_batch(dataset.train_inputs, dataset.train_targets, probe_pool, config.seed)
+  model = create_model(config, dataset)
   tx = make_optimizer(config)
   if strategy is None:
     strategy = sync_lib.from_config(config.sync, config.train.rounds, swarm_lib.AXES, n)
@@ -151,13 +172,14 @@ def build_run(config, strategy: sync_lib.SyncStrategy | None = None) -> Run:
     model,
     tx,
     strategy,
-    dataset.train_images,
+    dataset.train_inputs,
     n,
     config.seed,
     mesh,
     dataset.mean,
     dataset.std,
     init=config.train.init,
+    task=cfg.task,
   )
   test, test_one = place_test(dataset, mesh)
   bytes_per_round = sync_lib.round_bytes(
@@ -198,6 +220,13 @@ def compile_run(run: Run, swarm: swarm_lib.Swarm | None = None) -> Compiled:
   swarm = run.swarm if swarm is None else swarm
   round_fn = swarm_lib.compile_round(run.round_fn, swarm, run.data)
   evaluators = swarm_lib.compile_evaluators(
-    run.model, run.strategy, swarm, run.test, run.test_one, run.dataset.mean, run.dataset.std
+    run.model,
+    run.strategy,
+    swarm,
+    run.test,
+    run.test_one,
+    run.dataset.mean,
+    run.dataset.std,
+    run.round_config.task,
   )
   return Compiled(round_fn, evaluators)

@@ -29,14 +29,16 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from psops_jax import errors, streams
+from psops_jax import errors, streams, tasks
 from psops_jax import faults as faults_lib
 from psops_jax import sync as sync_lib
+from psops_jax.tasks import normalize  # noqa: F401  (swarm.normalize, as before)
 
 AXIS = "particles"
 LOCAL = "local"
 AXES = (AXIS, LOCAL)
-EVAL_CHUNK = 1000
+EVAL_CHUNK = 1000  # examples per unrolled chunk of an evaluation
+EVAL_TARGETS = 65536  # and at most this many targets (text: a window has `context` of them)
 PyTree = Any
 
 
@@ -53,10 +55,10 @@ class Swarm(NamedTuple):
 class DeviceData(NamedTuple):
   """The data a round reads, on the devices: each particle's shard, and one common probe batch."""
 
-  train_images: jax.Array  # uint8 (N, S, H, W, C), sharded over particles
-  train_labels: jax.Array  # int32 (N, S), sharded over particles
-  probe_images: jax.Array  # uint8 (B_probe, H, W, C), replicated
-  probe_labels: jax.Array  # int32 (B_probe,), replicated
+  train_inputs: jax.Array  # uint8 (N, S, ...): images (H, W, C) or text windows (T,), sharded
+  train_targets: jax.Array  # (N, S, ...): a label per image (int32), or T next bytes (uint8)
+  probe_inputs: jax.Array  # uint8 (B_probe, ...), replicated
+  probe_targets: jax.Array  # (B_probe, ...), replicated
 
 
 class RoundConfig(NamedTuple):
@@ -73,6 +75,7 @@ class RoundConfig(NamedTuple):
   mean: tuple
   std: tuple
   fault: faults_lib.Fault | None = None  # faulty workers injected into the run (None: none)
+  task: str = "classification"  # or "language_model" (psops_jax/tasks.py)
 
 
 def make_mesh(num_particles: int, num_devices: int = 0) -> jax.sharding.Mesh:
@@ -113,12 +116,6 @@ def resolve_loop(loop: str) -> str:
 # Pure per-particle functions.
 
 
-def normalize(images: jax.Array, mean: tuple, std: tuple) -> jax.Array:
-  """uint8 images -> float32 (images / 255 - mean) / std, per channel."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
 def augment_batch(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
   """Random crop (zero padding `pad`, crop back to size) and random horizontal flip, per image."""
   n, h, w, c = images.shape
@@ -129,11 +126,6 @@ def augment_batch(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
   cropped = jax.vmap(crop)(padded, offsets)
   flip = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
   return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy over the batch."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: int) -> jax.Array:
@@ -149,16 +141,16 @@ def batch_indices(key: jax.Array, step: jax.Array, shard_size: int, batch_size: 
   return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
-def apply_model(model, params, batch_stats, images, train: bool):
-  """(logits, new batch_stats) of a model on normalised images. `train`: BatchNorm normalises with
+def apply_model(model, params, batch_stats, inputs, train: bool):
+  """(logits, new batch_stats) of a model on its inputs. `train`: BatchNorm normalises with
   the batch's statistics and updates the running ones; otherwise it uses the running ones. A model
   without batch statistics gets `{}` and returns it."""
   if not jax.tree.leaves(batch_stats):
-    return model.apply({"params": params}, images, train=train), batch_stats
+    return model.apply({"params": params}, inputs, train=train), batch_stats
   variables = {"params": params, "batch_stats": batch_stats}
   if not train:
-    return model.apply(variables, images, train=False), batch_stats
-  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return model.apply(variables, inputs, train=False), batch_stats
+  logits, updates = model.apply(variables, inputs, train=True, mutable=["batch_stats"])
   return logits, updates["batch_stats"]
 
 
@@ -189,11 +181,11 @@ def round_batch_indices(
   return jax.vmap(lambda r, s: lax.dynamic_slice(orders[r], (s,), (batch_size,)))(rows, starts)
 
 
-def gather_batch(augment_key, step, idx, images, labels, augment: bool):
+def gather_batch(augment_key, step, idx, inputs, targets, augment: bool):
   """The mini-batch of global step `step` at indices `idx` of one particle's shard, augmented if
   asked with the key fold_in(augment_key, step); `augment_key` is the particle's own augmentation
   stream, fold_in(streams.key(seed, "augment"), particle) (psops_jax/streams.py)."""
-  x, y = images[idx], labels[idx]
+  x, y = inputs[idx], targets[idx]
   if augment:
     x = augment_batch(jax.random.fold_in(augment_key, step), x)
   return x, y
@@ -202,11 +194,11 @@ def gather_batch(augment_key, step, idx, images, labels, augment: bool):
 def round_probe(data: DeviceData, size: int, key: jax.Array, round_index):
   """The probe batch of a round, the same on every particle: the whole pool, or (pool larger than
   `size`) `size` examples of it drawn without replacement with fold_in(key, round_index)."""
-  pool = data.probe_labels.shape[0]
+  pool = data.probe_targets.shape[0]
   if size >= pool:
-    return data.probe_images, data.probe_labels
+    return data.probe_inputs, data.probe_targets
   pick = jax.random.permutation(jax.random.fold_in(key, round_index), pool)[:size]
-  return data.probe_images[pick], data.probe_labels[pick]
+  return data.probe_inputs[pick], data.probe_targets[pick]
 
 
 def per_particle(fn, layout: str):
@@ -249,23 +241,23 @@ def over_local(fn, in_axes=0):
   return jax.vmap(fn, in_axes=in_axes, axis_name=LOCAL)
 
 
-def loss_fn(parts: RoundParts, params, batch_stats, images, labels, train=True):
-  """(mean cross-entropy of one particle on a batch of uint8 images, its new batch statistics)."""
+def loss_fn(parts: RoundParts, params, batch_stats, inputs, targets, train=True):
+  """(mean cross-entropy of one particle on a batch of its task's uint8 inputs, its new batch
+  statistics)."""
   cfg = parts.cfg
-  logits, batch_stats = apply_model(
-    parts.model, params, batch_stats, normalize(images, cfg.mean, cfg.std), train
-  )
-  return cross_entropy(logits, labels), batch_stats
+  x = tasks.model_inputs(cfg.task, inputs, cfg.mean, cfg.std)
+  logits, batch_stats = apply_model(parts.model, params, batch_stats, x, train)
+  return tasks.cross_entropy(logits, targets), batch_stats
 
 
-def local_step(parts: RoundParts, carry, step_and_idx, images, labels, augment_keys, faulty):
+def local_step(parts: RoundParts, carry, step_and_idx, inputs, targets, augment_keys, faulty):
   """One optax step of every particle of the device: its batch, the gradient (reduced by the
   strategy: ssgd all-reduces it), the update (scaled for "lr" faults)."""
   cfg, fault = parts.cfg, faults_lib.active(parts.cfg.fault)
   params, batch_stats, opt_state = carry
   step, idx = step_and_idx  # idx: (L, B), this step's indices into each local particle's shard
   gather = functools.partial(gather_batch, augment=cfg.augment)
-  x, y = over_local(gather, in_axes=(0, None, 0, 0, 0))(augment_keys, step, idx, images, labels)
+  x, y = over_local(gather, in_axes=(0, None, 0, 0, 0))(augment_keys, step, idx, inputs, targets)
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, parts), has_aux=True)
   (loss, batch_stats), grads = per_particle(grad_fn, cfg.local_layout)(params, batch_stats, x, y)
   grads = over_local(parts.strategy.reduce_grads)(grads)
@@ -280,7 +272,7 @@ def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_
   """`count` local steps of the device's particles from global step `first_step`;
   losses (count, L)."""
   cfg, fault = parts.cfg, faults_lib.active(parts.cfg.fault)
-  local_count = data.train_labels.shape[0]
+  local_count = data.train_targets.shape[0]
   index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
   keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
     streams.key(parts.seed, stream), index
@@ -300,7 +292,7 @@ def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_
   draw_indices = functools.partial(
     round_batch_indices,
     period=count,
-    shard_size=data.train_labels.shape[1],
+    shard_size=data.train_targets.shape[1],
     batch_size=cfg.batch_size,
   )
   indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
@@ -308,8 +300,8 @@ def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_
   step_fn = functools.partial(
     local_step,
     parts,
-    images=data.train_images,
-    labels=data.train_labels,
+    inputs=data.train_inputs,
+    targets=data.train_targets,
     augment_keys=augment_keys,
     faulty=faulty,
   )
@@ -514,17 +506,18 @@ def init_swarm(
   model,
   tx,
   strategy,
-  sample_images: np.ndarray,
+  sample_inputs: np.ndarray,
   num_particles: int,
   seed: int,
   mesh,
   mean,
   std,
   init: str = "shared",
+  task: str = "classification",
 ) -> Swarm:
   """The swarm on the mesh: every particle from the same initial weights ("shared"), or each from
   its own key fold_in(seed, particle index) ("independent")."""
-  x = normalize(jnp.asarray(sample_images[:1]), mean, std)
+  x = tasks.model_inputs(task, jnp.asarray(sample_inputs[:1]), mean, std)
 
   def init_one(key):
     variables = model.init(key, x)
@@ -568,24 +561,26 @@ def put_data(train_shards: tuple, probe: tuple, mesh) -> DeviceData:
 # Evaluation.
 
 
-def accuracy_and_loss(model, params, batch_stats, images, labels, mean, std):
-  """(accuracy, mean cross-entropy) of one model (BatchNorm with its running statistics) over a
-  whole split, in unrolled chunks of EVAL_CHUNK."""
+def accuracy_and_loss(model, params, batch_stats, inputs, targets, mean, std, task):
+  """(accuracy, mean cross-entropy) of one model (BatchNorm with its running statistics) over every
+  target of a whole split, in unrolled chunks of at most EVAL_CHUNK examples and EVAL_TARGETS
+  targets."""
+  chunk = min(EVAL_CHUNK, max(1, EVAL_TARGETS // max(1, int(np.prod(targets.shape[1:])))))
   correct, total_loss = 0.0, 0.0
-  for start in range(0, labels.shape[0], EVAL_CHUNK):
-    x, y = images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
-    logits, _ = apply_model(model, params, batch_stats, normalize(x, mean, std), train=False)
-    correct += jnp.sum(jnp.argmax(logits, -1) == y)
-    total_loss += optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-  return correct / labels.shape[0], total_loss / labels.shape[0]
+  for start in range(0, targets.shape[0], chunk):
+    x = tasks.model_inputs(task, inputs[start : start + chunk], mean, std)
+    logits, _ = apply_model(model, params, batch_stats, x, train=False)
+    chunk_correct, chunk_loss = tasks.split_sums(logits, targets[start : start + chunk])
+    correct, total_loss = correct + chunk_correct, total_loss + chunk_loss
+  return correct / targets.size, total_loss / targets.size
 
 
 class Evaluators(NamedTuple):
   """Evaluation functions, compiled once for a run.
 
-  particles(params, batch_stats, images, labels) -> (accuracies (N,), losses (N,)): every particle,
+  particles(params, batch_stats, inputs, targets) -> (accuracies (N,), losses (N,)): every particle,
       each device evaluating its own;
-  one(params, batch_stats, images, labels) -> (accuracy, loss): a single model on one device;
+  one(params, batch_stats, inputs, targets) -> (accuracy, loss): a single model on one device;
   mean(params, batch_stats) -> their means over the particles (the averaged weights);
   export(swarm, fitness) -> (params, batch_stats) of the strategy's exported model, stacked over
       the particles (equal on every particle).
@@ -598,11 +593,11 @@ class Evaluators(NamedTuple):
 
 
 def compile_evaluators(
-  model, strategy, swarm: Swarm, test: tuple, test_one: tuple, mean, std
+  model, strategy, swarm: Swarm, test: tuple, test_one: tuple, mean, std, task="classification"
 ) -> Evaluators:
   """Evaluators for `swarm`'s shapes, compiled ahead of time: `test` is the split replicated on the
   mesh, `test_one` the same split on one device; `strategy` (built with axis_name=AXES) exports."""
-  fn = functools.partial(accuracy_and_loss, model, mean=mean, std=std)
+  fn = functools.partial(accuracy_and_loss, model, mean=mean, std=std, task=task)
   mesh = jax.tree.leaves(swarm.params)[0].sharding.mesh
   on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
   export_local = jax.vmap(strategy.export, axis_name=LOCAL)
@@ -617,8 +612,8 @@ def compile_evaluators(
     (jax.tree.leaves(swarm.params)[0].shape[0],), jnp.float32, sharding=NamedSharding(mesh, P(AXIS))
   )
 
-  def device_particles(params, batch_stats, images, labels):
-    return per_particle(lambda p, s: fn(p, s, images, labels), "unroll")(params, batch_stats)
+  def device_particles(params, batch_stats, inputs, targets):
+    return per_particle(lambda p, s: fn(p, s, inputs, targets), "unroll")(params, batch_stats)
 
   particles = jax.jit(
     jax.shard_map(

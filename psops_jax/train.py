@@ -39,7 +39,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import config_check, errors, peers
+from psops_jax import config_check, errors, peers, tasks
 from psops_jax import link as link_lib
 from psops_jax import run as run_lib
 from psops_jax import swarm as swarm_lib
@@ -138,32 +138,45 @@ def _finite_or_none(value) -> float | None:
 
 
 def evaluate_swarm(run, compiled, swarm, fitness, exported_only=False) -> dict:
-  """Test accuracy of every particle, the best particle, the mean particle, the averaged weights and
-  the model the strategy exports (`SyncStrategy.export`: g for PSO-PS, the center for EASGD, the
-  mean for averaging, the best particle for independent training), each with its batch statistics;
-  `exported_only`: the exported model's alone. The best particle is the one with the lowest final
-  fitness (a training-split quantity: the test split never chooses)."""
+  """Test accuracy and loss (the mean cross-entropy per target) of every particle, the best
+  particle, the mean particle, the averaged weights and the model the strategy exports
+  (`SyncStrategy.export`: g for PSO-PS, the center for EASGD, the mean for averaging, the best
+  particle for independent training), each with its batch statistics; `exported_only`: the
+  exported model's alone. The best particle is the one with the lowest final fitness (a
+  training-split quantity: the test split never chooses). A language model's exported model also
+  gets its bits per byte and perplexity (`tasks.text_figures`)."""
   evaluators, test_one = compiled.evaluators, run.test_one
   device = test_one[0].devices().pop()
-  accuracy_of = lambda model: float(evaluators.one(*jax.device_put(model, device), *test_one)[0])
+  evaluate_one = lambda model: [
+    float(v) for v in evaluators.one(*jax.device_put(model, device), *test_one)
+  ]
   result = {}
   if not exported_only:
-    accuracies = to_host(evaluators.particles(swarm.params, swarm.batch_stats, *run.test)[0])
-    accuracies = accuracies.astype(np.float64)
+    accuracies, losses = evaluators.particles(swarm.params, swarm.batch_stats, *run.test)
+    accuracies, losses = (to_host(a).astype(np.float64) for a in (accuracies, losses))
     best = int(np.argmin(np.where(np.isfinite(fitness), fitness, np.inf)))
     averaged = jax.tree.map(to_host, evaluators.mean(swarm.params, swarm.batch_stats))
+    averaged_accuracy, averaged_loss = evaluate_one(averaged)
     result = {
       "test_accuracy_particles": accuracies.tolist(),
       "test_accuracy_best_particle": float(accuracies[best]),
       "best_particle": best,
       "test_accuracy_mean_particle": float(np.mean(accuracies)),
-      "test_accuracy_averaged_weights": accuracy_of(averaged),
+      "test_accuracy_averaged_weights": averaged_accuracy,
+      "test_loss_particles": [_finite_or_none(v) for v in losses],
+      "test_loss_best_particle": _finite_or_none(losses[best]),
+      "test_loss_mean_particle": _finite_or_none(np.mean(losses)),
+      "test_loss_averaged_weights": _finite_or_none(averaged_loss),
     }
   sharding = jax.tree.leaves(swarm.params)[0].sharding
   exported = evaluators.export(
     swarm, swarm_lib.put_global(np.asarray(fitness, np.float32), sharding)
   )
-  result["final_test_accuracy"] = accuracy_of(first_particle(exported))
+  accuracy, loss = evaluate_one(first_particle(exported))
+  result["final_test_accuracy"] = accuracy
+  result["final_test_loss"] = _finite_or_none(loss)
+  if run.round_config.task == "language_model":
+    result.update({f"final_{k}": v for k, v in tasks.text_figures(loss).items()})
   return result
 
 
@@ -441,8 +454,20 @@ def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int, li
   communication clock's inputs (and the measured link between processes, psops_jax/link.py), and
   where and on what it ran."""
   config, rounds, swarm = run.config, run.config.train.rounds, progress.swarm
+  task = run.round_config.task
+  text_facts = {}
+  if task == "language_model":
+    tokens = rounds * run.samples_per_round * config.data.context
+    text_facts = {
+      "unigram_bits_per_byte": run.dataset.unigram_bits_per_byte,
+      "tokens": tokens,
+      "tokens_per_second": tokens / progress.train_seconds,
+    }
   return {
     **final,
+    "task": task,
+    "metric": tasks.METRICS[task]._asdict(),
+    **text_facts,
     "strategy": config.sync.strategy,
     "period": config.sync.period,
     "num_particles": config.num_particles,

@@ -51,3 +51,23 @@ def write_cifar10_dir(directory, per_batch=40, seed=0):
       pickle.dump({b"data": chw.reshape(per_batch, -1), b"labels": labels.tolist()}, f)
     batches.append((chw.transpose(0, 2, 3, 1), labels.tolist(), chw))
   return batches
+
+
+def write_fortunes_dir(directory, files=("cookie", "computers", "science"), per_file=60, seed=0):
+  """A fortune directory as Debian's `fortunes` package lays it out: text files of fortunes
+  separated by lines holding only '%', each with a binary .dat index and a .u8 link (which the
+  reader must skip). The fortunes are sentences of psops_jax.text's synthetic vocabulary
+  (learnable). Returns the fortunes in the order a reader must find them (files sorted by name)."""
+  from psops_jax import text
+
+  os.makedirs(directory, exist_ok=True)
+  found = []
+  for f, name in enumerate(sorted(files)):
+    fortunes = text.synthetic_documents(seed + f, count=per_file, words=12)
+    with open(os.path.join(directory, name), "w") as out:
+      out.write("\n%\n".join(fortunes) + "\n%\n")
+    with open(os.path.join(directory, name + ".dat"), "wb") as out:
+      out.write(bytes(range(256)))  # not UTF-8: a reader that opens it fails
+    os.symlink(name, os.path.join(directory, name + ".u8"))
+    found += fortunes
+  return found

@@ -14,7 +14,7 @@ from psops_jax import config_check, train
 pytestmark = pytest.mark.slow  # every config trains for a few rounds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso")
+RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso", "text_lm")
 STUDY_CONFIGS = (
   "study_digits",
   "study_fashion_mnist",
@@ -47,7 +47,7 @@ def toy(config, data_dir, rounds=2):
       "data.validation_size": min(config.data.validation_size, 20),
     }
   )
-  if config.data.source == "files":
+  if config.data.source in ("files", "fortunes"):
     config.data.dir = data_dir
   return config
 
@@ -57,6 +57,8 @@ def write_data(name, directory):
     fake_data.write_cifar10_dir(directory, per_batch=64)
   elif name in ("mnist", "fashion_mnist"):
     fake_data.write_mnist_dir(directory, n_train=200, n_test=40)
+  elif name == "text":  # a fortune directory of Debian's layout
+    fake_data.write_fortunes_dir(directory, per_file=150)
 
 
 def check_summary(summary, config):
@@ -122,6 +124,22 @@ def test_a_model_the_config_offers_learns_at_its_settings(name, argument, tmp_pa
   losses = summary["final_train_loss_particles"]
   assert np.mean(losses) < np.log(10) - 0.5, losses  # chance is ln 10
   assert summary["final_test_accuracy"] > 0.3, summary["final_test_accuracy"]  # chance is 0.1
+
+
+def test_text_lm_accelerator_argument_at_toy_size(tmp_path):
+  """configs/text_lm.py:accelerator (bfloat16, 512-byte context, m35) on a fake fortune directory,
+  the model at its tiny size (m35's 38M parameters, counted without compute in test_text.py, do not
+  train on 2 CPU cores in a test)."""
+  from configs import text_lm
+
+  config = text_lm.get_config("accelerator")
+  assert (config.model.size, config.data.context, config.model.dtype) == ("m35", 512, "bfloat16")
+  write_data("text", str(tmp_path / "data"))
+  config = toy(config, str(tmp_path / "data"), rounds=1)
+  config.model.size, config.num_particles, config.train.batch_size = "tiny", 2, 2
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  check_summary(summary, config)
+  assert summary["task"] == "language_model" and summary["final_bits_per_byte"] is not None
 
 
 def test_cifar10_config_through_tfds_mock(tmp_path):

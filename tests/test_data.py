@@ -16,11 +16,11 @@ from psops_jax import swarm as swarm_lib
 def test_idx_reader_round_trips(tmp_path, gz):
   arrays = write_mnist_dir(str(tmp_path), gz=gz)
   ds = data_lib.load("mnist", "files", str(tmp_path))
-  np.testing.assert_array_equal(ds.train_images[..., 0], arrays["train-images-idx3-ubyte"])
-  np.testing.assert_array_equal(ds.train_labels, arrays["train-labels-idx1-ubyte"])
-  np.testing.assert_array_equal(ds.test_images[..., 0], arrays["t10k-images-idx3-ubyte"])
-  np.testing.assert_array_equal(ds.test_labels, arrays["t10k-labels-idx1-ubyte"])
-  assert ds.train_images.shape == (40, 28, 28, 1) and ds.train_images.dtype == np.uint8
+  np.testing.assert_array_equal(ds.train_inputs[..., 0], arrays["train-images-idx3-ubyte"])
+  np.testing.assert_array_equal(ds.train_targets, arrays["train-labels-idx1-ubyte"])
+  np.testing.assert_array_equal(ds.test_inputs[..., 0], arrays["t10k-images-idx3-ubyte"])
+  np.testing.assert_array_equal(ds.test_targets, arrays["t10k-labels-idx1-ubyte"])
+  assert ds.train_inputs.shape == (40, 28, 28, 1) and ds.train_inputs.dtype == np.uint8
   assert ds.mean == data_lib.NORMALIZATION["mnist"][0]
 
 
@@ -60,11 +60,11 @@ def test_unknown_names_list_the_accepted_values():
 def test_cifar10_python_batches(tmp_path):
   expected = write_cifar10_dir(str(tmp_path), per_batch=4)
   ds = data_lib.load("cifar10", "files", str(tmp_path))
-  assert ds.train_images.shape == (20, 32, 32, 3)
-  np.testing.assert_array_equal(ds.train_images[4:8], expected[1][0])
-  np.testing.assert_array_equal(ds.test_labels, expected[5][1])
+  assert ds.train_inputs.shape == (20, 32, 32, 3)
+  np.testing.assert_array_equal(ds.train_inputs[4:8], expected[1][0])
+  np.testing.assert_array_equal(ds.test_targets, expected[5][1])
   # pixel (row 5, col 7) of image 0 channel 2 is chw[0, 2, 5, 7]
-  assert ds.test_images[0, 5, 7, 2] == expected[5][2][0, 2, 5, 7]
+  assert ds.test_inputs[0, 5, 7, 2] == expected[5][2][0, 2, 5, 7]
 
 
 def test_digits_split_is_disjoint_and_complete():
@@ -80,8 +80,8 @@ def test_tfds_source_through_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=24):
     ds = data_lib.load("cifar10", "tfds")
-  assert ds.train_images.shape == (24, 32, 32, 3) and ds.train_images.dtype == np.uint8
-  assert ds.train_labels.shape == (24,) and set(ds.train_labels) <= set(range(10))
+  assert ds.train_inputs.shape == (24, 32, 32, 3) and ds.train_inputs.dtype == np.uint8
+  assert ds.train_targets.shape == (24,) and set(ds.train_targets) <= set(range(10))
   assert ds.mean == data_lib.NORMALIZATION["cifar10"][0]
 
 
@@ -152,18 +152,18 @@ def test_augmentation_is_a_shifted_window_or_its_mirror():
 def test_validation_split_is_carved_from_training_data_only():
   ids = np.arange(500)
   ds = data_lib.Dataset(
-    train_images=ids.reshape(-1, 1, 1, 1),
-    train_labels=ids,
-    test_images=np.full((10, 1, 1, 1), -1),
-    test_labels=np.full(10, -1),
+    train_inputs=ids.reshape(-1, 1, 1, 1),
+    train_targets=ids,
+    test_inputs=np.full((10, 1, 1, 1), -1),
+    test_targets=np.full(10, -1),
     mean=(0.0,),
     std=(1.0,),
   )
   carved = data_lib.carve_validation(ds, 120, seed=0)
-  held, kept = set(carved.test_labels.tolist()), set(carved.train_labels.tolist())
+  held, kept = set(carved.test_targets.tolist()), set(carved.train_targets.tolist())
   assert len(held) == 120 and len(kept) == 380 and not held & kept
   assert held | kept == set(ids.tolist())  # nothing from the test split, nothing lost
-  np.testing.assert_array_equal(carved.test_images[:, 0, 0, 0], carved.test_labels)
+  np.testing.assert_array_equal(carved.test_inputs[:, 0, 0, 0], carved.test_targets)
   with pytest.raises(data_lib.DataError, match=r"data.validation_size=500: must be between 1 and"):
     data_lib.carve_validation(ds, 500, seed=0)
 

@@ -1,4 +1,5 @@
-"""Every registered model: logits of the right shape; batch statistics only with BatchNorm."""
+"""Every registered classifier: logits of the right shape; batch statistics only with BatchNorm
+(the transformer: tests/test_text.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +18,14 @@ WITH_BATCH_NORM = ("resnet20",)
 
 
 def test_every_model_has_an_input_shape_here():
-  assert set(INPUTS) == set(models.MODELS)
+  assert set(INPUTS) == set(models.CLASSIFIERS)
 
 
 @pytest.mark.parametrize(
   "name",
   [
     pytest.param(name, marks=pytest.mark.slow) if name in ("resnet20", "vgg_small") else name
-    for name in sorted(models.MODELS)
+    for name in sorted(models.CLASSIFIERS)
   ],
 )
 def test_model_gives_logits_and_batch_stats_only_with_batch_norm(name):
