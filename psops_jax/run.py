@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from psops_jax import data as data_lib
-from psops_jax import errors, models
+from psops_jax import errors, models, optimizers
 from psops_jax import faults as faults_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
@@ -143,7 +143,7 @@ def build_run(config, strategy: sync_lib.SyncStrategy | None = None) -> Run:
   probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
   probe = data_lib.probe_batch(dataset.train_images, dataset.train_labels, probe_pool, config.seed)
   model = models.create(config.model.name, dataset.num_classes, config.model.dtype)
-  tx = make_optimizer(config)
+  tx = optimizers.from_config(config)
   if strategy is None:
     strategy = sync_lib.from_config(config.sync, config.train.rounds, swarm_lib.AXES, n)
   cfg = round_config(config, dataset, strategy)
