@@ -49,14 +49,6 @@ class Run(NamedTuple):
   samples_per_round: int
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """The optax optimizer named by config.optimizer (sgd with optional momentum, or adam)."""
-  c = config.optimizer
-  if c.name == "sgd":
-    return optax.sgd(c.learning_rate, momentum=c.momentum or None)
-  return optax.adam(c.learning_rate)
-
-
 def load_dataset(config) -> data_lib.Dataset:
   """The data set config.data names, with its validation split carved out when asked."""
   dataset = data_lib.load(
