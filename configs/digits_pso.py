@@ -41,10 +41,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # float32 | bfloat16: the computation's dtype (mixed precision);
   # params, optimizer state and the sync stay float32
 
+  # The inner optimizer of every particle (psops_jax/optimizers.py gives the math). The outer one,
+  # where a strategy has one, is the strategy's: DiLoCo's Nesterov step (learning rate 0.7,
+  # momentum 0.9) is the `diloco` strategy's default (sync.diloco.*); MuLoCo is muon under it.
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"  # sgd | adam
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.momentum = 0.9
+  config.optimizer.name = "sgd"  # sgd | adam | adamw | muon (Muon on the 2-D weights, AdamW on
+  # the other leaves: biases, norm scales, convolution kernels, embedding tables)
+  config.optimizer.learning_rate = 0.05  # the peak of the schedule (the MLP on digits trains
+  # with adamw at 1e-3 and muon at 1e-2: tests/test_optimizers.py)
+  config.optimizer.momentum = 0.9  # sgd: heavy-ball momentum in [0, 1) (0: plain SGD)
+  config.optimizer.b1 = 0.9  # adam, adamw: first-moment decay; muon: its momentum too
+  config.optimizer.b2 = 0.999  # adam, adamw, muon: second-moment decay
+  config.optimizer.weight_decay = 1e-4  # adamw, muon: decoupled, x := x - lr (update + wd x)
+  config.optimizer.schedule = "constant"  # constant | warmup_cosine: 0 -> learning_rate linearly
+  # over warmup_steps, then a cosine down to final_fraction x learning_rate at the run's end
+  # (local step train.rounds x sync.period)
+  config.optimizer.warmup_steps = 0  # warmup_cosine: 0 .. train.rounds x sync.period - 1
+  config.optimizer.final_fraction = 0.1  # warmup_cosine: in [0, 1]
+  config.optimizer.clip_norm = 0.0  # > 0: gradients clipped to this global L2 norm (0: off)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # per particle

@@ -10,10 +10,9 @@ the run's own fields, and the types of the fields no constructor reads.
 import math
 
 from psops_jax import data as data_lib
-from psops_jax import errors, faults, models, tasks, text
+from psops_jax import errors, faults, models, optimizers, tasks, text
 from psops_jax import sync as sync_lib
 
-OPTIMIZERS = ("sgd", "adam")
 LOOPS = ("auto", "unroll", "scan")
 LAYOUTS = ("unroll", "vmap")
 INITS = ("shared", "independent")
@@ -93,9 +92,6 @@ def validate(config) -> None:
     )
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.dtype", models.DTYPES)
-  _choice(config, "optimizer.name", OPTIMIZERS)
-  _number(config, "optimizer.learning_rate", 0.0, strict=True)
-  _number(config, "optimizer.momentum", 0.0)
   _number(config, "train.batch_size", 1, integer=True)
   _number(config, "train.rounds", 1, integer=True)
   _number(config, "train.log_every", 1, integer=True)
@@ -109,6 +105,7 @@ def validate(config) -> None:
   _number(config, "train.keep_checkpoints", 1, integer=True)
   _choice(config, "train.allow_config_change", (True, False))
   _number(config, "sync.period", 1, integer=True)
+  optimizers.from_config(config)  # checks every optimizer.* field (the schedule needs the above)
   for coefficient in ("inertia", "cognitive", "social"):  # schedules' ends: pso checks the rest
     _number(config, f"sync.pso.{coefficient}", 0.0)
     _number(config, f"sync.pso.{coefficient}_final", 0.0)
@@ -125,9 +122,22 @@ def validate(config) -> None:
   strategy = sync_lib.from_config(
     config.sync, config.train.rounds, num_particles=config.num_particles
   )
+  check_opt_state_on_move(config)
   if strategy.shared_init and config.train.init != "shared":
     raise ConfigError(
       f"train.init={config.train.init!r} with sync.strategy={config.sync.strategy!r}: "
       "this strategy keeps one shared copy of the weights (or identical particles) and "
       "needs train.init='shared'"
+    )
+
+
+def check_opt_state_on_move(config) -> None:
+  """muon keeps its Newton-Schulz coefficients in its optimizer state, as floats: pso's
+  opt_state_on_move=reset, which zeroes the state's floats, would zero them (updates of 0)."""
+  reads = "sync.pso.opt_state_on_move" in sync_lib.registered(config.sync.strategy).fields.values()
+  if reads and config.optimizer.name == "muon" and config.sync.pso.opt_state_on_move == "reset":
+    raise ConfigError(
+      "sync.pso.opt_state_on_move='reset' with optimizer.name='muon': reset zeroes every float "
+      "of the optimizer state, muon's Newton-Schulz coefficients among them; accepted values "
+      "with muon are 'keep' and 'follow'"
     )

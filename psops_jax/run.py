@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from psops_jax import data as data_lib
-from psops_jax import errors, models, tasks
+from psops_jax import errors, models, optimizers, tasks
 from psops_jax import faults as faults_lib
 from psops_jax import swarm as swarm_lib
 from psops_jax import sync as sync_lib
@@ -58,14 +58,6 @@ def create_model(config, dataset: data_lib.Dataset):
   return models.create(
     c.name, dataset.num_classes, c.dtype, c.size, config.data.context, c.tie_embeddings
   )
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """The optax optimizer named by config.optimizer (sgd with optional momentum, or adam)."""
-  c = config.optimizer
-  if c.name == "sgd":
-    return optax.sgd(c.learning_rate, momentum=c.momentum or None)
-  return optax.adam(c.learning_rate)
 
 
 def load_dataset(config) -> data_lib.Dataset:
@@ -164,7 +156,7 @@ def build_run(config, strategy: sync_lib.SyncStrategy | None = None) -> Run:
   probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
   probe = data_lib.probe_batch(dataset.train_inputs, dataset.train_targets, probe_pool, config.seed)
   model = create_model(config, dataset)
-  tx = make_optimizer(config)
+  tx = optimizers.from_config(config)
   if strategy is None:
     strategy = sync_lib.from_config(config.sync, config.train.rounds, swarm_lib.AXES, n)
   cfg = round_config(config, dataset, strategy)
