@@ -88,7 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"  # pso | pso_average | average | ssgd | easgd | diloco | none
-  # | best_pull | topk_average | robust_average | outer | streaming (sync.strategy_names())
+  # | best_pull | topk_average | robust_average | outer | streaming | sparseloco | gossip
+  # (sync.strategy_names())
   config.sync.period = 8  # local steps between two synchronizations
   config.sync.pso = ml_collections.ConfigDict()
   # Defaults from measurements (the search over PSO-PS's options, configs/study_pso_variants.py; its
@@ -137,16 +138,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.outer.optimizer = "nesterov"  # none (x := the aggregate) | sgd | nesterov | adam
   config.sync.outer.learning_rate = 0.7  # outer learning rate
   config.sync.outer.momentum = 0.9  # sgd / nesterov momentum
-  config.sync.outer.compress = "none"  # none | bfloat16 | int8 | int4 | topk_fraction: what each
-  # particle sends (its pseudo-gradient theta - x_i, quantized)
-  config.sync.outer.block_size = 256  # int8 / int4: values per absmax scale
-  config.sync.outer.fraction = 0.1  # topk_fraction: the share of values sent (error feedback)
+  config.sync.outer.compress = "none"  # none | bfloat16 | int8 | int4 | int2 | topk_fraction
+  # | sparse_2bit: what each particle sends (its pseudo-gradient theta - x_i, quantized; int2,
+  # topk_fraction and sparse_2bit keep what they drop and send it later: error feedback)
+  config.sync.outer.block_size = 256  # int8 / int4 / int2: values per absmax scale; sparse_2bit:
+  # values per top-k block (each with its scale)
+  config.sync.outer.fraction = 0.1  # topk_fraction, sparse_2bit (per block): the share of values
+  # sent
+  config.sync.outer.bits = 2  # sparse_2bit: bits per value sent, 2 | 4 | 8 | 32 (unquantized)
+  config.sync.outer.feedback_decay = 1.0  # int2 / topk_fraction / sparse_2bit: the error
+  # feedback kept, e := feedback_decay * e + pseudo-gradient - sent (1: all of it)
   config.sync.outer.temperature = 1.0  # fitness_weighted: softmax(-fitness / temperature)
   # streaming: the outer sync of sync.outer's parts, one of `fragments` equal slices of the weights
   # per sync (each fragment every fragments * sync.period steps), its update applied `delay` syncs
   # later (overlapping the transfer with compute) and mixed: x := theta + mix * (x - theta)
   config.sync.streaming = ml_collections.ConfigDict()
   config.sync.streaming.fragments = 4
-  config.sync.streaming.delay = 1  # 0..fragments - 1 syncs
+  config.sync.streaming.delay = 1  # 0..fragments syncs
   config.sync.streaming.mix = 0.5  # 0: take the new theta; 1: keep the local weights
+  config.sync.streaming.eager = False  # True: when an update lands, each particle's own share of
+  # it is replaced by its current pseudo-gradient (eager updates; needs sync.outer.aggregate=mean)
+  # sparseloco: top-k per block of the error-feedback accumulator, values at 2 bits, outer SGD
+  # without momentum: e := feedback_decay * e + (theta - x), theta -= learning_rate * mean(sent)
+  config.sync.sparseloco = ml_collections.ConfigDict()
+  config.sync.sparseloco.learning_rate = 1.0  # outer learning rate
+  config.sync.sparseloco.fraction = 0.02  # share of each block's values sent
+  config.sync.sparseloco.block_size = 4096  # values per top-k block (the paper's chunk)
+  config.sync.sparseloco.bits = 2  # bits per value sent: 2 | 4 | 8 | 32 (unquantized)
+  config.sync.sparseloco.feedback_decay = 0.95  # the error feedback kept at each sync (beta)
+  # gossip: each particle averages its weights with `peers` others drawn at random every sync,
+  # point to point (no all-reduce): x_i := (x_i + sum of the peers' x) / (peers + 1)
+  config.sync.gossip = ml_collections.ConfigDict()
+  config.sync.gossip.peers = 1  # 1..num_particles - 1 (num_particles - 1: the mean)
   return config

@@ -10,6 +10,9 @@ each particle sent (`communicated_bytes_per_particle`), and once its period, its
                2 (N - 1) messages:   2 (N - 1) latency + 2 (N - 1) / N P / bandwidth
   all_gather   every worker receives the other N - 1 payloads, (N - 1) / N of N P, in N - 1
                messages:             (N - 1) latency + (N - 1) P / bandwidth
+  point_to_point  every worker sends its payload P to a peer and receives one (gossip; full
+               duplex, all pairs at once): latency + P / bandwidth (a gossip with p peers sends
+               P = p payloads, issued together: one latency)
   overlap      the fraction of every collective that runs behind compute (0: blocking)
 
 A run is a sequence of events (a round of `period` local steps and its sync; for a per-step
@@ -33,14 +36,15 @@ algorithm on a given topology, and the real step time of an accelerator.
 
 from typing import NamedTuple
 
-COLLECTIVE_KINDS = ("all_reduce", "all_gather", "none")
+COLLECTIVE_KINDS = ("all_reduce", "all_gather", "point_to_point", "none")
 
 
 class Collective(NamedTuple):
   """How a sync strategy's bytes travel (`SyncStrategy.collective`, psops_jax/sync/interface.py).
 
   kind:           all_reduce (a ring all-reduce of the payload), all_gather (every particle
-                  receives every other's payload) or none (no communication).
+                  receives every other's payload), point_to_point (every particle sends its
+                  payload to one peer and receives one's) or none (no communication).
   per_step:       one collective per local step (ssgd's gradients) instead of one per round.
   hidden_rounds:  rounds of local steps the collective runs behind before its result is needed
                   (streaming's delay): a sync costs only what does not fit behind them.
@@ -75,6 +79,8 @@ def collective_seconds(kind: str, payload: float, workers: int, bandwidth: float
     return 2 * (n - 1) * latency + 2 * (n - 1) / n * payload / bandwidth
   if kind == "all_gather":
     return (n - 1) * latency + (n - 1) * payload / bandwidth
+  if kind == "point_to_point":
+    return latency + payload / bandwidth
   raise ValueError(f"collective {kind!r}: accepted values are {COLLECTIVE_KINDS}")
 
 

@@ -120,10 +120,10 @@ def test_bytes_and_collective_of_streaming():
 
 
 def test_bad_streaming_fields_are_named():
-  with pytest.raises(errors.BadArgument, match=r"^delay=4: accepted values are 0\.\.3"):
-    sync_lib.streaming(4, delay=4)
+  with pytest.raises(errors.BadArgument, match=r"^delay=5: accepted values are 0\.\.4"):
+    sync_lib.streaming(4, delay=5)
   for field, value, accepted in [
-    ("delay", 4, r"0\.\.3"),
+    ("delay", 5, r"0\.\.4"),
     ("fragments", 0, ">= 1"),
     ("mix", 1.5, r"\[0, 1\]"),
   ]:

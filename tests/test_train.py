@@ -163,7 +163,7 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
 @pytest.mark.parametrize(
   "field,value,message",
   [
-    ("sync.strategy", "gossip", r"sync.strategy='gossip': accepted values are \('pso'"),
+    ("sync.strategy", "telepathy", r"sync.strategy='telepathy': accepted values are \('pso'"),
     ("sync.period", 0, r"sync.period=0: must be an integer >= 1"),
     ("sync.pso.social", -1.0, r"sync.pso.social=-1.0: must be a number >= 0"),
     (
@@ -238,14 +238,14 @@ def test_command_line_override_and_clean_error(tmp_path):
   assert summary["num_particles"] == 2 and summary["rounds"] == 2
   assert "final test accuracy" in ok.stdout
   bad = subprocess.run(
-    base + ["--config.sync.strategy=gossip", "--workdir", str(tmp_path / "bad")],
+    base + ["--config.sync.strategy=telepathy", "--workdir", str(tmp_path / "bad")],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=300,
   )
   assert bad.returncode == 2
-  assert "sync.strategy='gossip'" in bad.stderr and "Traceback" not in bad.stderr
+  assert "sync.strategy='telepathy'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("devices,layout", [(2, "unroll"), (1, "vmap"), (4, "vmap")])

@@ -26,9 +26,9 @@ select, `none` keeps them local, the robust average takes their median (or trimm
 that function with no statistics; every strategy's docstring says what it does with them.
 
 `bytes_per_round(params, period, opt_state=None)` is the communication model: the bytes ONE particle
-puts into collectives during one round of `period` local steps (the payload of each all-reduce or
-all-gather that particle joins, 4 bytes per float32), not counting any algorithm-specific fan-out of
-the collective. Its arguments may be arrays or jax.ShapeDtypeStruct.
+puts into collectives during one round of `period` local steps (the payload of each all-reduce,
+all-gather or point-to-point exchange that particle joins, 4 bytes per float32), not counting any
+algorithm-specific fan-out of the collective. Its arguments may be arrays or jax.ShapeDtypeStruct.
 
 The package, one concept a module:
 
@@ -37,9 +37,11 @@ The package, one concept a module:
     baselines        none, ssgd, easgd
     pso_sync         pso, pso_average
     aggregates       the outer sync's aggregates as values: mean(), topk(k), trimmed_mean(trim), ...
-    compressors      what a particle sends: none(), bfloat16(), int8(block_size), ...
-    outer_sync       outer(aggregate, optimizer, compressor) and its presets: average, diloco, ...
-    streaming_sync   streaming: the outer sync one fragment per round
+    compressors      what a particle sends: none(), bfloat16(), int8(block_size), sparse_2bit, ...
+    outer_sync       outer(aggregate, optimizer, compressor) and its presets: average, diloco,
+                     sparseloco, ...
+    streaming_sync   streaming: the outer sync one fragment per round (eager updates optional)
+    gossip_sync      gossip: averaging with random peers, point to point
     registry         the config layer: from_config, REGISTRY, register
 """
 
@@ -54,14 +56,17 @@ from psops_jax.sync.collectives import (
   float_count,
   map_floats,
   masked_fetch,
+  particle_count,
   particle_index,
   particle_key,
   pmean_floats,
   psum_floats,
   sanitize_fitness,
+  shifted_floats,
   tree_bytes,
 )
 from psops_jax.sync.compressors import Compressor
+from psops_jax.sync.gossip_sync import gossip, gossip_shifts
 from psops_jax.sync.interface import SyncStrategy, make_strategy, round_bytes, sync_variables
 from psops_jax.sync.outer_sync import (
   OuterState,
@@ -70,6 +75,7 @@ from psops_jax.sync.outer_sync import (
   diloco,
   outer,
   robust_average,
+  sparseloco,
   topk_average,
 )
 from psops_jax.sync.pso_sync import (
@@ -119,11 +125,14 @@ __all__ = [
   "easgd",
   "float_count",
   "from_config",
+  "gossip",
+  "gossip_shifts",
   "make_strategy",
   "map_floats",
   "masked_fetch",
   "none",
   "outer",
+  "particle_count",
   "particle_index",
   "particle_key",
   "pmean_floats",
@@ -135,6 +144,8 @@ __all__ = [
   "robust_average",
   "round_bytes",
   "sanitize_fitness",
+  "shifted_floats",
+  "sparseloco",
   "ssgd",
   "streaming",
   "strategy_names",

@@ -5,6 +5,7 @@ Every function here sees ONE particle's values and reaches the others through th
 bound by `jax.shard_map`, `jax.pmap` or `jax.vmap(..., axis_name=...)`.
 """
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -89,9 +90,8 @@ def all_gather_stacked(x: jax.Array, axis_name: AxisName) -> jax.Array:
   Over a tuple of axes the gathers are nested, innermost axis first (jax 0.10 rejects one all_gather
   over a mesh axis and a vmap axis together).
   """
-  names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
   shape = x.shape
-  for name in reversed(names):
+  for name in reversed(axis_names(axis_name)):
     x = lax.all_gather(x, name)
   return x.reshape((-1,) + shape)
 
@@ -99,6 +99,58 @@ def all_gather_stacked(x: jax.Array, axis_name: AxisName) -> jax.Array:
 def all_gather_scalar(x: jax.Array, axis_name: AxisName) -> jax.Array:
   """The scalar `x` of every particle, shape (N,), ordered by `particle_index`."""
   return all_gather_stacked(x, axis_name)
+
+
+def axis_names(axis_name: AxisName) -> tuple[str, ...]:
+  """`axis_name` as a tuple of names."""
+  return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+
+
+def particle_count(axis_name: AxisName) -> int:
+  """N, the number of particles along `axis_name` (a Python int: the axes' sizes are static)."""
+  return math.prod(lax.axis_size(name) for name in axis_names(axis_name))
+
+
+def rotate(x: jax.Array, shift: int, names: tuple[str, ...]) -> jax.Array:
+  """x of particle (i + shift) mod N on particle i, for a static `shift`, by lax.ppermute.
+
+  One name: one ppermute. Several (row-major: particle i = d L + l, L the size of the last axis,
+  e.g. a mesh axis and a vmap axis) -- a ppermute over them together would permute the first axis
+  alone -- with shift = a L + b: the values turn by b along the last axis (l takes l + b mod L),
+  then particle l takes them from d + a over the other axes when l + b < L, else from d + a + 1.
+  """
+  if len(names) == 1:
+    n = lax.axis_size(names[0])
+    if shift % n == 0:
+      return x
+    return lax.ppermute(x, names[0], [((i + shift) % n, i) for i in range(n)])
+  size = lax.axis_size(names[-1])
+  a, b = divmod(shift, size)
+  turned = rotate(x, b, names[-1:])
+  near = rotate(turned, a, names[:-1])
+  if b == 0:
+    return near
+  far = rotate(turned, a + 1, names[:-1])
+  return jnp.where(lax.axis_index(names[-1]) < size - b, near, far)
+
+
+def shifted_floats(tree: PyTree, shift: jax.Array, axis_name: AxisName) -> PyTree:
+  """The floating-point leaves of particle (i + shift) mod N on particle i, ravelled into one
+  point-to-point exchange (each particle sends its values to one and receives one's; over a
+  device axis and a vmap axis, two ppermutes between devices when the shift crosses a device's
+  block); integer leaves unchanged. `shift` may be traced (e.g. drawn from the round's key) but
+  must be the same on every particle, in 1..N-1: lax.switch picks the static exchange of that
+  shift, so every particle takes the same branch."""
+  floats = float_leaves(tree)
+  if not floats or particle_count(axis_name) == 1:  # N = 1: the particle itself
+    return tree
+  flat, unravel = ravel_pytree(floats)
+  names = axis_names(axis_name)
+  branches = [
+    functools.partial(rotate, shift=s, names=names) for s in range(1, particle_count(axis_name))
+  ]
+  moved = iter(unravel(lax.switch(shift - 1, branches, flat)))
+  return map_floats(lambda a: next(moved), tree)
 
 
 def sanitize_fitness(fitness: jax.Array) -> jax.Array:

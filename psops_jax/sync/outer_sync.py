@@ -1,5 +1,5 @@
 """The composable outer sync, and the strategies that are presets of it: averaging, DiLoCo, the
-robust average, the top-k average and the pull to the best particle.
+robust average, the top-k average, the pull to the best particle and SparseLoCo.
 
     from psops_jax.sync import aggregates, compressors, outer
     strategy = outer(aggregates.median(), optax.sgd(0.7, 0.9, nesterov=True), compressors.int8())
@@ -43,8 +43,10 @@ def outer(
 
       compressor "none": a     := A(x')                          (the weights themselves)
                          d     := theta - a                       (optimizer only)
-      otherwise:         d     := A(C(theta - x_i' + e_i))        (pseudo-gradients, compressed;
-                         e_i   := theta - x_i' + e_i - C(...)      error feedback: topk_fraction)
+      otherwise:         u_i   := theta - x_i' + beta e_i         (pseudo-gradients, compressed;
+                         d     := A(C(u_i))                        error feedback: int2,
+                         e_i   := u_i - C(u_i)                     topk_fraction, sparse_2bit;
+                                                                   beta its feedback_decay)
       optimizer None:    x_i   := a, or theta - d
       optimizer opt:     theta := theta + opt.update(d)          (optax: sgd(1) is averaging,
                          x_i   := theta                           sgd(eta, mu, nesterov) DiLoCo)
@@ -54,7 +56,7 @@ def outer(
   collective here still moves float32; `bytes_per_round` counts the compressed payload (values,
   scales, indices) that a real compressed exchange would send. Batch statistics are aggregated by
   the same rule (never compressed, no outer step). `average`, `diloco`, `robust_average`,
-  `topk_average` and `best_pull` are presets of this function.
+  `topk_average`, `best_pull` and `sparseloco` are presets of this function.
   """
   aggregate = aggregate if aggregate is not None else aggregates.mean()
   compressor = compressor if compressor is not None else compressors.none()
@@ -124,6 +126,15 @@ def average(axis_name: AxisName = "particles", average_opt_state: bool = False) 
   )
 
 
+def check_learning_rate(learning_rate) -> None:
+  require(
+    is_number(learning_rate) and learning_rate > 0,
+    "learning_rate",
+    learning_rate,
+    "accepted values are numbers > 0",
+  )
+
+
 def diloco(
   learning_rate: float = 0.7,
   momentum: float = 0.9,
@@ -142,17 +153,42 @@ def diloco(
   eta = learning_rate, mu = momentum. eta = 1, mu = 0 is parameter averaging. The inner optimizers'
   states stay local. Batch statistics are averaged (no outer step), in the same all-reduce.
   """
-  require(
-    is_number(learning_rate) and learning_rate > 0,
-    "learning_rate",
-    learning_rate,
-    "accepted values are numbers > 0",
-  )
+  check_learning_rate(learning_rate)
   require(
     is_number(momentum) and 0 <= momentum < 1, "momentum", momentum, "accepted values are in [0, 1)"
   )
   optimizer = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
   return outer(optimizer=optimizer, axis_name=axis_name)
+
+
+def sparseloco(
+  learning_rate: float = 1.0,
+  fraction: float = 0.02,
+  block_size: int = 4096,
+  bits: int = 2,
+  feedback_decay: float = 0.95,
+  axis_name: AxisName = "particles",
+) -> SyncStrategy:
+  """SparseLoCo (Sarfi et al. 2025): top-k sparsified, 2-bit quantized pseudo-gradients with a
+  decaying error feedback in place of outer momentum; `outer(optimizer=optax.sgd(eta),
+  compressor=compressors.sparse_2bit(fraction, block_size, bits, beta))`:
+
+      e_i   := beta e_i + theta - x_i'               (the particle's accumulator)
+      s_i   := Q(TopK(e_i))                          (per block of `block_size` values: the
+                                                      `fraction` largest, at `bits` bits)
+      e_i   := e_i - s_i
+      theta := theta - eta mean_k s_k                (one all-reduce; outer SGD, no momentum)
+      x_i   := theta
+
+  eta = learning_rate, beta = feedback_decay. fraction 1 with bits 32 sends e_i whole, which is
+  then 0 after every sync: DiLoCo without momentum at the same eta, whatever beta. Bytes: the
+  compressor's (`compressors.sparse_bytes`): at the defaults, 82 of every 4096 values at 2 + 12
+  bits and a float32 scale: 148 bytes, 0.9% of float32. Batch statistics are averaged, never
+  compressed.
+  """
+  check_learning_rate(learning_rate)
+  compressor = compressors.sparse_2bit(fraction, block_size, bits, feedback_decay)
+  return outer(optimizer=optax.sgd(learning_rate), compressor=compressor, axis_name=axis_name)
 
 
 ROBUST_METHODS = {

@@ -20,7 +20,15 @@ from typing import Any, Callable, Mapping, NamedTuple
 import optax
 
 from psops_jax import errors
-from psops_jax.sync import aggregates, baselines, compressors, outer_sync, pso_sync, streaming_sync
+from psops_jax.sync import (
+  aggregates,
+  baselines,
+  compressors,
+  gossip_sync,
+  outer_sync,
+  pso_sync,
+  streaming_sync,
+)
 from psops_jax.sync.collectives import AxisName
 from psops_jax.sync.interface import SyncStrategy
 
@@ -39,7 +47,11 @@ COMPRESSORS: dict[str, Callable[[ConfigSection], compressors.Compressor]] = {
   "bfloat16": lambda c: compressors.bfloat16(),
   "int8": lambda c: compressors.int8(c.outer.block_size),
   "int4": lambda c: compressors.int4(c.outer.block_size),
-  "topk_fraction": lambda c: compressors.topk_fraction(c.outer.fraction),
+  "int2": lambda c: compressors.int2(c.outer.block_size, c.outer.feedback_decay),
+  "topk_fraction": lambda c: compressors.topk_fraction(c.outer.fraction, c.outer.feedback_decay),
+  "sparse_2bit": lambda c: compressors.sparse_2bit(
+    c.outer.fraction, c.outer.block_size, c.outer.bits, c.outer.feedback_decay
+  ),
 }
 OUTER_OPTIMIZERS: dict[str, Callable[[ConfigSection], optax.GradientTransformation | None]] = {
   "none": lambda c: None,
@@ -118,6 +130,8 @@ PARTS_FIELDS = {
   "pull": "sync.best_pull",
   "block_size": "sync.outer.block_size",
   "fraction": "sync.outer.fraction",
+  "bits": "sync.outer.bits",
+  "feedback_decay": "sync.outer.feedback_decay",
 }
 PARTS = (
   aggregates.trimmed_mean,
@@ -125,9 +139,17 @@ PARTS = (
   aggregates.fitness_weighted,
   aggregates.best_pull,
   compressors.int8,
+  compressors.int2,
   compressors.topk_fraction,
+  compressors.sparse_2bit,
 )
-STREAMING_FIELDS = {name: f"sync.streaming.{name}" for name in ("fragments", "delay", "mix")}
+STREAMING_FIELDS = {
+  name: f"sync.streaming.{name}" for name in ("fragments", "delay", "mix", "eager")
+}
+SPARSELOCO_FIELDS = {
+  name: f"sync.sparseloco.{name}"
+  for name in ("learning_rate", "fraction", "block_size", "bits", "feedback_decay")
+}
 
 REGISTRY: dict[str, Registered] = {
   "pso": Registered(pso_from_config, PSO_FIELDS, (pso_sync.pso, pso_sync.coefficient_schedule)),
@@ -175,10 +197,27 @@ REGISTRY: dict[str, Registered] = {
   ),
   "streaming": Registered(
     lambda c, rounds, axis: streaming_sync.streaming(
-      c.streaming.fragments, c.streaming.delay, c.streaming.mix, axis_name=axis, **outer_parts(c)
+      c.streaming.fragments,
+      c.streaming.delay,
+      c.streaming.mix,
+      axis_name=axis,
+      eager=c.streaming.eager,
+      **outer_parts(c),
     ),
     {**PARTS_FIELDS, **STREAMING_FIELDS},
     PARTS + (streaming_sync.streaming,),
+  ),
+  "sparseloco": Registered(
+    lambda c, rounds, axis: outer_sync.sparseloco(
+      **{name: getattr(c.sparseloco, name) for name in SPARSELOCO_FIELDS}, axis_name=axis
+    ),
+    SPARSELOCO_FIELDS,
+    (outer_sync.sparseloco,),
+  ),
+  "gossip": Registered(
+    lambda c, rounds, axis: gossip_sync.gossip(c.gossip.peers, axis),
+    {"peers": "sync.gossip.peers"},
+    (gossip_sync.gossip,),
   ),
 }
 

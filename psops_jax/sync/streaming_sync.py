@@ -24,7 +24,9 @@ class StreamingState(NamedTuple):
   fragment stacked on a leading axis of F, `residual` the particle's error feedback (F c, or ()),
   `pending` the aggregated pseudo-gradients still on the wire (delay x c, or ()), `count` the syncs
   done so far; with a delay, `outgoing` (c) and `outgoing_fitness` are what this particle sent at
-  the last sync, all-reduced by `communicate` during the next round's local steps (else ())."""
+  the last sync, all-reduced by `communicate` during the next round's local steps (else ());
+  eager with a delay: `own_pending` this particle's own share of each update in `pending`, the
+  pseudo-gradients it sent (delay x c, else ())."""
 
   center: jax.Array
   opt_state: PyTree
@@ -33,6 +35,7 @@ class StreamingState(NamedTuple):
   count: jax.Array
   outgoing: PyTree = ()
   outgoing_fitness: PyTree = ()
+  own_pending: PyTree = ()
 
 
 def fragment_size(count: int, fragments: int) -> int:
@@ -40,8 +43,9 @@ def fragment_size(count: int, fragments: int) -> int:
   return -(-count // fragments)
 
 
-def check_streaming(fragments, delay, mix) -> None:
-  """errors.BadArgument unless F >= 1, 0 <= d < F and 0 <= a <= 1."""
+def check_streaming(fragments, delay, mix, eager, aggregate) -> None:
+  """errors.BadArgument unless F >= 1, 0 <= d <= F, 0 <= a <= 1 and eager is a bool, False
+  unless the aggregate is the mean."""
   require(
     is_integer(fragments) and fragments >= 1,
     "fragments",
@@ -49,12 +53,20 @@ def check_streaming(fragments, delay, mix) -> None:
     "accepted values are integers >= 1",
   )
   require(
-    is_integer(delay) and 0 <= delay < fragments,
+    is_integer(delay) and 0 <= delay <= fragments,
     "delay",
     delay,
-    f"accepted values are 0..{fragments - 1} (fragments - 1)",
+    f"accepted values are 0..{fragments} (fragments)",
   )
   require(is_number(mix) and 0 <= mix <= 1, "mix", mix, "accepted values are in [0, 1]")
+  require(isinstance(eager, bool), "eager", eager, "accepted values are True and False")
+  require(
+    not eager or aggregate.name == "mean",
+    "eager",
+    eager,
+    f"accepted values are False with the aggregate {aggregate.name!r}: eager replaces this "
+    "particle's share of the mean, which only the mean has",
+  )
 
 
 class StreamingParts(NamedTuple):
@@ -63,10 +75,19 @@ class StreamingParts(NamedTuple):
   fragments: int
   delay: int
   mix: float
+  eager: bool
   aggregate: aggregates.Aggregate
   optimizer: optax.GradientTransformation | None
   compressor: compressors.Compressor
   axis_name: AxisName
+
+
+def sends_weights(s: StreamingParts) -> bool:
+  """Whether the payload is the weights' fragment (compressor none) rather than the
+  pseudo-gradient. Not with eager, which needs each particle's pseudo-gradient against its own
+  theta (they differ), nor with d = F, where theta_f changes (the update landing as the fragment
+  is sent) before `communicate` would subtract the aggregate from it."""
+  return s.compressor.name == "none" and not s.eager and s.delay < s.fragments
 
 
 def padded(s: StreamingParts, params):
@@ -88,31 +109,29 @@ def init_state(s: StreamingParts, params) -> StreamingState:
     count=jnp.zeros((), jnp.int32),
     outgoing=jnp.zeros((c,), center.dtype) if s.delay else (),
     outgoing_fitness=jnp.zeros((), jnp.float32) if s.delay else (),
+    own_pending=jnp.zeros((s.delay, c), center.dtype) if s.eager and s.delay else (),
   )
 
 
 def local_payload(s: StreamingParts, x, state: StreamingState, c):
   """(what this particle sends for fragment f = k mod F, its new residual): the fragment of its
-  weights (compressor none), or its compressed pseudo-gradient theta_f - x_f + e_f."""
+  weights (`sends_weights`), or its compressed pseudo-gradient theta_f - x_f (+ beta e_f)."""
   sent = state.count % s.fragments
   fragment = lambda v: lax.dynamic_slice(v, (sent * c,), (c,))
-  if s.compressor.name == "none":
+  if sends_weights(s):
     return fragment(x), state.residual
-  pseudo = fragment(state.center) - fragment(x)
-  if s.compressor.error_feedback:
-    pseudo = pseudo + fragment(state.residual)
-  received = s.compressor.apply(pseudo)
-  residual = state.residual
-  if s.compressor.error_feedback:
-    residual = lax.dynamic_update_slice(residual, pseudo - received, (sent * c,))
-  return received, residual
+  residual = fragment(state.residual) if s.compressor.error_feedback else ()
+  received, kept = compressors.send(s.compressor, fragment(state.center) - fragment(x), residual)
+  if not s.compressor.error_feedback:
+    return received, state.residual
+  return received, lax.dynamic_update_slice(state.residual, kept, (sent * c,))
 
 
 def aggregated_update(s: StreamingParts, payload, theta_f, fitness):
   """u: theta_f - A(payload) (the weights' fragments) or A(payload) (pseudo-gradients): the
   collective of a sync."""
   aggregated = s.aggregate(payload, fitness, s.axis_name)
-  return theta_f - aggregated if s.compressor.name == "none" else aggregated
+  return theta_f - aggregated if sends_weights(s) else aggregated
 
 
 def communicate(s: StreamingParts, state: StreamingState) -> StreamingState:
@@ -143,7 +162,8 @@ def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fit
 
   delay 0: the update is aggregated here and lands at once. delay d > 0: this sync only prepares
   the payload (`outgoing`); `communicate` all-reduces it during the next round, so that `pending`
-  holds u_{k-d} .. u_{k-1} at sync k, and u_{k-d} lands."""
+  holds u_{k-d} .. u_{k-1} at sync k, and u_{k-d} lands (`eager`: with this particle's share of
+  it replaced by its current pseudo-gradient)."""
   stats = s.aggregate(stats, fitness, s.axis_name)
   x, unravel, c = padded(s, params)
   payload, residual = local_payload(s, x, state, c)
@@ -157,6 +177,13 @@ def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fit
   landed = (state.count - s.delay) % s.fragments  # the fragment whose update arrives now
   active = state.count >= s.delay  # nothing has arrived during the first d syncs
   theta = lax.dynamic_slice(state.center, (landed * c,), (c,))
+  own_pending = state.own_pending
+  if s.eager:
+    own_sent = state.own_pending[0] if s.delay else payload  # this particle's share of u, sent
+    own_now = theta - lax.dynamic_slice(x, (landed * c,), (c,))
+    u = u + (own_now - own_sent) / lax.psum(1, s.axis_name)
+    if s.delay:
+      own_pending = jnp.concatenate([state.own_pending[1:], payload[None]])
   new_theta, opt_state = landed_update(s, theta, u, state.opt_state, landed, active)
   local = lax.dynamic_slice(x, (landed * c,), (c,))
   mixed = jnp.where(active, new_theta + s.mix * (local - new_theta), local)
@@ -168,7 +195,9 @@ def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fit
   return (
     params,
     stats,
-    StreamingState(center, opt_state, residual, pending, state.count + 1, *outgoing),
+    StreamingState(
+      center, opt_state, residual, pending, state.count + 1, *outgoing, own_pending=own_pending
+    ),
   )
 
 
@@ -186,6 +215,7 @@ def streaming(
   optimizer: optax.GradientTransformation | None = None,
   compressor: compressors.Compressor | None = None,
   axis_name: AxisName = "particles",
+  eager: bool = False,
 ) -> SyncStrategy:
   """Streaming DiLoCo (Douillard et al. 2025): the outer sync of `outer`, one fragment per round.
 
@@ -205,15 +235,29 @@ def streaming(
   so it hides behind one round of compute at most (the clock's `hidden_rounds`). Then fragment f
   of each particle is mixed with the new theta_f: a = 0 takes theta_f, a = 1 keeps the local
   weights. The other fragments train on locally. F = 1, d = 0, a = 0 is `outer` with the same
-  parts (DiLoCo with the Nesterov optimizer); 0 <= d < F, so a fragment's update lands before it is
-  sent again. Batch statistics are averaged at every sync (aggregate A), in the same collective.
-  The simulation reduces fragment f only; `bytes_per_round` counts its c values at the
-  compressor's width.
+  parts (DiLoCo with the Nesterov optimizer); 0 <= d <= F, so a fragment's update lands at the
+  latest at the sync that sends it again, after its payload is taken (F = d = 1: DiLoCo with the
+  outer step delayed by one round, Kale et al. 2025's setting). Batch statistics are averaged at
+  every sync (aggregate A), in the same collective. The simulation reduces fragment f only;
+  `bytes_per_round` counts its c values at the compressor's width.
+
+  `eager` (Kale, Douillard, Donchev 2025; aggregate mean only): when u_k lands, particle i
+  applies, instead of the mean of the pseudo-gradients sent d syncs ago, a mix of its own current
+  pseudo-gradient and the others' delayed ones,
+
+      u_i := u_k + (1/N) (delta_i - sent_i),   delta_i = theta_f,i - x_f,i now,
+                                               sent_i = its own share of u_k, as sent
+
+  (= (1/N) delta_i + (1/N) sum_{j != i} sent_j), so the outer step sees this particle's fresh
+  progress rather than none of it. The particles then step their own copies of theta_f and of
+  the outer optimizer state, which differ (each sends its pseudo-gradient against its own theta,
+  also with compressor none). With compression, delta_i is the exact local value. d = 0: u_i = u_k
+  up to float rounding with compressor none (delta_i = sent_i).
   """
-  check_streaming(fragments, delay, mix)
   aggregate = aggregate if aggregate is not None else aggregates.mean()
+  check_streaming(fragments, delay, mix, eager, aggregate)
   compressor = compressor if compressor is not None else compressors.none()
-  s = StreamingParts(fragments, delay, mix, aggregate, optimizer, compressor, axis_name)
+  s = StreamingParts(fragments, delay, mix, eager, aggregate, optimizer, compressor, axis_name)
   bind = lambda fn: functools.partial(fn, s)
   return make_strategy(
     bind(init_state),
