@@ -77,14 +77,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3  # the last few kept
   config.train.allow_config_change = False  # resume a workdir whose run had another config
 
-  # Faulty workers (a robustness scenario): the last `particles` particles are hit at `round`.
+  # Faulty workers (a robustness scenario): the last `particles` particles are hit from the round
+  # holding local step `step` on (psops_jax/faults.py).
   config.faults = ml_collections.ConfigDict()
   config.faults.kind = "none"  # none | nan (weights := NaN) | noise (weights := N(0, scale^2))
-  # | lr (their updates scale x larger from then on)
+  # | lr (their updates scale x larger from then on); Byzantine workers, which at every sync send
+  # crafted weights instead of x' (x0: the round's starting weights, u = x' - x0):
+  # | sign_flip (x0 - u) | scale (x0 + scale * u) | alie (x0 + mu - z sigma, mu and sigma the
+  # honest workers' mean and standard deviation of u per coordinate: Baruch et al. 2019)
   config.faults.particles = 1
   config.faults.step = 0  # the fault strikes at the start of the round holding this
   # local step (0-based): round step // sync.period
-  config.faults.scale = 10.0  # noise: standard deviation; lr: the learning-rate factor
+  config.faults.scale = 10.0  # noise: standard deviation; lr: the learning-rate factor; scale:
+  # the factor s of the update (any sign, e.g. -4)
+  config.faults.z = 1.0  # alie: standard deviations from the honest mean (z_rule fixed)
+  config.faults.z_rule = "fixed"  # alie: fixed (faults.z) | paper (z_max(n, f) of Baruch et
+  # al.: Phi^-1((n - s) / n), s = floor(n / 2 + 1) - f; 0 for 8 workers with 1 faulty)
 
   config.sync = ml_collections.ConfigDict()
   config.sync.strategy = "pso"  # pso | pso_average | average | ssgd | easgd | diloco | none
@@ -134,7 +142,7 @@ def get_config() -> ml_collections.ConfigDict:
   # sync.robust.trim, sync.topk and sync.best_pull
   config.sync.outer = ml_collections.ConfigDict()
   config.sync.outer.aggregate = "mean"  # mean | median | trimmed_mean | topk | fitness_weighted
-  # | best_pull
+  # | best_pull | centered_clip
   config.sync.outer.optimizer = "nesterov"  # none (x := the aggregate) | sgd | nesterov | adam
   config.sync.outer.learning_rate = 0.7  # outer learning rate
   config.sync.outer.momentum = 0.9  # sgd / nesterov momentum
@@ -149,6 +157,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sync.outer.feedback_decay = 1.0  # int2 / topk_fraction / sparse_2bit: the error
   # feedback kept, e := feedback_decay * e + pseudo-gradient - sent (1: all of it)
   config.sync.outer.temperature = 1.0  # fitness_weighted: softmax(-fitness / temperature)
+  # centered_clip (Karimireddy et al. 2021): v := v + mean_k clip(x_k - v), clip(u) = u min(1,
+  # clip_tau / ||u||) (L2 norm of a worker's whole round update), clip_iterations times, from the
+  # center (the round's starting weights: a zero pseudo-gradient)
+  config.sync.outer.clip_tau = 1.0  # > 0 (inf: the mean)
+  config.sync.outer.clip_iterations = 1  # >= 1, one all-reduce each
   # streaming: the outer sync of sync.outer's parts, one of `fragments` equal slices of the weights
   # per sync (each fragment every fragments * sync.period steps), its update applied `delay` syncs
   # later (overlapping the transfer with compute) and mixed: x := theta + mix * (x - theta)

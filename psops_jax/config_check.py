@@ -39,16 +39,43 @@ def _choice(config, field, accepted):
 
 
 def _number(config, field, minimum, integer=False, strict=False):
+  """A finite number (an integer) >= minimum (> minimum if strict); minimum None: any."""
   value = _get(config, field)
   kind = "an integer" if integer else "a number"
   ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
   if isinstance(value, bool) or not ok_type:
     raise ConfigError(f"{field}={value!r}: must be {kind}")
-  bound = f"> {minimum}" if strict else f">= {minimum}"
+  bound = "" if minimum is None else f" > {minimum}" if strict else f" >= {minimum}"
   if not math.isfinite(value):  # NaN would pass the comparisons below
-    raise ConfigError(f"{field}={value!r}: must be a finite number {bound}")
-  if value < minimum or (strict and value == minimum):
-    raise ConfigError(f"{field}={value!r}: must be {kind} {bound}")
+    raise ConfigError(f"{field}={value!r}: must be a finite number{bound}")
+  if minimum is not None and (value < minimum or (strict and value == minimum)):
+    raise ConfigError(f"{field}={value!r}: must be {kind}{bound}")
+
+
+def _faults(config) -> None:
+  """The faults block: its kind, numbers, and what each kind needs of them."""
+  f = config.faults
+  _choice(config, "faults.kind", faults.FAULT_KINDS)
+  _number(config, "faults.step", 0, integer=True)
+  _number(config, "faults.scale", None if f.kind == "scale" else 0.0)  # "scale": any sign
+  _number(config, "faults.particles", 0, integer=True)
+  _number(config, "faults.z", 0.0)
+  _choice(config, "faults.z_rule", faults.Z_RULES)
+  # alie's statistics are the honest workers': at least one must be left
+  honest = 1 if f.kind == "alie" else 0
+  if f.particles > config.num_particles - honest:
+    raise ConfigError(
+      f"faults.particles={f.particles}: accepted values are "
+      f"0..{config.num_particles - honest} (num_particles={config.num_particles}"
+      + (", one honest worker for alie's statistics)" if honest else ")")
+    )
+  if f.kind == "alie":
+    try:
+      faults.alie_z(f.z_rule, f.z, config.num_particles, f.particles)
+    except errors.BadArgument as e:
+      raise ConfigError(
+        f"faults.{e.argument}={e.value!r} with faults.z_rule={f.z_rule!r}: {e.accepted}"
+      ) from None
 
 
 def check_task(config) -> None:
@@ -81,15 +108,7 @@ def validate(config) -> None:
   check_task(config)
   _number(config, "data.synthetic_size", 0, integer=True)
   _number(config, "data.dirichlet_alpha", 0.0, strict=True)
-  _choice(config, "faults.kind", faults.FAULT_KINDS)
-  _number(config, "faults.step", 0, integer=True)
-  _number(config, "faults.scale", 0.0)
-  _number(config, "faults.particles", 0, integer=True)
-  if config.faults.particles > config.num_particles:
-    raise ConfigError(
-      f"faults.particles={config.faults.particles}: accepted values are "
-      f"0..num_particles={config.num_particles}"
-    )
+  _faults(config)
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.dtype", models.DTYPES)
   _number(config, "train.batch_size", 1, integer=True)

@@ -100,6 +100,20 @@ def shard_dataset(config, dataset: data_lib.Dataset) -> tuple[np.ndarray, np.nda
   return shards
 
 
+def fault_of(config) -> faults_lib.Fault:
+  """The faulty workers config.faults describes (the round index of its step, ALIE's z)."""
+  f = config.faults
+  return faults_lib.Fault(
+    f.kind,
+    f.particles,
+    f.step // config.sync.period,
+    f.scale,
+    faults_lib.alie_z(f.z_rule, f.z, config.num_particles, f.particles)
+    if f.kind == "alie"
+    else f.z,
+  )
+
+
 def round_config(config, dataset: data_lib.Dataset, strategy) -> swarm_lib.RoundConfig:
   """The round's static settings: a probe fitness when the strategy ranks the particles and the
   config asks for one."""
@@ -112,12 +126,7 @@ def round_config(config, dataset: data_lib.Dataset, strategy) -> swarm_lib.Round
     loop=swarm_lib.resolve_loop(config.train.loop),
     local_layout=config.train.local_layout,
     max_unroll=config.train.max_unroll,
-    fault=faults_lib.Fault(
-      config.faults.kind,
-      config.faults.particles,
-      config.faults.step // config.sync.period,
-      config.faults.scale,
-    ),
+    fault=fault_of(config),
     augment=config.data.name == "cifar10",
     mean=dataset.mean,
     std=dataset.std,

@@ -268,12 +268,17 @@ def local_step(parts: RoundParts, carry, step_and_idx, inputs, targets, augment_
   return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
 
+def particle_indices(local_count: int) -> jax.Array:
+  """The index d * L + l of each of the device's L particles (under the mesh axis)."""
+  return over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
+
+
 def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_step, count: int):
   """`count` local steps of the device's particles from global step `first_step`;
   losses (count, L)."""
   cfg, fault = parts.cfg, faults_lib.active(parts.cfg.fault)
   local_count = data.train_targets.shape[0]
-  index = over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
+  index = particle_indices(local_count)
   keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
     streams.key(parts.seed, stream), index
   )
@@ -352,8 +357,27 @@ def sync_one(
   )
 
 
-def device_sync(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index, losses):
-  """Fitness, sync and metrics at the end of round `round_index`; losses (period, L)."""
+def present(parts: RoundParts, start_params, params, round_index):
+  """The weights the device's particles send to the sync: their own, or a Byzantine fault's crafted
+  weights for the faulty ones from the fault's round on (psops_jax/faults.py); `start_params` are
+  the weights they started the round from."""
+  fault = faults_lib.byzantine(parts.cfg.fault)
+  local_count = jax.tree.leaves(params)[0].shape[0]
+  index = particle_indices(local_count)
+  faulty = faults_lib.is_faulty(index, local_count * parts.num_devices, fault)
+  send = functools.partial(faults_lib.presented, fault=fault, axis_name=AXES)
+  strikes = round_index >= fault.round
+  return over_local(send, in_axes=(0, 0, 0, None))(start_params, params, faulty, strikes)
+
+
+def device_sync(
+  parts: RoundParts, swarm: Swarm, data: DeviceData, round_index, losses, start_params=None
+):
+  """Fitness, sync and metrics at the end of round `round_index`; losses (period, L). A Byzantine
+  fault replaces its workers' weights by what they present (`present`, from `start_params`, the
+  round's starting weights) first: the fitness measures, and the sync receives, those."""
+  if faults_lib.byzantine(parts.cfg.fault) is not None:
+    swarm = swarm._replace(params=present(parts, start_params, swarm.params, round_index))
   fitness, sync_state = round_fitness(parts, swarm, data, round_index, losses)
   sync_key = jax.random.fold_in(streams.key(parts.seed, "sync"), round_index)
   *swarm, extra = over_local(
@@ -380,7 +404,7 @@ def device_round(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index)
   *state, losses = device_steps(
     parts, swarm.params, swarm.batch_stats, swarm.opt_state, data, round_index * period, period
   )
-  return device_sync(parts, Swarm(*state, sync_state), data, round_index, losses)
+  return device_sync(parts, Swarm(*state, sync_state), data, round_index, losses, swarm.params)
 
 
 def device_first_steps(parts, params, batch_stats, opt_state, sync_state, data, first_step, count):
@@ -410,9 +434,11 @@ def make_round(
   then the local steps run in calls of `chunk_length(...)` steps and the fitness and sync in one
   more call (the compile time of an unrolled round grows with its length, and on CPU LeNet-5's steps
   ran faster in calls of 2-4 steps: benchmarks/results/max_unroll.json; the calls are queued without
-  a host sync, the data stays on the devices). Both give the same numbers.
+  a host sync, the data stays on the devices). Both give the same numbers. A Byzantine fault's
+  sync reads the round's starting weights too: the chained calls keep a copy of them for it.
   """
   parts = RoundParts(model, tx, strategy, cfg, int(mesh.devices.size), seed)
+  keeps_start = faults_lib.byzantine(cfg.fault) is not None
   data_spec = DeviceData(P(AXIS), P(AXIS), P(), P())
   # check_vma=False: collectives over (mesh axis, vmap axis) need it with jax 0.10 (docs/DESIGN.md)
   on_mesh = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
@@ -437,10 +463,10 @@ def make_round(
   sync_fn = jax.jit(
     on_mesh(
       functools.partial(device_sync, parts),
-      in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)),
+      in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)) + ((P(AXIS),) if keeps_start else ()),
       out_specs=(P(AXIS), P(AXIS)),
     ),
-    donate_argnums=0,
+    donate_argnums=(0, 4) if keeps_start else 0,
   )
   first_fn = None
   if strategy.communicate is not None:
@@ -452,16 +478,19 @@ def make_round(
       ),
       donate_argnums=(0, 1, 2, 3),
     )
-  round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk, first_fn)
-  round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk, first_fn)
+  round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk, first_fn, keeps_start)
+  round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk, first_fn, keeps_start)
   return round_fn
 
 
-def chain_calls(steps_fn, sync_fn, period: int, chunk: int, first_fn=None):
+def chain_calls(steps_fn, sync_fn, period: int, chunk: int, first_fn=None, keeps_start=False):
   """A round made of period / chunk calls of `steps_fn` (the first one `first_fn`, when the
-  strategy overlaps a collective with the steps) and one of `sync_fn` (see make_round)."""
+  strategy overlaps a collective with the steps) and one of `sync_fn` (see make_round).
+  `keeps_start`: `sync_fn` also takes the round's starting weights, copied before the first call
+  (which donates them)."""
 
   def round_fn(swarm: Swarm, data: DeviceData, round_index):
+    start = (copy_tree(swarm.params),) if keeps_start else ()
     state, sync_state, losses = (
       (swarm.params, swarm.batch_stats, swarm.opt_state),
       swarm.sync_state,
@@ -474,16 +503,22 @@ def chain_calls(steps_fn, sync_fn, period: int, chunk: int, first_fn=None):
       else:
         *state, chunk_losses = steps_fn(*state, data, first_step)
       losses.append(chunk_losses)
-    return sync_fn(Swarm(*state, sync_state), data, round_index, jnp.concatenate(losses))
+    return sync_fn(Swarm(*state, sync_state), data, round_index, jnp.concatenate(losses), *start)
 
   return round_fn
+
+
+@jax.jit
+def copy_tree(tree: PyTree) -> PyTree:
+  """A copy of `tree` in buffers of its own, on the same devices."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   """`round_fn` of make_round compiled ahead of time for these arguments (same call signature)."""
   if not hasattr(round_fn, "chunked"):
     return round_fn.lower(swarm, data, jnp.int32(0)).compile()
-  steps_fn, sync_fn, period, chunk, first_fn = round_fn.chunked
+  steps_fn, sync_fn, period, chunk, first_fn, keeps_start = round_fn.chunked
   num_particles = jax.tree.leaves(swarm.params)[0].shape[0]
   sharding = jax.tree.leaves(swarm.params)[0].sharding
   losses = jax.ShapeDtypeStruct(
@@ -491,11 +526,12 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   )
   variables = (swarm.params, swarm.batch_stats, swarm.opt_state)
   steps_c = steps_fn.lower(*variables, data, jnp.int32(0)).compile()
-  sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses).compile()
+  start = (swarm.params,) if keeps_start else ()
+  sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses, *start).compile()
   first_c = None
   if first_fn is not None:
     first_c = first_fn.lower(*variables, swarm.sync_state, data, jnp.int32(0)).compile()
-  return chain_calls(steps_c, sync_c, period, chunk, first_c)
+  return chain_calls(steps_c, sync_c, period, chunk, first_c, keeps_start)
 
 
 # --------------------------------------------------------------------------------------------------

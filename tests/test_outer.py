@@ -24,6 +24,44 @@ def aggregate_fn(name, axis_name, **options):
   return lambda v, fitness: aggregate(v, fitness, axis_name)
 
 
+def numpy_centered_clip(v, tau, iterations, start=None):
+  """Centered clipping of the rows of v (N, D) in float64: from `start` (None: the mean of the
+  finite rows), `iterations` times center += (1/N) sum_k clip_tau(v_k - center); a row whose
+  offset has no finite norm adds 0."""
+  v = np.asarray(v, np.float64)
+  center = v[np.isfinite(v).all(1)].mean(0) if start is None else np.asarray(start, np.float64)
+  for _ in range(iterations):
+    offsets = v - center
+    norms = np.linalg.norm(offsets, axis=1)
+    ok = np.isfinite(norms)
+    factor = np.minimum(1.0, tau / np.maximum(np.where(ok, norms, 1.0), 1e-12))
+    clipped = np.where(ok[:, None], offsets, 0.0) * factor[:, None]
+    center = center + clipped.sum(0) / len(v)
+  return center
+
+
+def stacked_rows(tree, n):
+  """A stacked dict of N particles' leaves as rows (N, D), leaves in sorted key order (the order of
+  ravel_pytree), and the function that splits a row back into the leaves of one particle."""
+  keys = sorted(tree)
+  rows = np.concatenate([np.asarray(tree[k]).reshape(n, -1) for k in keys], 1)
+  sizes = np.cumsum([np.asarray(tree[k])[0].size for k in keys])[:-1]
+  split = lambda row: {
+    k: part.reshape(np.asarray(tree[k]).shape[1:]) for k, part in zip(keys, np.split(row, sizes))
+  }
+  return rows, split
+
+
+def numpy_tree_aggregate(name, tree, fitness, tau=1.0, iterations=1, **options):
+  """The reference rule of `name` over a stacked dict: leaf by leaf, but centered clipping over
+  each particle's whole vector (its norm spans every leaf)."""
+  if name != "centered_clip":
+    return {k: numpy_aggregate(name, a, fitness, **options) for k, a in tree.items()}
+  n = len(fitness)
+  rows, split = stacked_rows(tree, n)
+  return split(numpy_centered_clip(rows, tau, iterations))
+
+
 def numpy_aggregate(name, v, fitness, trim=1, k=2, temperature=1.0, pull=0.25):
   """The reference rule over axis 0 of a stacked array v (N, ...)."""
   f = np.where(np.isfinite(fitness), fitness, np.inf).astype(np.float64)
@@ -56,12 +94,12 @@ def test_each_aggregate_matches_numpy_with_ties_and_a_nan_particle(runner, name)
   nan_free = name in ("mean", "best_pull")  # rules that average every particle propagate NaN
   if not nan_free:
     params["w"][1] = np.nan  # the NaN-fitness particle has NaN weights too
-  aggregate = aggregate_fn(name, axis_name, trim=2, k=2, temperature=0.5, pull=0.3)
-  got = run(aggregate, params, fitness, in_axes=(0, 0))
+  options = dict(trim=2, k=2, temperature=0.5, pull=0.3, tau=2.0, iterations=2)
+  got = run(aggregate_fn(name, axis_name, **options), params, fitness, in_axes=(0, 0))
+  want = numpy_tree_aggregate(name, params, fitness, **options)
   for leaf in params:
-    want = numpy_aggregate(name, params[leaf], fitness, trim=2, k=2, temperature=0.5, pull=0.3)
     for particle in (0, 7):  # the same on every particle
-      np.testing.assert_allclose(np.asarray(got[leaf])[particle], want, rtol=2e-6, atol=1e-6)
+      np.testing.assert_allclose(np.asarray(got[leaf])[particle], want[leaf], rtol=2e-6, atol=1e-6)
 
 
 def test_aggregate_identities():
@@ -226,6 +264,10 @@ def test_bytes_of_composed_strategies():
     (lambda: aggregates.trimmed_mean(-1), "trim"),
     (lambda: aggregates.fitness_weighted(0.0), "temperature"),
     (lambda: aggregates.best_pull(1.5), "pull"),
+    (lambda: aggregates.centered_clip(0.0), "tau"),
+    (lambda: aggregates.centered_clip(float("nan")), "tau"),
+    (lambda: aggregates.centered_clip(1.0, 0), "iterations"),
+    (lambda: aggregates.centered_clip(1.0, 1.5), "iterations"),
     (lambda: compressors.int8(0), "block_size"),
     (lambda: compressors.int4(True), "block_size"),
     (lambda: compressors.topk_fraction(0.0), "fraction"),

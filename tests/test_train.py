@@ -55,7 +55,11 @@ def run_rounds(
   )
   if fault is not None:
     config.faults.update(
-      kind=fault.kind, particles=fault.particles, step=fault.round * period, scale=fault.scale
+      kind=fault.kind,
+      particles=fault.particles,
+      step=fault.round * period,
+      scale=fault.scale,
+      z=fault.z,
     )
   run = run_lib.build_run(config, strategy)
   swarm, metrics = run.swarm, None

@@ -17,14 +17,18 @@ With v_k particle k's values and f_k its fitness (lower is better; non-finite fi
     fitness_weighted  sum_k w_k v_k, w = softmax(-f / temperature) over the finite f (a smooth
                       selection: temperature -> inf is the mean, -> 0 the best)
     best_pull         (1 - c) mean_k v_k + c v_j, j = argmin f, c = pull   one all-reduce
+    centered_clip     v := v + (1/N) sum_k clip_tau(v_k - v), L times from a start v_0
+                      (Karimireddy et al. 2021)                  L all-reduces
 
 `where`, never a multiply, keeps a NaN particle's values out of the masked sums.
 """
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from psops_jax.errors import is_integer, is_number, require
@@ -32,6 +36,7 @@ from psops_jax.sync.collectives import (
   AxisName,
   all_fitness,
   all_gather_stacked,
+  clip_by_global_norm,
   fitness_rank,
   particle_index,
   pmean_floats,
@@ -49,15 +54,25 @@ class Aggregate(NamedTuple):
   reads_fitness: it ranks or weighs the particles by their fitness.
   collective: "all_reduce" (a sum) or "all_gather" (every particle's values on every particle).
   check(num_particles): raises errors.BadArgument when it cannot run on that many particles.
+  takes_start: it iterates from a starting point, apply(v, fitness, axis_name, start): the place
+      of the previous aggregate, which the caller knows (the outer sync: its center for weights,
+      zero for pseudo-gradients); None: the aggregate chooses (centered_clip).
+  sends: the collectives of the values per aggregation (each moves one payload).
   """
 
   name: str
-  apply: Callable[[PyTree, jax.Array, AxisName], PyTree]
+  apply: Callable[..., PyTree]
   reads_fitness: bool = False
   collective: str = "all_reduce"
   check: Callable[[int], None] = any_number_of_particles
+  takes_start: bool = False
+  sends: int = 1
 
-  def __call__(self, v: PyTree, fitness: jax.Array, axis_name: AxisName) -> PyTree:
+  def __call__(
+    self, v: PyTree, fitness: jax.Array, axis_name: AxisName, start: PyTree | None = None
+  ) -> PyTree:
+    if self.takes_start:
+      return self.apply(v, fitness, axis_name, start)
     return self.apply(v, fitness, axis_name)
 
   @property
@@ -177,3 +192,68 @@ def best_pull(pull: float = 0.25) -> Aggregate:
     return psum_floats(jax.tree.map(share, v), axis_name)
 
   return Aggregate("best_pull", apply, reads_fitness=True)
+
+
+def finite_mean(v: PyTree, axis_name: AxisName) -> PyTree:
+  """The mean over the particles whose values are all finite, on every particle (an all-reduce of
+  the masked values and one of the count; none finite gives NaN)."""
+  finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(v)]))
+  count = lax.psum(finite.astype(jnp.float32), axis_name)
+  masked = jax.tree.map(lambda x: jnp.where(finite, x, jnp.zeros_like(x)), v)
+  return jax.tree.map(lambda s: s / count, psum_floats(masked, axis_name))
+
+
+def clipped_offset(v: PyTree, center: PyTree, tau: float) -> PyTree:
+  """clip_tau(v - center) = (v - center) min(1, tau / ||v - center||), the global L2 norm of the
+  particle's whole vector; a vector whose norm is not finite (NaN, or infinitely far) gives 0."""
+  offset = jax.tree.map(jnp.subtract, v, center)
+  finite = jnp.isfinite(optax.tree.norm(offset))
+  return clip_by_global_norm(
+    jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), offset), tau
+  )
+
+
+def centered_clip(tau: float = 1.0, iterations: int = 1) -> Aggregate:
+  """Centered clipping (Karimireddy, He, Jaggi 2021): from a start v_0, L = iterations times
+
+      v_{l+1} := v_l + (1/N) sum_k clip_tau(v_k - v_l),   clip_tau(u) = u min(1, tau / ||u||)
+
+  with ||.|| the L2 norm of a particle's whole vector (all leaves): one all-reduce per iteration.
+  A particle moves the aggregate by at most tau / N per iteration, however far it is; tau = inf
+  is the mean. A particle whose offset is not finite (NaN weights) contributes 0.
+
+  The start: the paper starts from the previous aggregate, its history. The outer sync gives the
+  previous aggregate's place where the particles left it, its center theta: for weights the start
+  is theta (the aggregate of the last sync, where every particle began the round), for
+  pseudo-gradients theta - x' it is 0 -- the same point. We start there, not from the last round's
+  aggregated update: the paper's history start pays because its workers send momenta, which change
+  little from one step to the next by construction; our workers send a round's pseudo-gradient,
+  with no such smoothing, and a start carried over from round to round is one the attackers can
+  shift a little every round, while from theta their pull is bounded by f tau / N per iteration in
+  every round afresh, with no state to keep (or to checkpoint). Without a start (the batch
+  statistics, which no center tracks) v_0 is the mean of the particles whose values are all
+  finite.
+  """
+  require(
+    (is_number(tau) or tau == math.inf) and tau > 0,
+    "tau",
+    tau,
+    "accepted values are numbers > 0 (inf: the mean)",
+  )
+  require(
+    is_integer(iterations) and iterations >= 1,
+    "iterations",
+    iterations,
+    "accepted values are integers >= 1",
+  )
+
+  def apply(v, fitness, axis_name, start):
+    if not jax.tree.leaves(v):  # e.g. the batch statistics of a model without them
+      return v
+    center = finite_mean(v, axis_name) if start is None else start
+    for _ in range(iterations):
+      step = pmean_floats(clipped_offset(v, center, tau), axis_name)
+      center = jax.tree.map(jnp.add, center, step)
+    return center
+
+  return Aggregate("centered_clip", apply, takes_start=True, sends=iterations)

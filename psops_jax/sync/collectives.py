@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
@@ -40,6 +41,16 @@ def float_leaves(tree: PyTree) -> list:
 def float_count(tree: PyTree) -> int:
   """The number of floating-point values in `tree` (leaves may be jax.ShapeDtypeStruct)."""
   return sum(math.prod(a.shape) for a in float_leaves(tree))
+
+
+def clip_by_global_norm(tree: PyTree, max_norm: float | jax.Array) -> PyTree:
+  """tree * min(1, max_norm / ||tree||), ||.|| the global L2 norm over all leaves; max_norm 0 (a
+  Python number): no-op."""
+  if isinstance(max_norm, (int, float)) and not max_norm:
+    return tree
+  norm = optax.tree.norm(tree)
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+  return jax.tree.map(lambda a: a * scale, tree)
 
 
 def psum_floats(tree: PyTree, axis_name: AxisName) -> PyTree:

@@ -55,13 +55,15 @@ def outer(
   the dequantized float32 values: the numbers are those of a compressed exchange, but the
   collective here still moves float32; `bytes_per_round` counts the compressed payload (values,
   scales, indices) that a real compressed exchange would send. Batch statistics are aggregated by
-  the same rule (never compressed, no outer step). `average`, `diloco`, `robust_average`,
-  `topk_average`, `best_pull` and `sparseloco` are presets of this function.
+  the same rule (never compressed, no outer step). An aggregate that iterates from a start
+  (`centered_clip`) starts from theta (weights) or 0 (pseudo-gradients), the place of the last
+  aggregate: it keeps theta even without an optimizer or a compressor. `average`, `diloco`,
+  `robust_average`, `topk_average`, `best_pull` and `sparseloco` are presets of this function.
   """
   aggregate = aggregate if aggregate is not None else aggregates.mean()
   compressor = compressor if compressor is not None else compressors.none()
   compresses = compressor.name != "none"
-  keeps_center = optimizer is not None or compresses
+  keeps_center = optimizer is not None or compresses or aggregate.takes_start
 
   def init(params):
     if not keeps_center:
@@ -76,15 +78,16 @@ def outer(
   def sync_with_stats(params, stats, state, fitness, key):
     stats = aggregate(stats, fitness, axis_name)
     if not compresses:
-      aggregated = aggregate(params, fitness, axis_name)
+      start = state.center if keeps_center else None
+      aggregated = aggregate(params, fitness, axis_name, start)
       if optimizer is None:
-        return aggregated, stats, state
+        return aggregated, stats, state._replace(center=aggregated) if keeps_center else state
       step = jax.tree.map(jnp.subtract, state.center, aggregated)
       residual = state.residual
     else:
       pseudo = jax.tree.map(jnp.subtract, state.center, params)
       received, residual = compressors.compress_tree(compressor, pseudo, state.residual)
-      step = aggregate(received, fitness, axis_name)
+      step = aggregate(received, fitness, axis_name, jax.tree.map(jnp.zeros_like, received))
     if optimizer is None:
       theta, opt_state = jax.tree.map(jnp.subtract, state.center, step), state.opt_state
     else:
@@ -93,7 +96,7 @@ def outer(
     return theta, stats, OuterState(theta, opt_state, residual)
 
   def bytes_per_round(params, period, opt_state=None):
-    return compressor.payload_bytes(float_count(params)) + aggregate.fitness_bytes
+    return aggregate.sends * compressor.payload_bytes(float_count(params)) + aggregate.fitness_bytes
 
   return make_strategy(
     init,

@@ -11,6 +11,7 @@ from psops_jax.errors import is_number, require
 from psops_jax.sync.collectives import (
   AxisName,
   all_gather_scalar,
+  clip_by_global_norm,
   float_leaves,
   map_floats,
   masked_fetch,
@@ -114,16 +115,6 @@ def draw_r(key: jax.Array, params: PyTree, random: str) -> tuple[PyTree, PyTree]
   r1 = [jax.random.uniform(k, x.shape, x.dtype) for k, x in zip(keys1, leaves)]
   r2 = [jax.random.uniform(k, x.shape, x.dtype) for k, x in zip(keys2, leaves)]
   return jax.tree.unflatten(treedef, r1), jax.tree.unflatten(treedef, r2)
-
-
-def clip_by_global_norm(tree: PyTree, max_norm: float | jax.Array) -> PyTree:
-  """tree * min(1, max_norm / ||tree||), ||.|| the global L2 norm over all leaves; max_norm 0 (a
-  Python number): no-op."""
-  if isinstance(max_norm, (int, float)) and not max_norm:
-    return tree
-  norm = optax.tree.norm(tree)
-  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-  return jax.tree.map(lambda a: a * scale, tree)
 
 
 def clip_relative(tree: PyTree, ratio: float, reference: PyTree) -> PyTree:

@@ -41,6 +41,7 @@ AGGREGATES: dict[str, Callable[[ConfigSection], aggregates.Aggregate]] = {
   "topk": lambda c: aggregates.topk(c.topk),
   "fitness_weighted": lambda c: aggregates.fitness_weighted(c.outer.temperature),
   "best_pull": lambda c: aggregates.best_pull(c.best_pull),
+  "centered_clip": lambda c: aggregates.centered_clip(c.outer.clip_tau, c.outer.clip_iterations),
 }
 COMPRESSORS: dict[str, Callable[[ConfigSection], compressors.Compressor]] = {
   "none": lambda c: compressors.none(),
@@ -132,12 +133,15 @@ PARTS_FIELDS = {
   "fraction": "sync.outer.fraction",
   "bits": "sync.outer.bits",
   "feedback_decay": "sync.outer.feedback_decay",
+  "tau": "sync.outer.clip_tau",
+  "iterations": "sync.outer.clip_iterations",
 }
 PARTS = (
   aggregates.trimmed_mean,
   aggregates.topk,
   aggregates.fitness_weighted,
   aggregates.best_pull,
+  aggregates.centered_clip,
   compressors.int8,
   compressors.int2,
   compressors.topk_fraction,

@@ -129,9 +129,10 @@ def local_payload(s: StreamingParts, x, state: StreamingState, c):
 
 def aggregated_update(s: StreamingParts, payload, theta_f, fitness):
   """u: theta_f - A(payload) (the weights' fragments) or A(payload) (pseudo-gradients): the
-  collective of a sync."""
-  aggregated = s.aggregate(payload, fitness, s.axis_name)
-  return theta_f - aggregated if sends_weights(s) else aggregated
+  collective of a sync (an aggregate that iterates from a start starts from theta_f, or 0)."""
+  if sends_weights(s):
+    return theta_f - s.aggregate(payload, fitness, s.axis_name, theta_f)
+  return s.aggregate(payload, fitness, s.axis_name, jnp.zeros_like(payload))
 
 
 def communicate(s: StreamingParts, state: StreamingState) -> StreamingState:
@@ -204,7 +205,7 @@ def sync_with_stats(s: StreamingParts, params, stats, state: StreamingState, fit
 def bytes_per_round(s: StreamingParts, params, period, opt_state=None) -> int:
   """One fragment's c values at the compressor's width (+ the fitness if the aggregate ranks)."""
   c = fragment_size(float_count(params), s.fragments)
-  return s.compressor.payload_bytes(c) + s.aggregate.fitness_bytes
+  return s.aggregate.sends * s.compressor.payload_bytes(c) + s.aggregate.fitness_bytes
 
 
 def streaming(
