@@ -109,9 +109,18 @@ def run_config(
   return config
 
 
-def build_round(model_name: str, particles: int, devices: int, period: int, **settings):
+def build_round(
+  model_name: str,
+  particles: int,
+  devices: int,
+  period: int,
+  batch_size: int = 32,
+  strategy_name: str = "pso",
+  shard_size: int = 1024,
+  **settings,
+):
   """The project's compiled round, built by psops_jax.run.build_run from `run_config(...)`
-  (same arguments), ready to call.
+  (same arguments, in the same order), ready to call.
 
   max_unroll > 0 splits an unrolled round into calls of at most that many steps plus a sync call, as
   train.max_unroll does. Returns (run, info): each `run()` executes the next round (the swarm is
@@ -123,7 +132,10 @@ def build_round(model_name: str, particles: int, devices: int, period: int, **se
 
   from psops_jax import run as run_lib
 
-  built = run_lib.build_run(run_config(model_name, particles, devices, period, **settings))
+  config = run_config(
+    model_name, particles, devices, period, batch_size, strategy_name, shard_size, **settings
+  )
+  built = run_lib.build_run(config)
   t0 = time.perf_counter()
   round_fn = run_lib.swarm_lib.compile_round(built.round_fn, built.swarm, built.data)
   compile_seconds = time.perf_counter() - t0
