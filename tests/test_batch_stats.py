@@ -10,6 +10,7 @@ from test_sync import RUNNERS, numpy_trimmed_mean, random_params
 from configs import digits_pso
 from psops_jax import models
 from psops_jax import sync as sync_lib
+from psops_jax.sync import gossip_sync
 
 
 def random_stats(rng, n):
@@ -29,7 +30,7 @@ def expected_stats(name, stats, fitness, config):
   if name == "none":
     return stats
   # outer and streaming: the default aggregate, mean
-  if name in ("average", "ssgd", "easgd", "diloco", "outer", "streaming"):
+  if name in ("average", "ssgd", "easgd", "diloco", "outer", "streaming", "sparseloco"):
     return every(lambda a: a.mean(0))
   if name in ("pso", "pso_average"):
     return every(lambda a: a[order[0]])
@@ -40,6 +41,11 @@ def expected_stats(name, stats, fitness, config):
     return every(lambda a: a[order[: config.sync.topk]].mean(0))
   if name == "robust_average":
     return every(lambda a: np.nanmedian(a, 0))
+  if name == "gossip":  # each particle with its peers at the round key's shifts
+    n, peers = len(fitness), config.sync.gossip.peers
+    shifts = np.asarray(gossip_sync.gossip_shifts(jax.random.key(0), n, peers))
+    mix = lambda a: sum(np.roll(a, -s, axis=0) for s in (0, *shifts)) / (peers + 1)
+    return jax.tree.map(mix, stats)
   raise AssertionError(name)
 
 
@@ -126,9 +132,14 @@ def test_resnet20_has_batch_stats_and_the_size_of_the_paper():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_bfloat16_computes_in_bfloat16_with_float32_params(name):
-  shape = {"mlp": (8, 8, 1), "small_cnn": (8, 8, 1), "lenet5": (28, 28, 1)}.get(name, (32, 32, 3))
-  x = jax.random.normal(jax.random.key(1), (2,) + shape)
-  full, half = models.create(name), models.create(name, dtype="bfloat16")
+  if name in models.LANGUAGE_MODELS:  # 16 bytes of text
+    x = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+  else:
+    shape = {"mlp": (8, 8, 1), "small_cnn": (8, 8, 1), "lenet5": (28, 28, 1)}.get(name, (32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (2,) + shape)
+  classes = 256 if name in models.LANGUAGE_MODELS else 10
+  full = models.create(name, classes, context=16)
+  half = models.create(name, classes, dtype="bfloat16", context=16)
   variables = full.init(jax.random.key(0), x)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(half.init(jax.random.key(0), x)))
   for leaf in jax.tree.leaves(variables):
