@@ -7,7 +7,9 @@ re-run, and an interrupted cell resumes from its checkpoint, so the whole study 
 being run is locked with the lock of its workdir (psops_jax/workdir.py: study.py takes it and hands
 it to the cell's train.py), so several study.py processes over the same grid (e.g. one per core
 group) share the cells out instead of running the same cell twice. Every cell of a variant runs the
-same number of local steps per particle (`total_steps`).
+same number of local steps per particle (`total_steps`), or, with `fixed_tokens: N0`, the same
+samples in all: total_steps x N0 / N steps per particle for N particles (the fixed token budget of
+the language-model study).
 
   python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist
   python studies/study.py --study configs/study_fashion_mnist.py --out results/fmnist_q --quick
@@ -115,6 +117,14 @@ def round_overrides(rounds: int, evals: int) -> dict:
   }
 
 
+def local_steps(study, particles: int) -> int:
+  """A cell's local steps per particle: `total_steps`, or with `fixed_tokens` = N0 the share of N
+  particles in the budget of total_steps steps of each of N0 particles."""
+  if not study.get("fixed_tokens"):
+    return study.total_steps
+  return study.total_steps * study.fixed_tokens // particles
+
+
 def cells(study):
   """(name, variant, period, particles, seed, overrides) of every run of the grid."""
   for variant, variant_overrides in study.variants.items():
@@ -129,7 +139,7 @@ def cells(study):
               "seed": seed,
               "num_particles": particles,
               "sync.period": period,
-              **round_overrides(study.total_steps // period, study.evals),
+              **round_overrides(local_steps(study, particles) // period, study.evals),
             }
           )
           yield (
@@ -163,6 +173,14 @@ def cells(study):
           seed,
           overrides,
         )
+
+
+def steps_line(study) -> str:
+  """The report's sentence on the cells' length."""
+  if not study.get("fixed_tokens"):
+    return f"{study.total_steps} local steps per particle in every cell."
+  steps = ", ".join(f"{local_steps(study, n)} at N = {n}" for n in sorted(study.num_particles))
+  return f"The same samples in every cell: local steps per particle {steps}."
 
 
 def command(study, workdir, overrides):
@@ -404,7 +422,7 @@ def markdown(study, rows) -> str:
     f"Final {next((r['evaluated_on'] for r in rows if r['evaluated_on']), 'test')} accuracy of "
     "the exported model, "
     "mean ± std over seeds (n = number of seeds); "
-    f"{study.total_steps} local steps per particle in every cell. {code_line(rows)} "
+    f"{steps_line(study)} {code_line(rows)} "
     f"{machine_line(rows)}"
   )
   return "\n".join(lines)
