@@ -109,6 +109,25 @@ def case_time_report(command, tmp_path):
   assert (tmp_path / "study" / "accuracy_vs_time.png").stat().st_size > 1000
 
 
+def case_install_fortunes(command, tmp_path):
+  """The offline text: .ci/run installs the same package, so the text is where the loader looks."""
+  from psops_jax import text
+
+  assert command == "sudo apt-get install -y fortunes"
+  assert any("apt-get install -y -q fortunes" in line for line in ci_commands())
+  assert text.fortune_documents(text.FORTUNES_DIR)  # real fortunes, the default source's
+
+
+def case_text_lm(command, tmp_path):
+  """The language model on the real fortunes (.ci/run installs them), at toy size (no warmup in
+  its 4 steps): it writes the task's metric beside the text's unigram entropy."""
+  summary = run_train(command, str(tmp_path / "run"), ["--config.optimizer.warmup_steps=0"])
+  assert summary["task"] == "language_model" and summary["config"]["data"]["source"] == "fortunes"
+  assert summary["metric"]["key"] == "final_bits_per_byte"
+  assert 4.0 < summary["unigram_bits_per_byte"] < 5.5  # English text at 1 byte per character
+  assert 0.0 < summary["final_bits_per_byte"] <= 8.0 + 1.0  # 4 steps: about uniform (8 bits)
+
+
 FMNIST = (
   ".venv/bin/python train.py --config configs/fashion_mnist_pso.py --workdir workdirs/fmnist_pso"
 )
@@ -118,6 +137,8 @@ CASES = {
   "workdirs/digits_pso": case_setup_and_default_run,
   SETUP + ".venv/bin/python -m pytest -q -n 2 tests": case_setup_and_tests,
   '.venv/bin/python -m pytest -q -m "not slow" tests': case_fast_tests,
+  "sudo apt-get install -y fortunes": case_install_fortunes,
+  ".venv/bin/python train.py --config configs/text_lm.py --workdir workdirs/text_lm": case_text_lm,
   FMNIST: case_fashion_mnist,
   CIFAR: case_cifar10,
   ".venv/bin/python benchmarks/accelerator_check.py": case_accelerator_check,
