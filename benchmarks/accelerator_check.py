@@ -136,7 +136,7 @@ def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
   import optax
 
   from psops_jax import data as data_lib
-  from psops_jax import models
+  from psops_jax import models, tasks
   from psops_jax import swarm as swarm_lib
 
   net, tx = models.create(model, dtype=dtype), optax.sgd(0.01, momentum=0.9)
@@ -153,7 +153,7 @@ def time_floor(model, dtype, particles, period, rounds, batch_size) -> dict:
     logits, stats = swarm_lib.apply_model(
       net, params, stats, swarm_lib.normalize(x, mean, std), True
     )
-    return swarm_lib.cross_entropy(logits, y), stats
+    return tasks.cross_entropy(logits, y), stats
 
   def steps(state, key):
     def step(state, k):

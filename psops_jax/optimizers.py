@@ -126,7 +126,7 @@ FIELDS = {
 
 def require_number(argument: str, value, ok: Callable[[float], bool], accepted: str) -> None:
   """BadArgument(argument) unless `value` is a finite number for which `ok` holds."""
-  require(is_number(value) and ok(value), argument, value, f"accepted values are {accepted}")
+  require(is_number(value) and ok(value), argument, value, f"accepted values are finite {accepted}")
 
 
 def optimizer(
@@ -168,10 +168,10 @@ def optimizer(
     else f"accepted values are the integers 0..{last} (the run has {total_steps} local steps, "
     "train.rounds x sync.period)",
   )
-  require_number("final_fraction", final_fraction, lambda v: 0 <= v <= 1, "in [0, 1]")
+  require_number("final_fraction", final_fraction, lambda v: 0 <= v <= 1, "numbers in [0, 1]")
   require_number("clip_norm", clip_norm, lambda v: v >= 0, "numbers >= 0 (0: no clipping)")
   for argument, value in (("momentum", momentum), ("b1", b1), ("b2", b2)):
-    require_number(argument, value, lambda v: 0 <= v < 1, "in [0, 1)")
+    require_number(argument, value, lambda v: 0 <= v < 1, "numbers in [0, 1)")
   require_number("weight_decay", weight_decay, lambda v: v >= 0, "numbers >= 0")
 
   rate = (

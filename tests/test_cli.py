@@ -34,7 +34,7 @@ CASES = {
   "nan": (["--config.sync.pso.social=nan"], "sync.pso.social=nan: must be a finite number >= 0.0"),
   "inf": (
     ["--config.optimizer.learning_rate=inf"],
-    "optimizer.learning_rate=inf: must be a finite number > 0.0",
+    "optimizer.learning_rate=inf: accepted values are finite numbers > 0",
   ),
   "unknown_field": (
     ["--config.sync.perod=4"],

@@ -194,16 +194,20 @@ def test_the_configs_defaults_are_the_optimizers_defaults():
 
 BAD_FIELDS = [
   ("name", "lion", r"optimizer.name='lion': accepted values are \('sgd', 'adam', 'adamw', 'muo"),
-  ("learning_rate", 0.0, r"optimizer.learning_rate=0.0: accepted values are numbers > 0"),
+  ("learning_rate", 0.0, r"optimizer.learning_rate=0.0: accepted values are finite numbers > 0"),
   ("learning_rate", float("nan"), r"optimizer.learning_rate=nan: accepted"),
   ("schedule", "linear", r"optimizer.schedule='linear': accepted values are \('constant', 'warm"),
   ("warmup_steps", -1, r"optimizer.warmup_steps=-1: accepted values are integers >= 0"),
-  ("final_fraction", 1.5, r"optimizer.final_fraction=1.5: accepted values are in \[0, 1\]"),
-  ("clip_norm", -1.0, r"optimizer.clip_norm=-1.0: accepted values are numbers >= 0"),
-  ("weight_decay", -0.1, r"optimizer.weight_decay=-0.1: accepted values are numbers >= 0"),
-  ("momentum", 1.0, r"optimizer.momentum=1.0: accepted values are in \[0, 1\)"),
-  ("b1", 1.0, r"optimizer.b1=1.0: accepted values are in \[0, 1\)"),
-  ("b2", -0.5, r"optimizer.b2=-0.5: accepted values are in \[0, 1\)"),
+  (
+    "final_fraction",
+    1.5,
+    r"optimizer.final_fraction=1.5: accepted values are finite numbers in \[0, 1\]",
+  ),
+  ("clip_norm", -1.0, r"optimizer.clip_norm=-1.0: accepted values are finite numbers >= 0"),
+  ("weight_decay", -0.1, r"optimizer.weight_decay=-0.1: accepted values are finite numbers >= 0"),
+  ("momentum", 1.0, r"optimizer.momentum=1.0: accepted values are finite numbers in \[0, 1\)"),
+  ("b1", 1.0, r"optimizer.b1=1.0: accepted values are finite numbers in \[0, 1\)"),
+  ("b2", -0.5, r"optimizer.b2=-0.5: accepted values are finite numbers in \[0, 1\)"),
 ]
 
 
