@@ -218,10 +218,12 @@ def profile_from_name(name: str) -> Profile:
   raise ValueError(f"profile {name!r}: accepted values are {tuple(PROFILES)} or ratio=R (R > 0)")
 
 
-def time_to_accuracy(curve, target: float, shape: RunShape, profile: Profile) -> float | None:
-  """The projected time at the first evaluation with accuracy >= target; None if none reached it.
-  `curve`: [(steps, sent_bytes, accuracy)] in step order."""
-  for steps, sent, accuracy in curve:
-    if accuracy is not None and accuracy >= target:
+def time_to_target(curve, target: float, shape: RunShape, profile: Profile, metric) -> float | None:
+  """The projected time at the first evaluation whose figure reaches `target` (`metric.reaches`:
+  >= for an accuracy, <= for bits per byte); None if none did. `curve`: [(steps, sent_bytes,
+  figure)] in step order (a figure None: not measured, or diverged); `metric`: a
+  psops_jax.headline.Metric."""
+  for steps, sent, figure in curve:
+    if figure is not None and metric.reaches(figure, target):
       return projected_seconds(steps, sent, shape, profile)
   return None

@@ -17,41 +17,16 @@ text) and that mean loss.
 """
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-TASKS = ("classification", "language_model")
-
-
-class Metric(NamedTuple):
-  """A task's headline figure: `key` in summary.json (and in the metrics.jsonl lines of the rounds
-  that evaluate), whether higher is better, and how reports name it."""
-
-  key: str
-  higher_is_better: bool
-  label: str
-
-  def better(self, a: float, b: float) -> bool:
-    """Whether figure `a` is strictly better than `b`."""
-    return a > b if self.higher_is_better else a < b
-
-  def reaches(self, value: float, target: float) -> bool:
-    """Whether `value` is at least as good as `target`."""
-    return value >= target if self.higher_is_better else value <= target
-
-
-METRICS = {
-  "classification": Metric("final_test_accuracy", True, "test accuracy"),
-  "language_model": Metric("final_bits_per_byte", False, "validation bits per byte"),
-}
-
-
-def task_of(data_name: str) -> str:
-  """The task of a data set: text is language modelling, every other data set classification."""
-  return "language_model" if data_name == "text" else "classification"
+# the tasks' metrics live in psops_jax/headline.py (no JAX in it, for the reports)
+from psops_jax.headline import METRICS as METRICS
+from psops_jax.headline import TASKS as TASKS
+from psops_jax.headline import Metric as Metric
+from psops_jax.headline import task_of as task_of
 
 
 def normalize(images: jax.Array, mean: tuple, std: tuple) -> jax.Array:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from psops_jax import clock
+from psops_jax import clock, headline
 
 W = 1e6  # bytes of a run's full weights
 
@@ -96,10 +96,10 @@ def test_named_profiles_span_fast_and_slow_links():
       clock.profile_from_name(bad)
 
 
-def test_time_to_accuracy_is_the_first_evaluation_that_reaches_it():
+def test_time_to_target_is_the_first_evaluation_that_reaches_it():
   shape = clock.RunShape(period=16, model_bytes=W)
   curve = [(176, 11 * W, 0.80), (352, 22 * W, 0.86), (528, 33 * W, 0.85), (704, 44 * W, 0.87)]
-  r = clock.ratio_profile(1.0)
-  assert clock.time_to_accuracy(curve, 0.85, shape, r) == pytest.approx(352 + 22)
-  assert clock.time_to_accuracy(curve, 0.87, shape, r) == pytest.approx(704 + 44)
-  assert clock.time_to_accuracy(curve, 0.9, shape, r) is None
+  r, accuracy = clock.ratio_profile(1.0), headline.METRICS["classification"]
+  assert clock.time_to_target(curve, 0.85, shape, r, accuracy) == pytest.approx(352 + 22)
+  assert clock.time_to_target(curve, 0.87, shape, r, accuracy) == pytest.approx(704 + 44)
+  assert clock.time_to_target(curve, 0.9, shape, r, accuracy) is None
