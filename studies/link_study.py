@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from psops_jax import clock
+from psops_jax import clock, headline
 from studies import study as study_lib
 from studies import time_report
 
@@ -97,6 +97,9 @@ def load_summary(workdir: str) -> dict | None:
     return json.load(f)
 
 
+CLASSIFICATION = headline.METRICS["classification"]
+
+
 def measured_profile(
   link: dict, step_seconds: float, workers: int, hides_rounds: bool = False
 ) -> clock.Profile:
@@ -117,10 +120,11 @@ def measured_profile(
   )
 
 
-def seconds_to(points, target: float) -> tuple[int, float] | None:
-  """(steps, train seconds) at the first evaluation with accuracy >= target, or None."""
-  for steps, _, seconds, accuracy in points:
-    if accuracy is not None and accuracy >= target:
+def seconds_to(points, target: float, metric=CLASSIFICATION) -> tuple[int, float] | None:
+  """(steps, train seconds) at the first evaluation whose figure reaches the target
+  (`metric.reaches`: accuracy >= target), or None."""
+  for steps, _, seconds, figure in points:
+    if figure is not None and metric.reaches(figure, target):
       return steps, seconds
   return None
 
@@ -139,7 +143,8 @@ def cell_row(study, out, name, rate, variant, seed, step_seconds) -> dict:
   link = summary["link"]
   profile = measured_profile(link, step_seconds, summary["num_particles"], study.hides_rounds)
   points = time_report.evaluations(workdir, summary)
-  curve = [(steps, sent, accuracy) for steps, sent, _, accuracy in points]
+  curve = [(steps, sent, figure) for steps, sent, _, figure in points]
+  metric = headline.metric_of(summary)
   shape = clock.run_shape(summary)
   row.update(
     measured_r=step_seconds / link["allreduce_seconds"],
@@ -153,8 +158,8 @@ def cell_row(study, out, name, rate, variant, seed, step_seconds) -> dict:
     collective=summary["collective"],
   )
   for target in study.targets:
-    reached = seconds_to(points, target)
-    projected = clock.time_to_accuracy(curve, target, shape, profile)
+    reached = seconds_to(points, target, metric)
+    projected = clock.time_to_target(curve, target, shape, profile, metric)
     row[f"measured_{target}"] = reached[1] if reached else None
     row[f"projected_{target}"] = projected
   return row
