@@ -27,7 +27,14 @@ Then writes, in OUT: results.csv and results.json (one row per run), results.md 
 seeds per variant, period and particle count), accuracy_vs_{steps,bytes,seconds}_n<N>.png (one line
 per variant, mean over seeds, one panel per period) and, when finished runs span several periods,
 final_accuracy_vs_period.png (final accuracy against the period, mean +- std over seeds, one panel
-per particle count).
+per particle count), and studies/time_report.py's time_to_accuracy.md and accuracy_vs_time.png.
+
+Everything is of the study's metric (`study_metric`: the task of its data set,
+psops_jax/headline.py): the test accuracy (higher is better) of a classification; the validation
+bits per byte (lower is better) of a language model, whose files are named after it
+(headline.report_file):
+bits_per_byte_vs_{steps,bytes,seconds}_n<N>.png, final_bits_per_byte_vs_period.png,
+time_to_bits_per_byte.md and bits_per_byte_vs_time.png.
 """
 
 import argparse
@@ -44,6 +51,7 @@ import subprocess
 import sys
 import time
 
+from psops_jax import headline  # no JAX in it
 from psops_jax import workdir as workdir_lib  # no JAX in it
 from studies import time_report
 
@@ -80,7 +88,19 @@ ROW_KEYS = (
   "backend",
   "jax_version",
 )
+TASK_KEYS = {  # a task's own columns of results.csv, after ROW_KEYS
+  "classification": (),
+  "language_model": (
+    "final_bits_per_byte",
+    "final_test_loss",
+    "final_perplexity",
+    "unigram_bits_per_byte",
+  ),
+}
 CLOCK_KEYS = ("collective", "curve")  # results.json only: the communication clock's inputs
+# results.json has "task" too (a row without one was made before the rows recorded it: its figure
+# and curve are accuracies, headline.metric_of)
+ACCURACY = headline.METRICS["classification"]
 
 
 class BadInput(Exception):
@@ -115,6 +135,36 @@ def round_overrides(rounds: int, evals: int) -> dict:
     "train.log_every": max(1, rounds // 50),
     "train.checkpoint_every": max(1, rounds // 4),
   }
+
+
+def study_task(study) -> str:
+  """The task of the study's cells: that of the data set (headline.task_of) its overrides name
+  (data.name) or, without one, its base run config's (`base`, which may end in :ARGUMENT)."""
+  name = study.get("overrides", {}).get("data.name")
+  if name is None:
+    path, _, argument = study.base.partition(":")
+    spec = importlib.util.spec_from_file_location("base_config", os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = (module.get_config(argument) if argument else module.get_config()).data.name
+  return headline.task_of(name)
+
+
+def study_metric(study) -> headline.Metric:
+  """The one metric of every table, gap, plot and check of the study (study_task's)."""
+  return headline.METRICS[study_task(study)]
+
+
+def own_figure(row: dict, metric: headline.Metric):
+  """The row's figure of `metric`: None where it diverged or its figure is not finite, and
+  NOT_RECORDED where it was made before its rows recorded the task (headline.metric_of) and so
+  carries no such figure."""
+  if row["diverged"] or headline.metric_of(row) == metric:
+    return row.get(metric.key)
+  return NOT_RECORDED
+
+
+NOT_RECORDED = "not recorded"
 
 
 def local_steps(study, particles: int) -> int:
@@ -251,11 +301,14 @@ def recorded_rows(out) -> dict:
     return {(r["variant"], r["period"], r["num_particles"], r["seed"]): r for r in json.load(f)}
 
 
-def collect(study, out):
-  """One row per finished run, and the evaluation curve of each run. A cell without a workdir
-  keeps its row from OUT/results.json (with its code_version): runs/ is not committed, so a study
-  grows over several machines and sessions without re-running what a commit already holds."""
+def collect(study, out, task: str = "classification"):
+  """One row per finished run (ROW_KEYS, the task's TASK_KEYS and "task"), and the evaluation
+  curve of each run (its metric's figure). A cell without a workdir keeps its row from
+  OUT/results.json (with its code_version): runs/ is not committed, so a study grows over several
+  machines and sessions without re-running what a commit already holds (a row made before the rows
+  recorded their task gives its curve only to a study of accuracy)."""
   rows, curves = [], {}
+  keys, metric = ROW_KEYS + TASK_KEYS[task], headline.METRICS[task]
   recorded = recorded_rows(out)
   for name, variant, period, particles, seed, _ in cells(study):
     workdir = os.path.join(out, "runs", name)
@@ -265,7 +318,7 @@ def collect(study, out):
     if not os.path.exists(workdir) and key in recorded:
       row = recorded[key]
       rows.append(row)
-      if row.get("curve"):
+      if row.get("curve") and headline.metric_of(row) == metric:
         curves[key] = [(s, b, None, a) for s, b, a, *_ in row["curve"]]
       continue
     if not os.path.exists(path):
@@ -273,8 +326,9 @@ def collect(study, out):
         with open(diverged) as f:
           steps = json.load(f)["steps"]
         rows.append(
-          {k: None for k in ROW_KEYS}
+          {k: None for k in keys}
           | {
+            "task": task,
             "variant": variant,
             "period": period,
             "num_particles": particles,
@@ -286,7 +340,8 @@ def collect(study, out):
       continue
     with open(path) as f:
       summary = json.load(f)
-    row = {k: summary.get(k) for k in ROW_KEYS} | {
+    row = {k: summary.get(k) for k in keys} | {
+      "task": task,
       "variant": variant,
       "seed": seed,
       "num_particles": particles,
@@ -313,21 +368,34 @@ def mean_std(values):
   return f"{statistics.mean(finite):.4f} ± {statistics.stdev(finite):.4f}{note}"
 
 
-def paired_gap(accuracy: dict, reference: dict) -> str:
-  """100 (accuracy - reference) over the seeds both have ({seed: accuracy} each): the mean and,
-  from 2 seeds on, its 95% interval (Student's t over the paired differences), marked * where the
-  interval excludes zero (the only case in which the two are called different)."""
-  gaps = [100 * (accuracy[s] - reference[s]) for s in sorted(accuracy.keys() & reference.keys())]
+def figures_text(group, metric: headline.Metric) -> str:
+  """mean ± std (n=...) of the rows' figures of `metric` (mean_std), and how many rows have none
+  recorded (own_figure)."""
+  figures = [own_figure(r, metric) for r in group]
+  own = [f for f in figures if f != NOT_RECORDED]
+  text = f"{mean_std(own)} (n={len(own)})" if own else ""
+  missing = len(figures) - len(own)
+  if missing:
+    text += f"{', ' if text else ''}{NOT_RECORDED} ({missing}/{len(figures)})"
+  return text
+
+
+def paired_gap(figure: dict, reference: dict, gap=headline.GAPS[ACCURACY.key]) -> str:
+  """gap.scale (figure - reference) over the seeds both have ({seed: figure} each; for an accuracy
+  100 (accuracy - reference), in points): the mean and, from 2 seeds on, its 95% interval
+  (Student's t over the paired differences), marked * where the interval excludes zero (the only
+  case in which the two are called different); gap.digits decimals."""
+  gaps = [gap.scale * (figure[s] - reference[s]) for s in sorted(figure.keys() & reference.keys())]
   if not gaps:
     return "—"
-  mean = statistics.mean(gaps)
+  mean, d = statistics.mean(gaps), gap.digits
   if len(gaps) == 1:
-    return f"{mean:+.1f} (n=1)"
+    return f"{mean:+.{d}f} (n=1)"
   from scipy import stats  # only here: the rest of the report needs no SciPy
 
   half = stats.t.ppf(0.975, len(gaps) - 1) * statistics.stdev(gaps) / len(gaps) ** 0.5
   mark = "*" if mean - half > 0 or mean + half < 0 else ""
-  return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]{mark} (n={len(gaps)})"
+  return f"{mean:+.{d}f} [{mean - half:+.{d}f}, {mean + half:+.{d}f}]{mark} (n={len(gaps)})"
 
 
 def finished_runs(groups, variant, period, particles) -> list:
@@ -352,17 +420,22 @@ def references(study) -> list:
   return [v for v in ([named] if isinstance(named, str) else named) if v in study.variants]
 
 
-def gap_lines(study, groups, particles, reference) -> list:
-  """The table of each variant's gap to `reference` in points, paired by seed."""
+def gap_lines(study, groups, particles, reference, metric=ACCURACY) -> list:
+  """The table of each variant's gap to `reference` in the metric's Gap (headline.GAPS: points of
+  accuracy, or bits per byte), paired by seed."""
 
   def finished(variant, period):
-    return {
-      r["seed"]: r["final_test_accuracy"] for r in finished_runs(groups, variant, period, particles)
-    }
+    runs = finished_runs(groups, variant, period, particles)
+    figures = {r["seed"]: own_figure(r, metric) for r in runs}
+    return {s: f for s, f in figures.items() if f not in (None, NOT_RECORDED)}
 
-  gap = lambda v, p: paired_gap(finished(v, p), finished(reference, p))
+  unit = headline.GAPS[metric.key]
+  gap = lambda v, p: paired_gap(finished(v, p), finished(reference, p), unit)
+  how = "variant - reference" + (f", x {unit.scale:g}" if unit.scale != 1 else "")
+  if not metric.higher_is_better:
+    how += f", {metric.direction}: below zero the variant is better"
   head = [
-    f"Gap to `{reference}` in points (variant - reference, x 100, paired by seed over the "
+    f"Gap to `{reference}` in {unit.unit} ({how}, paired by seed over the "
     "seeds where both finished, n = those seeds): the mean and its 95% interval; * marks an "
     "interval that excludes zero, the only gaps called a difference:",
     "",
@@ -389,38 +462,40 @@ def cost_lines(study, groups, particles) -> list:
   return head + period_table(study, study.variants, cost) + [""]
 
 
-def markdown(study, rows) -> str:
+def caption_name(metric, rows) -> str:
+  """The figure's name in the caption: the metric's label, where it names the test split with the
+  split the rows were evaluated on (their evaluated_on: test, or validation where the runs held out
+  part of the training split)."""
+  split = next((r["evaluated_on"] for r in rows if r.get("evaluated_on")), "test")
+  label = metric.label
+  return split + label.removeprefix("test") if label.startswith("test ") else label
+
+
+def markdown(study, rows, metric=ACCURACY) -> str:
   groups = collections.defaultdict(list)
   for r in rows:
     groups[(r["variant"], r["period"], r["num_particles"])].append(r)
   lines = []
   for particles in study.num_particles:
 
-    def accuracy(variant, period, particles=particles):
+    def figure(variant, period, particles=particles):
       group = groups.get((variant, period, particles), [])
-      if not group:
-        return "—"
-      return mean_std([r["final_test_accuracy"] for r in group]) + f" (n={len(group)})"
+      return figures_text(group, metric) if group else "—"
 
-    lines += [f"### {particles} particles", ""] + period_table(study, study.variants, accuracy)
-    big = [
-      r["final_test_accuracy"]
-      for r in rows
-      if r["variant"] == BIG_WORKER and r["num_particles"] == particles
-    ]
+    lines += [f"### {particles} particles", ""] + period_table(study, study.variants, figure)
+    big = [r for r in rows if r["variant"] == BIG_WORKER and r["num_particles"] == particles]
     lines.append("")
     if big:  # no sync: the period does not apply
       lines += [
         f"The one big worker (1 particle, {particles}x the steps: the same samples, no sync): "
-        f"{mean_std(big)} (n={len(big)}).",
+        f"{figures_text(big, metric)}.",
         "",
       ]
     for reference in references(study):
-      lines += gap_lines(study, groups, particles, reference)
+      lines += gap_lines(study, groups, particles, reference, metric)
     lines += cost_lines(study, groups, particles)
   lines.append(
-    f"Final {next((r['evaluated_on'] for r in rows if r['evaluated_on']), 'test')} accuracy of "
-    "the exported model, "
+    f"Final {caption_name(metric, rows)} of the exported model{headline.stated(metric)}, "
     "mean ± std over seeds (n = number of seeds); "
     f"{steps_line(study)} {code_line(rows)} "
     f"{machine_line(rows)}"
@@ -453,7 +528,9 @@ def machine_line(rows) -> str:
   return "Run on " + ", ".join(f"{m} ({n} runs)" for m, n in machines.most_common()) + "."
 
 
-def plot(study, curves, out):
+def plot(study, curves, out, metric=ACCURACY):
+  """<stem>_vs_{steps,bytes,seconds}_n<N>.png (headline.report_file): the figure of each variant
+  against local steps, MB sent and seconds, mean over seeds, a panel per period."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -477,30 +554,34 @@ def plot(study, curves, out):
             continue
           length = min(len(r) for r in runs)
           xs = [runs[0][i][column] / (1e6 if key == "bytes" else 1) for i in range(length)]
-          ys = [statistics.mean(r[i][3] for r in runs) for i in range(length)]
+          ys = [time_report.mean_figure(r[i][3] for r in runs) for i in range(length)]
           ax.plot(xs, ys, marker="o", markersize=3, label=variant)
         ax.set_title(f"period {period}")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         if key == "bytes":
           ax.set_xscale("symlog", linthresh=1.0)
-      axes[0][0].set_ylabel("accuracy (exported model)")
+      axes[0][0].set_ylabel(f"{metric.words} (exported model){headline.stated(metric)}")
       if axes[0][-1].get_legend_handles_labels()[0]:  # a particle count with no finished run yet
-        axes[0][-1].legend(fontsize=7, loc="lower right")
+        axes[0][-1].legend(
+          fontsize=7, loc="lower right" if metric.higher_is_better else "upper right"
+        )
       fig.suptitle(f"{particles} particles, mean over seeds")
       fig.tight_layout()
-      fig.savefig(os.path.join(out, f"accuracy_vs_{key}_n{particles}.png"), dpi=110)
+      name = headline.report_file(metric, f"{{}}_vs_{key}_n{particles}.png")
+      fig.savefig(os.path.join(out, name), dpi=110)
       plt.close(fig)
 
 
-def period_means(rows) -> dict:
-  """{(variant, particles): [(period, mean, std, n)]}: the final accuracy of the finished runs over
-  seeds (std 0 for one run), periods ascending; diverged runs are left out (results.md counts
-  them)."""
+def period_means(rows, metric=ACCURACY) -> dict:
+  """{(variant, particles): [(period, mean, std, n)]}: the final figure of the finished runs over
+  seeds (std 0 for one run), periods ascending; diverged runs and runs without the figure are left
+  out (results.md counts them)."""
   runs = collections.defaultdict(list)
   for r in rows:
-    if not r["diverged"] and r["variant"] != BIG_WORKER:
-      runs[(r["variant"], r["num_particles"], r["period"])].append(r["final_test_accuracy"])
+    figure = own_figure(r, metric)
+    if figure not in (None, NOT_RECORDED) and r["variant"] != BIG_WORKER:
+      runs[(r["variant"], r["num_particles"], r["period"])].append(figure)
   means = collections.defaultdict(list)
   for (variant, particles, period), values in sorted(runs.items(), key=lambda kv: kv[0][2]):
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -508,19 +589,42 @@ def period_means(rows) -> dict:
   return dict(means)
 
 
-ZOOM = 0.1  # final_accuracy_vs_period.png shows this much accuracy below the best cell
+ZOOMS = {  # final_<stem>_vs_period.png shows this much of the figure worse than the best cell
+  "final_test_accuracy": 0.1,
+  "final_bits_per_byte": 0.5,
+}
+PAD = 0.005  # the axis's room beyond the best cell's edge
 
 
-def plot_periods(study, rows, out):
-  """final_accuracy_vs_period.png: one panel per particle count, one line per variant (error bars:
-  std over seeds), the one big worker as a horizontal line; cells more than ZOOM below the best are
-  marked at the bottom edge with their value."""
+def zoom_limits(means: dict, metric=ACCURACY) -> tuple[float, float, float] | None:
+  """(low, high, edge) of final_<stem>_vs_period.png's axis from period_means's cells (None
+  without one): from the best cell's outer error bar (+ std where higher is better, - std where
+  lower is better; PAD beyond it) to ZOOMS[metric] worse than it, or the worst cell's outer bar
+  where that is nearer; `edge` is the worse end, where the cells beyond it are marked."""
+  points = [(m, sd) for cells in means.values() for _, m, sd, _ in cells]
+  if not points:
+    return None
+  zoom = ZOOMS[metric.key]
+  if metric.higher_is_better:
+    best = max(m + sd for m, sd in points)
+    low = max(min(m - sd for m, sd in points), best - zoom)
+    return low, best + PAD, low
+  best = min(m - sd for m, sd in points)
+  high = min(max(m + sd for m, sd in points), best + zoom)
+  return best - PAD, high, high
+
+
+def plot_periods(study, rows, out, metric=ACCURACY):
+  """final_<stem>_vs_period.png (headline.report_file: final_accuracy_vs_period.png): one panel
+  per particle count, one line per variant (error bars: std over seeds), the one big worker as a
+  horizontal line; cells worse than the zoom (zoom_limits) are marked at its edge with their
+  value."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  means = period_means(rows)
+  means = period_means(rows, metric)
   fig, axes = plt.subplots(
     1,
     len(study.num_particles),
@@ -528,12 +632,7 @@ def plot_periods(study, rows, out):
     squeeze=False,
     sharey=True,
   )
-  tops = [m + sd for points in means.values() for _, m, sd, _ in points]
-  bottom = (
-    max(min(m - sd for points in means.values() for _, m, sd, _ in points), max(tops) - ZOOM)
-    if tops
-    else 0.0
-  )
+  limits = zoom_limits(means, metric)
   for ax, particles in zip(axes[0], study.num_particles):
     for variant in study.variants:
       points = means.get((variant, particles), [])
@@ -548,24 +647,25 @@ def plot_periods(study, rows, out):
           _,
           _,
         ) in points:  # a collapsed cell would squash the others: marked at the edge
-          if m < bottom:
+          if limits and metric.better(limits[2], m):
             ax.annotate(
               f"{m:.2f}",
-              (period, bottom),
+              (period, limits[2]),
               textcoords="offset points",
-              xytext=(0, 4),
+              xytext=(0, 4 if metric.higher_is_better else -12),
               ha="center",
               fontsize=7,
               color=line[0].get_color(),
               arrowprops={"arrowstyle": "->", "color": line[0].get_color()},
             )
-    if tops:
-      ax.set_ylim(bottom, max(tops) + 0.005)
+    if limits:
+      ax.set_ylim(limits[0], limits[1])
     big = [
-      r["final_test_accuracy"]
+      own_figure(r, metric)
       for r in rows
-      if r["variant"] == BIG_WORKER and r["num_particles"] == particles and not r["diverged"]
+      if r["variant"] == BIG_WORKER and r["num_particles"] == particles
     ]
+    big = [f for f in big if f not in (None, NOT_RECORDED)]
     if big:
       ax.axhline(
         statistics.mean(big),
@@ -579,44 +679,56 @@ def plot_periods(study, rows, out):
     ax.set_xlabel("sync period (local steps between syncs)")
     ax.set_title(f"{particles} particles")
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("final accuracy (exported model), mean ± std over seeds")
+  axes[0][0].set_ylabel(
+    f"final {metric.words} (exported model){headline.stated(metric)}, mean ± std over seeds"
+  )
   axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
-  fig.savefig(os.path.join(out, "final_accuracy_vs_period.png"), dpi=110)
+  fig.savefig(os.path.join(out, headline.report_file(metric, "final_{}_vs_period.png")), dpi=110)
   plt.close(fig)
 
 
 def report(study, out):
-  rows, curves = collect(study, out)
+  task = study_task(study)
+  metric = headline.METRICS[task]
+  rows, curves = collect(study, out, task)
   if not rows:
     raise BadInput(f"--out {out}: no finished runs in its runs/ or results.json")
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
   with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=ROW_KEYS, extrasaction="ignore")
+    writer = csv.DictWriter(f, fieldnames=ROW_KEYS + TASK_KEYS[task], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-  table = markdown(study, rows)
+  table = markdown(study, rows, metric)
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(table + "\n")
-  plot(study, curves, out)
+  plot(study, curves, out, metric)
   if len({r["period"] for r in rows}) > 1:  # finished runs at several periods
-    plot_periods(study, rows, out)
+    plot_periods(study, rows, out, metric)
   print(table)
-  if any("curve" in r for r in rows):
-    time_report.write_study(out)
+  if any("curve" in r and headline.metric_of(r) == metric for r in rows):
+    time_report.write_study(out, metric=metric)
 
 
-CHECK_TOLERANCE = 0.015  # accuracy; the re-run spread across code versions (docs/RESULTS.md)
+# by metric key: the final figure's gap allowed where the code or machine differs
+CHECK_TOLERANCES = {
+  "final_test_accuracy": 0.015,  # the re-run spread across code versions (docs/RESULTS.md)
+  "final_bits_per_byte": 0.02,  # not measured yet: an allowance, under 1% of the tiny LM's ~3
+}
 
 
-def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
+def check_cells(study, out, count: int, seed: int, tolerance: float | None = None) -> bool:
   """Re-run `count` finished cells chosen at random (random.Random(seed)) into OUT/check/<cell>
   and compare with the recorded run. A cell passes when the study makes the same config for it and
   the re-run's weights are bit-identical (`params_fingerprint`), or, where determinism is not
-  promised, its final accuracy is within `tolerance`. Determinism is promised where the training
-  code (workdir.training_code) at the recorded run's commit (`code_version`, unmodified) is this
-  checkout's, on the same kind of machine, backend and JAX version. True if all pass."""
+  promised, its final figure (study_metric) is within `tolerance` (default: CHECK_TOLERANCES).
+  Determinism is promised where the training code (workdir.training_code) at the recorded run's
+  commit (`code_version`, unmodified) is this checkout's, on the same kind of machine, backend and
+  JAX version. True if all pass."""
+  metric = study_metric(study)
+  if tolerance is None:
+    tolerance = CHECK_TOLERANCES[metric.key]
   rows = recorded_rows(out)
   finished = []
   for name, variant, period, particles, seed_, overrides in cells(study):
@@ -652,21 +764,25 @@ def check_cells(study, out, count: int, seed: int, tolerance: float) -> bool:
       and workdir_lib.training_code(recorded.get("code_version")) == code
       and all(recorded.get(k) == again.get(k) for k in keys)
     )
-    gap = again["final_test_accuracy"] - recorded["final_test_accuracy"]
+    was, now = own_figure(recorded | {"diverged": False}, metric), again.get(metric.key)
+    numbers = all(isinstance(f, (int, float)) for f in (was, now))
+    gap = now - was if numbers else None
     if "config" in recorded and recorded["config"] != again["config"]:
       verdict, ok = "FAIL: the study now makes another config for this cell", False
     elif again["params_fingerprint"] == recorded["params_fingerprint"]:
       verdict, ok = "PASS: bit-identical", True
     elif exact:
       verdict, ok = "FAIL: same code and machine, other weights", False
+    elif gap is None:
+      verdict, ok = f"FAIL: other weights, and no {metric.label} to compare on both", False
     else:
       ok = abs(gap) <= tolerance
       verdict = f"{'PASS' if ok else 'FAIL'}: other code or machine, |gap| <= {tolerance}?"
     passed &= ok
+    show = lambda f: f"{f:.4f}" if isinstance(f, (int, float)) else str(f)
     print(
-      f"  {name}: recorded {recorded['final_test_accuracy']:.4f} "
-      f"({recorded.get('code_version')}), re-run {again['final_test_accuracy']:.4f}, "
-      f"gap {gap:+.4f}: {verdict}",
+      f"  {name}: recorded {show(was)} ({recorded.get('code_version')}), re-run {show(now)}, "
+      f"gap {'—' if gap is None else f'{gap:+.4f}'}: {verdict}",
       flush=True,
     )
   return passed
@@ -739,8 +855,8 @@ def main():
   parser.add_argument(
     "--tolerance",
     type=float,
-    default=CHECK_TOLERANCE,
-    help="--check: accuracy gap allowed where the code or machine differs from the recorded run's",
+    help="--check: the final figure's gap allowed where the code or machine differs from the "
+    f"recorded run's (default by metric: {CHECK_TOLERANCES})",
   )
   parser.add_argument("--periods", type=int, nargs="+", help="run only these periods of the grid")
   parser.add_argument("--num-particles", type=int, nargs="+", help="run only these particle counts")

@@ -187,15 +187,10 @@ def time_table(runs: dict, profiles: dict, target: float, metric) -> list:
   return lines
 
 
-def words(metric) -> str:
-  """The metric's short name in titles: accuracy, bits per byte."""
-  return metric.stem.replace("_", " ")
-
-
 def markdown(runs: dict, profiles: dict, targets, metric) -> str:
   side = "above" if metric.higher_is_better else "below"
   lines = [
-    f"# Time to {words(metric)} (a projection, psops_jax/clock.py)",
+    f"# Time to {metric.words} (a projection, psops_jax/clock.py)",
     "",
     f"Mean projected time to the first evaluation at or {side} the target"
     f"{headline.stated(metric)}, over the seeds that "
@@ -245,12 +240,14 @@ def plot(runs: dict, profiles: dict, path: str, metric):
     ax.set_title(col, fontsize=9)
     ax.set_xlabel(f"projected time ({unit(p)})")
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel(f"{metric.label}{headline.stated(metric)} (mean over seeds)")
+  axes[0][0].set_ylabel(f"{metric.label} (mean over seeds)")
   if metric.key in FLOORS:
     axes[0][0].set_ylim(FLOORS[metric.key], None)
   axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.suptitle(
-    f"{words(metric)} against projected time (a projection: psops_jax/clock.py)", fontsize=10
+    f"{metric.words}{headline.stated(metric)} against projected time (a projection: "
+    "psops_jax/clock.py)",
+    fontsize=10,
   )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -274,7 +271,7 @@ def run_lines(workdir: str, profiles: dict) -> str:
   """One run's evaluations with their projected times, a column per profile."""
   metric, shape, curve = run_curve(workdir)
   lines = [
-    f"| step | MB sent | {words(metric)} | "
+    f"| step | MB sent | {metric.words} | "
     + " | ".join(f"{c} ({unit(p)})" for c, p in profiles.items())
     + " |",
     "| --- | --- | --- |" + " --- |" * len(profiles),

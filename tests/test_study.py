@@ -345,9 +345,12 @@ def test_the_fastest_is_chosen_among_variants_with_at_least_3_seeds(monkeypatch)
   # each run list holds its variant's label; mean_time gives that label's time for every seed
   runs = {("a", 16): ["a"] * 5, ("b", 16): ["b"] * 3, ("c", 16): ["c"], ("ssgd", 16): ["s"] * 5}
   mean = {"a": 50.0, "b": 40.0, "c": 10.0, "s": 100.0}
-  monkeypatch.setattr(time_report, "mean_time", lambda rs, target, p: (mean[rs[0]], len(rs)))
-  lines = time_report.time_table(runs, {"r = 1": None}, 0.8)
+  accuracy = time_report.headline.METRICS["classification"]
+  monkeypatch.setattr(time_report, "mean_time", lambda rs, target, p, m: (mean[rs[0]], len(rs)))
+  lines = time_report.time_table(runs, {"r = 1": None}, 0.8, accuracy)
   assert "| b | 16 | **40** |" in lines and "| c | 16 | 10 |" in lines  # c: one seed, not ranked
   assert lines[-2:] == ["| **fastest** | | b p16 |", "| ssgd's time / fastest | | 2.5x |"]
   runs = {key: group[:1] for key, group in runs.items()}  # one seed each: all compete
-  assert time_report.time_table(runs, {"r = 1": None}, 0.8)[-2] == "| **fastest** | | c p16 |"
+  assert time_report.time_table(runs, {"r = 1": None}, 0.8, accuracy)[-2] == (
+    "| **fastest** | | c p16 |"
+  )
