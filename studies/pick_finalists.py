@@ -3,24 +3,40 @@
   python studies/pick_finalists.py studies/results/study_pso_search/results.csv --top 2
 
 Ranks every variant except `average` (or, with --prefix, the variants whose names start with it) by
-its mean final accuracy over the periods searched and prints the names of the best `--top`
-(space-separated), for `study.py --variants`.
+its mean final figure over the periods searched (the study's metric, `metric_of_columns`: the
+accuracy, higher is better, or a language model's bits per byte, lower is better; a run without
+one counts as the worst: accuracy 0, bits per byte infinite) and prints the names of the best
+`--top` (space-separated), for `study.py --variants`.
 """
 
 import argparse
 import collections
 import csv
+import math
 import statistics
 
+from psops_jax import headline
 
-def finalists(rows, top: int, baseline: str = "average", prefix: str = "") -> list:
+
+def metric_of_columns(columns) -> headline.Metric:
+  """The metric of a results.csv: a language model's where it has the bits per byte column
+  (studies/study.py's TASK_KEYS), else the accuracy."""
+  lm = headline.METRICS["language_model"]
+  return lm if lm.key in columns else headline.METRICS["classification"]
+
+
+def finalists(rows, top: int, baseline="average", prefix="", metric=None) -> list:
+  """The `top` variants by their mean final figure of `metric` (default: metric_of_columns),
+  best first (`Metric.better`'s direction)."""
+  metric = metric or metric_of_columns(rows[0] if rows else ())
+  worst = 0.0 if metric.higher_is_better else math.inf
   scores = collections.defaultdict(list)
   for r in rows:
     if r["variant"] != baseline and r["variant"].startswith(prefix):
-      accuracy = r["final_test_accuracy"]
-      scores[r["variant"]].append(float(accuracy) if accuracy not in ("", None) else 0.0)
-  ranked = sorted(scores, key=lambda v: -statistics.mean(scores[v]))
-  return ranked[:top]
+      figure = r.get(metric.key)
+      scores[r["variant"]].append(float(figure) if figure not in ("", None) else worst)
+  mean = {v: statistics.mean(s) for v, s in scores.items()}
+  return sorted(scores, key=mean.get, reverse=metric.higher_is_better)[:top]
 
 
 def main():

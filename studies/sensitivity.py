@@ -12,10 +12,12 @@ OUT/check, a directory of run directories named as the cells are):
       studies/results/study_outer/check
 
 Prints, per variant, period and pair of machines (workdir.machine_kind: "same" where both runs of
-every pair ran on one kind of machine): both final accuracies (mean over the paired seeds), the
-paired difference (second - first) as mean ± std and its largest magnitude, in points, and how many
-pairs came out with bit-identical weights. This is the spread to expect from re-running a cell on
-other code or another machine (studies/study.py --check's tolerance).
+every pair ran on one kind of machine): both final figures of the study's metric (mean over the
+paired seeds: accuracies, or a language model's bits per byte; psops_jax/headline.py), the paired
+difference (second - first) as mean ± std and its largest magnitude (in points of accuracy, x 100,
+or in bits per byte: headline.GAPS), and how many pairs came out with bit-identical weights. This
+is the spread to expect from re-running a cell on other code or another machine (studies/study.py
+--check's tolerance).
 """
 
 import argparse
@@ -24,6 +26,7 @@ import json
 import os
 import statistics
 
+from psops_jax import headline
 from studies import study
 
 
@@ -58,25 +61,29 @@ def machines(runs: list) -> str:
 
 
 def table(first: dict, second: dict) -> str:
+  """The table of the paired cells (module doc), of the metric of the first study's rows."""
+  metric = headline.metric_of(next(iter(first.values()), {}))
+  gap = headline.GAPS[metric.key]
+  d = gap.digits + 1
   pairs = collections.defaultdict(list)
   for key in sorted(first.keys() & second.keys()):
     pair = (first[key], second[key])
     pairs[(*key[:3], first[key].get("machine") == second[key].get("machine"))].append(pair)
   lines = [
-    "| variant | period | machines | n | first | second | second - first (points) | "
-    "max abs (points) | bit-identical |",
+    f"| variant | period | machines | n | first | second | second - first ({gap.unit}) | "
+    f"max abs ({gap.unit}) | bit-identical |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for (variant, period, _, _), runs in pairs.items():
-    a = [r["final_test_accuracy"] for r, _ in runs]
-    b = [r["final_test_accuracy"] for _, r in runs]
-    gaps = [100 * (y - x) for x, y in zip(a, b)]
-    spread = f" ± {statistics.stdev(gaps):.2f}" if len(gaps) > 1 else ""
+    a = [r[metric.key] for r, _ in runs]
+    b = [r[metric.key] for _, r in runs]
+    gaps = [gap.scale * (y - x) for x, y in zip(a, b)]
+    spread = f" ± {statistics.stdev(gaps):.{d}f}" if len(gaps) > 1 else ""
     same = sum(x.get("params_fingerprint") == y.get("params_fingerprint") for x, y in runs)
     lines.append(
       f"| {variant} | {period} | {machines(runs)} | {len(runs)} | {statistics.mean(a):.4f} | "
       f"{statistics.mean(b):.4f} "
-      f"| {statistics.mean(gaps):+.2f}{spread} | {max(abs(g) for g in gaps):.2f} | "
+      f"| {statistics.mean(gaps):+.{d}f}{spread} | {max(abs(g) for g in gaps):.{d}f} | "
       f"{same}/{len(runs)} |"
     )
   return "\n".join(lines)

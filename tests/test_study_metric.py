@@ -220,3 +220,24 @@ def test_a_classification_study_keeps_its_accuracy_reports(tmp_path):
   assert "Gap to `ssgd` in points (variant - reference, x 100, paired by seed" in table
   study.plot_periods(grid, rows, str(out), ACCURACY)
   assert (out / "final_accuracy_vs_period.png").stat().st_size > 1000
+
+
+def test_finalists_and_sensitivity_follow_the_metric():
+  from studies import pick_finalists, sensitivity
+
+  def row(variant, bpb, accuracy):
+    return {"variant": variant, "final_test_accuracy": accuracy, "final_bits_per_byte": bpb}
+
+  rows = [
+    row("a", "3.3", "0.40"),
+    row("b", "3.1", "0.30"),
+    row("c", "", "0.35"),
+    row("d", "3.2", ""),
+  ]
+  assert pick_finalists.finalists(rows, 3) == ["b", "d", "a"]  # lowest bits per byte first
+  accuracy_rows = [{k: v for k, v in r.items() if k != "final_bits_per_byte"} for r in rows]
+  assert pick_finalists.finalists(accuracy_rows, 3) == ["a", "c", "b"]  # highest accuracy first
+  first = {("a", 16, 8, 0): fake_summary("language_model", 16, 3.30)}
+  second = {("a", 16, 8, 0): fake_summary("language_model", 16, 3.25)}
+  table = sensitivity.table(first, second)
+  assert "second - first (bits per byte)" in table and "| -0.0500 | 0.0500 |" in table
