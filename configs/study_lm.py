@@ -13,7 +13,7 @@ Every cell sees the same tokens: TOTAL_STEPS local steps of batch 8 windows of 6
 8 workers (2.1M bytes, about 1.8 passes over the training text), or with M workers 8 / M times the
 steps each (`fixed_tokens`). The inner optimizer is AdamW with linear warmup and cosine decay and
 gradient clipping at norm 1 (configs/text_lm.py); its peak learning rate is tuned per method family
-(`tuning`: 3 values, period 16, 8 workers, on seed 100, which the study's seeds do not use). The
+(`tuning`: 5 values, period 16, 8 workers, on seed 100, which the study's seeds do not use). The
 text has one held-out split, the validation split, which both the tuning and the reported figures
 use: the tuning's seed differs, its split does not.
 
@@ -34,7 +34,7 @@ ground as M grows?
 """
 
 TOTAL_STEPS = 512  # per worker at 8 workers
-TUNING_LEARNING_RATES = (0.003, 0.01, 0.03)
+TUNING_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03, 0.1)
 # The best of TUNING_LEARNING_RATES on the validation split per family (grid `tuning`;
 # docs/RESULTS.md gives its table): ssgd and its data-parallel kin; average, pso and median (no
 # outer step); diloco and its kin (the outer Nesterov step).

@@ -490,7 +490,11 @@ def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int, li
     "final_train_loss_particles": [_finite_or_none(v) for v in progress.host_metrics["loss"]],
     "params_fingerprint": params_fingerprint(swarm.params, swarm.batch_stats),
     "resumed_from_round": start,
-    "evaluated_on": "validation" if config.data.validation_size else "test",
+    # text is scored on its fixed validation split (psops_jax/text.py), images on the test split
+    # unless data.validation_size carves one out of the training split
+    "evaluated_on": "validation"
+    if config.data.validation_size or task == "language_model"
+    else "test",
     "config": config.to_dict(),
     "backend": jax.default_backend(),
     "jax_version": jax.__version__,
