@@ -194,6 +194,7 @@ def build_floor(model, images, labels, period: int, batch_size: int, max_unroll:
   from jax import lax
 
   from psops_jax import swarm as swarm_lib
+  from psops_jax import tasks
 
   tx = optimizer()
   mean, std = normalization(images.shape[-1])
@@ -203,7 +204,7 @@ def build_floor(model, images, labels, period: int, batch_size: int, max_unroll:
   key = jax.random.key(0)
 
   def train_step(params, opt_state, x, y):
-    loss_fn = lambda p: swarm_lib.cross_entropy(
+    loss_fn = lambda p: tasks.cross_entropy(
       model.apply({"params": p}, swarm_lib.normalize(x, mean, std)), y
     )
     loss, grads = jax.value_and_grad(loss_fn)(params)
