@@ -88,14 +88,6 @@ def random_examples(data_name: str, size: int, context: int = 0, seed: int = 1) 
   return images, labels
 
 
-def random_shard(model_name: str, size: int, seed: int = 1) -> tuple:
-  """`random_examples` of the model's data set: the image data set's (DATA_SETS), or text windows
-  of its base config's data.context."""
-  if is_text(model_name):
-    return random_examples("text", size, base_config(model_name).data.context, seed)
-  return random_examples(DATA_SETS[model_name], size, seed=seed)
-
-
 def random_dataset(config, seed: int = 1) -> data.Dataset:
   """The data set a benchmarked run (`run_config`) trains on: data.synthetic_size random examples of
   config.data.name (`random_examples`; text: of data.context bytes) and their first 16 as the test
