@@ -33,8 +33,6 @@ def cells(particles: int, device_counts: list) -> list:
 def build(args, device_counts: list) -> tuple:
   """The rounds of `cells` and the floor. Returns (runners, {name: (particles, devices, compile
   seconds)})."""
-  from psops_jax import models
-
   runners, info = {}, {}
   for particles, devices in cells(args.particles, device_counts):
     name = f"{particles}on{devices}"
@@ -51,10 +49,9 @@ def build(args, device_counts: list) -> tuple:
     )
     info[name] = (particles, devices, built["compile_seconds"])
     print(f"  compiled {particles} particles on {devices} devices: {built['compile_seconds']} s")
-  images, labels = common.random_shard(args.model, args.train_size // args.particles)
-  floor, _, _ = common.build_floor(
-    models.create(args.model), images, labels, args.period, args.batch_size
-  )
+  shard_size = args.train_size // args.particles  # the floor: one particle's run
+  config = common.run_config(args.model, 1, 1, args.period, args.batch_size, "pso", shard_size)
+  floor, _, _ = common.build_floor(*common.floor_parts(config), args.period, args.batch_size)
   runners["floor"] = floor["unrolled/slice"]
   return runners, info
 

@@ -154,13 +154,19 @@ def place_test(dataset: data_lib.Dataset, mesh) -> tuple[tuple, tuple]:
   return test, test_one
 
 
-def build_run(config, strategy: sync_lib.SyncStrategy | None = None) -> Run:
+def build_run(
+  config,
+  strategy: sync_lib.SyncStrategy | None = None,
+  dataset: data_lib.Dataset | None = None,
+) -> Run:
   """The run `config` describes: data, mesh, model, optimizer, strategy (the config's, or
-  `strategy`, built with axis_name=swarm.AXES), initial swarm and round. Raises errors.BadInput
-  subclasses for what the user must change (ConfigError, DataError)."""
+  `strategy`, built with axis_name=swarm.AXES), initial swarm and round. `dataset` replaces the data
+  set config.data names (the benchmarks train on random data of a chosen size; config.data.name
+  still gives the task). Raises errors.BadInput subclasses for what the user must change
+  (ConfigError, DataError)."""
   n = config.num_particles
   mesh = swarm_lib.make_mesh(n, config.num_devices)
-  dataset = load_dataset(config)
+  dataset = load_dataset(config) if dataset is None else dataset
   shards = shard_dataset(config, dataset)
   probe_pool = config.sync.pso.probe_size * (PROBE_POOL if config.sync.pso.probe_resample else 1)
   probe = data_lib.probe_batch(dataset.train_inputs, dataset.train_targets, probe_pool, config.seed)

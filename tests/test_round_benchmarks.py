@@ -1,9 +1,18 @@
 """round_vs_floor.py and scaling.py on hand-made timings: which variants are compared, and the
-paired ratios. No JAX."""
+paired ratios (no JAX); and round_vs_floor.py run at toy size for the transformer."""
 
 import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
 
 from benchmarks import round_vs_floor, scaling
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timing(seconds):
@@ -37,6 +46,53 @@ def test_without_torch_there_is_no_torch_ratio():
   timed = {"framework/pso": timing([1.0]), "floor/step_loop": timing([1.0])}
   _, ratios, chosen = round_vs_floor.summarize(timed, {}, args)
   assert chosen["torch"] is None and set(ratios) == {"framework_vs_floor"}
+
+
+def test_a_text_model_reports_tokens_per_second_beside_samples_per_second():
+  args = argparse.Namespace(particles=2, period=4, batch_size=8, context=64)  # 64 windows a round
+  timed = {
+    "framework/pso": timing([2.0, 2.0]),
+    "framework/1dev": timing([4.0, 4.0]),
+    "floor/scan/slice": timing([1.0, 1.0]),
+  }
+  rows, ratios, chosen = round_vs_floor.summarize(timed, {}, args)
+  assert rows["framework/pso"]["samples_per_second"]["median"] == 32.0
+  assert rows["framework/pso"]["tokens_per_second"]["median"] == 32.0 * 64
+  assert chosen["floor"] == "floor/scan/slice" and ratios["framework_vs_floor"]["median"] == 0.5
+  summary = round_vs_floor.headline(rows, ratios, chosen)
+  assert summary["tokens_per_second"] == {"framework": 2048.0, "floor": 4096.0, "torch": None}
+  assert summary["framework_1dev_vs_floor"] == 0.25 and summary["framework_vs_torch"] is None
+  lines = round_vs_floor.table(rows, ratios, chosen, argparse.Namespace(devices=2, max_unroll=0))
+  assert "tokens/s" in lines[0]
+
+
+@pytest.mark.slow
+def test_round_vs_floor_runs_the_transformer_at_toy_size(tmp_path):
+  """configs/text_lm.py's tiny transformer, 2 particles, 2 steps a round, 1 repetition: the JSON
+  holds tokens/s of every method and finite positive paired ratios (torch's where installed)."""
+  out = tmp_path / "lm.json"
+  command = [sys.executable, "benchmarks/round_vs_floor.py", "--quick", "--model", "transformer"]
+  command += ["--particles", "2", "--period", "2", "--batch-size", "4", "--train-size", "64"]
+  command += ["--reps", "1", "--out", str(out)]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["config"]["model"] == "transformer" and result["config"]["loop"] == "scan"
+  assert result["config"]["context"] == 64 and result["config"]["size"] == "tiny"
+  tokens = result["tokens_per_second"]
+  torch_ran = "skipped" not in result["torch_info"]
+  for method in ("framework", "floor") + (("torch",) if torch_ran else ()):
+    assert math.isfinite(tokens[method]) and tokens[method] > 0
+  for row in result["rows"].values():
+    tokens_per_sample = row["tokens_per_second"]["median"] / row["samples_per_second"]["median"]
+    assert tokens_per_sample == pytest.approx(64, rel=1e-3)  # both rounded to 4 digits
+  ratios = ["framework_vs_floor", "framework_1dev_vs_floor"]
+  ratios += ["framework_vs_torch", "floor_vs_torch"] if torch_ran else []
+  for key in ratios:
+    assert math.isfinite(result[key]) and result[key] > 0
+  if torch_ran:
+    assert result["torch_info"]["logits_max_abs_diff_vs_flax"] < 1e-4
 
 
 def test_scaling_cells_and_the_ratio_to_the_floor():

@@ -1,5 +1,6 @@
-"""benchmarks/torch_models.py: given the Flax weights, each torch copy gives the Flax logits and
-counts the same parameters. Skipped without torch (pip install -e ".[bench]")."""
+"""benchmarks/torch_models.py: given the Flax weights, each torch copy (the image models and the
+transformer) gives the Flax logits and counts the same parameters. Skipped without torch (pip
+install -e ".[bench]")."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import common, torch_models
-from psops_jax import models
-from psops_jax import swarm as swarm_lib
+from psops_jax import tasks
 
 
 def test_the_missing_torch_note_names_the_install_command():
@@ -16,14 +16,14 @@ def test_the_missing_torch_note_names_the_install_command():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_name", sorted(torch_models.FLAT_HWC))
+@pytest.mark.parametrize("model_name", sorted(torch_models.FLAT_HWC) + ["transformer"])
 def test_the_torch_copy_gives_the_flax_logits(model_name):
+  """Image models and configs/text_lm.py's tiny transformer (logits at every position)."""
   pytest.importorskip("torch", reason=torch_models.MISSING)
-  images, _ = common.random_shard(model_name, 16)
-  mean, std = common.normalization(images.shape[-1])
-  model = models.create(model_name)
-  x = swarm_lib.normalize(jnp.asarray(images[:1]), mean, std)
-  params = model.init(jax.random.key(0), x)["params"]
-  check = torch_models.check_against_flax(model_name, model, params, images, mean, std)
+  config = common.run_config(model_name, 1, 1, 1, shard_size=16)
+  model, _, task, shard = common.floor_parts(config)
+  x, mean, std = shard.train_inputs, shard.mean, shard.std
+  params = model.init(jax.random.key(0), tasks.model_inputs(task, jnp.asarray(x[:1]), mean, std))
+  check = torch_models.check_against_flax(model_name, model, params["params"], x, mean, std)
   assert check["same_parameter_count"]
   np.testing.assert_array_less(check["logits_max_abs_diff_vs_flax"], 1e-4)
