@@ -38,7 +38,7 @@ TUNING_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03, 0.1)
 # The best of TUNING_LEARNING_RATES on the validation split per family (grid `tuning`;
 # docs/RESULTS.md gives its table): ssgd and its data-parallel kin; average, pso and median (no
 # outer step); diloco and its kin (the outer Nesterov step).
-TUNED = {"ssgd": 0.01, "average": 0.01, "diloco": 0.01}
+TUNED = {"ssgd": 0.003, "average": 0.003, "diloco": 0.03}
 FAMILY = {
   "ssgd": "ssgd",
   "average": "average",
