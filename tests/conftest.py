@@ -21,3 +21,10 @@ os.environ.setdefault(
   os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax_compilation"),
 )
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+
+
+def pytest_collection_modifyitems(items):
+  """The slow tests first (a stable sort: in file order among themselves): with the two
+  pytest-xdist workers stealing each other's queued tests (--dist worksteal, pyproject.toml), the
+  run then ends on short tests and neither worker idles while the other finishes a long one."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
