@@ -18,6 +18,7 @@ RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso", "t
 STUDY_CONFIGS = (
   "study_digits",
   "study_fashion_mnist",
+  "study_frontier",
   "study_lm",
   "study_outer",
   "study_pso_variants",
@@ -198,3 +199,20 @@ def test_study_cells_are_valid_and_their_scenarios_run(tmp_path):
       summary = train.train_and_evaluate(config, str(tmp_path / "runs" / f"{name}_{grid}_{cell}"))
       assert summary["config"]["faults"]["kind"] == key[2], (name, grid, cell)
   assert len(seen) >= 8  # digits; fashion_mnist plain, validation, nan, noise, lr, dirichlet; text
+
+
+# The cells of the grids whose docstrings state their count and hours (study config, grid): cells.
+STATED_CELL_COUNTS = {
+  ("study_frontier", ""): 80,
+  ("study_frontier", "tuning"): 5,
+  ("study_frontier", "lm"): 48,
+  ("study_frontier", "lm_tuning"): 5,
+}
+
+
+@pytest.mark.parametrize("name,grid", sorted(STATED_CELL_COUNTS))
+def test_study_grids_have_the_cell_counts_their_docstrings_state(name, grid):
+  from studies import study as study_lib
+
+  study = study_lib.load_study(os.path.join(REPO, "configs", f"{name}.py"), grid)
+  assert len(list(study_lib.cells(study))) == STATED_CELL_COUNTS[name, grid]
