@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow  # every config trains for a few rounds
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_CONFIGS = ("digits_pso", "mnist_pso", "fashion_mnist_pso", "cifar10_pso", "text_lm")
 STUDY_CONFIGS = (
+  "study_byzantine",
   "study_digits",
   "study_fashion_mnist",
   "study_frontier",
@@ -198,7 +199,9 @@ def test_study_cells_are_valid_and_their_scenarios_run(tmp_path):
       config.faults.step = 2  # the fault strikes in the second round
       summary = train.train_and_evaluate(config, str(tmp_path / "runs" / f"{name}_{grid}_{cell}"))
       assert summary["config"]["faults"]["kind"] == key[2], (name, grid, cell)
-  assert len(seen) >= 8  # digits; fashion_mnist plain, validation, nan, noise, lr, dirichlet; text
+  # digits; fashion_mnist plain, validation, nan, noise, lr, dirichlet, sign_flip, scale, alie (and
+  # alie on the validation split); text
+  assert len(seen) >= 12
 
 
 # The cells of the grids whose docstrings state their count and hours (study config, grid): cells.
@@ -207,6 +210,9 @@ STATED_CELL_COUNTS = {
   ("study_frontier", "tuning"): 5,
   ("study_frontier", "lm"): 48,
   ("study_frontier", "lm_tuning"): 5,
+  **{("study_byzantine", grid): 60 for grid in ("", "none", "sign_flip_f1", "alie_f2")},
+  ("study_byzantine", "quick"): 36,
+  ("study_byzantine", "clip_tuning"): 10,
 }
 
 
@@ -216,3 +222,13 @@ def test_study_grids_have_the_cell_counts_their_docstrings_state(name, grid):
 
   study = study_lib.load_study(os.path.join(REPO, "configs", f"{name}.py"), grid)
   assert len(list(study_lib.cells(study))) == STATED_CELL_COUNTS[name, grid]
+
+
+def test_the_byzantine_quick_grid_is_a_slice_of_its_scenario():
+  """`quick` runs into alie_f2's directory: its cells must be alie_f2's, override for override."""
+  from studies import study as study_lib
+
+  path = os.path.join(REPO, "configs", "study_byzantine.py")
+  full = {c[0]: c[-1] for c in study_lib.cells(study_lib.load_study(path, "alie_f2"))}
+  quick = {c[0]: c[-1] for c in study_lib.cells(study_lib.load_study(path, "quick"))}
+  assert quick and all(full[name] == overrides for name, overrides in quick.items())
