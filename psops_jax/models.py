@@ -12,7 +12,8 @@ float32, so the optimizer and every sync strategy see float32 only.
 
 `conv` (the models with convolutions) picks how their convolutions are computed
 (psops_jax/conv.py): `lax` (XLA's convolution, the default), `im2col` (patches and one matrix
-product, faster on XLA:CPU) or `auto` (im2col on CPU, lax on GPU/TPU); the parameters are the same.
+product, faster on XLA:CPU for LeNet-5) or `auto` (im2col on CPU, lax on GPU/TPU); the parameters
+are the same.
 """
 
 from typing import Any
