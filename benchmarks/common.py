@@ -142,11 +142,13 @@ def run_config(
   dtype: str = "float32",
   data_name: str | None = None,
   size: str = "",
+  conv: str = "lax",
 ):
   """The run config of a benchmarked round: the model's base config (`base_config`) with these
   settings, synthetic data of the model's data set (or `data_name`'s; `shard_size` per particle:
-  the speed does not depend on the values), the transformer's `size` (default: the base config's)
-  and every benchmark's optimizer (OPTIMIZERS)."""
+  the speed does not depend on the values), the transformer's `size` (default: the base config's),
+  the convolutions' implementation `conv` (model.conv) and every benchmark's optimizer
+  (OPTIMIZERS)."""
   text_model = is_text(model_name)
   config = base_config(model_name)
   optimizer_fields = OPTIMIZERS["text" if text_model else "image"]
@@ -158,6 +160,7 @@ def run_config(
       "model.name": model_name,
       "model.dtype": dtype,
       "model.size": size or config.model.size,
+      "model.conv": conv,
       "data.name": data_name or ("text" if text_model else DATA_SETS[model_name]),
       "data.source": "synthetic",
       "data.synthetic_size": particles * shard_size,
@@ -390,10 +393,11 @@ def build_floor(
 
 
 def round_parser(
-  doc: str, reps: tuple, devices: bool = True, text_models: bool = False
+  doc: str, reps: tuple, devices: bool = True, text_models: bool = False, conv: bool = False
 ) -> argparse.ArgumentParser:
   """The shared options; `reps` = (default repetitions, with --quick). text_models: --model also
-  accepts TEXT_MODELS, with their --size, and --loop."""
+  accepts TEXT_MODELS, with their --size, and --loop. conv: --conv, the convolutions' implementation
+  (model.conv) of the JAX methods."""
   parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
   models = ["small_cnn", "lenet5"] + (list(TEXT_MODELS) if text_models else [])
   parser.add_argument("--model", default="small_cnn", choices=models)
@@ -407,6 +411,14 @@ def round_parser(
       choices=["", "unroll", "scan"],
       help="how the round's steps are compiled (default: scan where the model's config says so, "
       "as configs/text_lm.py, else unroll)",
+    )
+  if conv:
+    parser.add_argument(
+      "--conv",
+      default="lax",
+      choices=["lax", "im2col", "auto"],
+      help="how the JAX models compute their convolutions, the framework's and the floor's alike "
+      "(model.conv, psops_jax/conv.py; torch stays torch)",
     )
   parser.add_argument("--particles", type=int, default=8)
   parser.add_argument(
@@ -485,6 +497,8 @@ def round_config(args: argparse.Namespace) -> dict:
   config = {k: getattr(args, k) for k in keys if hasattr(args, k)}
   if getattr(args, "context", None):  # a text model
     config.update(size=args.size, context=args.context, loop=args.loop)
+  if hasattr(args, "conv"):
+    config["conv"] = args.conv
   config["shard_size"] = args.train_size // args.particles
   config.update(reps=args.reps, quick=args.quick, max_unroll=args.max_unroll)
   return config

@@ -44,14 +44,19 @@ method whose warm-up round took over 5x the median method's is timed in 3 repeti
 the N virtual devices are threads of this process and share its cores with the floor's and torch's
 threads; the `cores` column is the process CPU time / wall time of each method.
 
+--conv picks how the JAX models compute their convolutions (model.conv: lax, XLA's convolution, the
+default; im2col, patches and one matrix product, psops_jax/conv.py; auto): the framework and the
+floor use the same one, torch its own.
+
   python benchmarks/round_vs_floor.py --quick --model small_cnn --particles 8
   python benchmarks/round_vs_floor.py --model lenet5 --particles 8 --period 16
   python benchmarks/round_vs_floor.py --model transformer --particles 8     # text_lm's tiny LM
+  python benchmarks/round_vs_floor.py --quick --model lenet5 --particles 8 --conv im2col
 
-Writes benchmarks/results/round_vs_floor_<model>.json (--out) with the command, machine and load.
-The last printed line is one JSON object (framework_vs_floor, framework_1dev_vs_floor,
-framework_vs_torch, floor_vs_torch, for the transformer tokens_per_second of the framework, the
-floor and torch, config, machine).
+Writes benchmarks/results/round_vs_floor_<model>.json (round_vs_floor_<model>_<conv>.json with
+--conv other than lax; --out) with the command, machine and load. The last printed line is one
+JSON object (framework_vs_floor, framework_1dev_vs_floor, framework_vs_torch, floor_vs_torch, for
+the transformer tokens_per_second of the framework, the floor and torch, config, machine).
 """
 
 import itertools
@@ -108,6 +113,7 @@ def run_settings(args) -> dict:
     "max_unroll": args.max_unroll,
     "loop": args.loop,
     "size": args.size if common.is_text(args.model) else "",
+    "conv": args.conv,
   }
 
 
@@ -280,7 +286,7 @@ def headline(rows: dict, ratios: dict, chosen: dict) -> dict:
 
 
 def main():
-  parser = common.round_parser(__doc__, reps=(21, 7), text_models=True)
+  parser = common.round_parser(__doc__, reps=(21, 7), text_models=True, conv=True)
   args = common.start(parser, "round vs floor")
   runners, setup, compile_seconds, extra = build(args)
   timed = harness.measure(runners, args.reps, warmup=2, seed=0, setup=setup, slow_factor=5)
@@ -297,7 +303,8 @@ def main():
     "timed_in_3_reps_only": [k for k, t in timed.items() if t["slow"]],
     "table": lines,
   }
-  out = args.out or os.path.join(harness.RESULTS, f"round_vs_floor_{args.model}.json")
+  conv = "" if args.conv == "lax" else f"_{args.conv}"
+  out = args.out or os.path.join(harness.RESULTS, f"round_vs_floor_{args.model}{conv}.json")
   harness.publish(out, summary, details)
 
 

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.tie_embeddings = True  # transformer: logits through the token embedding
   config.model.dtype = "float32"  # float32 | bfloat16: the computation's dtype (mixed precision);
   # params, optimizer state and the sync stay float32
+  config.model.conv = "lax"  # lax | im2col | auto (im2col on CPU, lax on GPU/TPU): how the
+  # convolutions are computed (psops_jax/conv.py); the same parameters, equal to float tolerance.
+  # auto is the candidate default once measured on a quiet machine (benchmarks/README.md)
 
   # The inner optimizer of every particle (psops_jax/optimizers.py gives the math). The outer one,
   # where a strategy has one, is the strategy's: DiLoCo's Nesterov step (learning rate 0.7,

@@ -45,6 +45,9 @@ RESUMABLE_FIELDS = (
 # over particles (none, pso); a sum over particles (average, ...) may change order, hence its last
 # bits (docs/usage.md, "Checkpoints and resume").
 LAYOUT_FIELDS = ("num_devices",)
+# Fields added since runs were saved, with the value that runs as the saved run did: a workdir whose
+# config.json lacks one resumes when the field holds that value.
+ADDED_FIELDS = {"model.conv": "lax"}
 
 
 CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written since it existed
@@ -117,7 +120,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def config_differences(saved: dict, current: dict) -> list[str]:
   """`field: saved -> current` for every field that differs, RESUMABLE_FIELDS and LAYOUT_FIELDS
   aside."""
-  a, b = flatten(saved), flatten(current)
+  a = {**ADDED_FIELDS, **flatten(saved)}
+  b = flatten(current)
   return [
     f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
     for k in sorted(set(a) | set(b))

@@ -9,8 +9,8 @@ the run's own fields, and the types of the fields no constructor reads.
 
 import math
 
+from psops_jax import conv, errors, faults, models, optimizers, tasks, text
 from psops_jax import data as data_lib
-from psops_jax import errors, faults, models, optimizers, tasks, text
 from psops_jax import sync as sync_lib
 
 LOOPS = ("auto", "unroll", "scan")
@@ -111,6 +111,7 @@ def validate(config) -> None:
   _faults(config)
   _number(config, "data.validation_size", 0, integer=True)
   _choice(config, "model.dtype", models.DTYPES)
+  _choice(config, "model.conv", conv.CONVS)
   _number(config, "train.batch_size", 1, integer=True)
   _number(config, "train.rounds", 1, integer=True)
   _number(config, "train.log_every", 1, integer=True)

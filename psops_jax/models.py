@@ -9,6 +9,11 @@ uses the running ones. The other models hold only `params` and ignore `train`.
 `dtype` is the computation dtype (`float32`, or `bfloat16` for mixed precision): activations and
 matrix products run in it, while parameters (`param_dtype`), batch statistics and the logits stay
 float32, so the optimizer and every sync strategy see float32 only.
+
+`conv` (the models with convolutions) picks how their convolutions are computed
+(psops_jax/conv.py): `lax` (XLA's convolution, the default), `im2col` (patches and one matrix
+product, faster on XLA:CPU for LeNet-5) or `auto` (im2col on CPU, lax on GPU/TPU); the parameters
+are the same.
 """
 
 from typing import Any
@@ -16,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from psops_jax import conv as conv_lib
 from psops_jax import errors
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -41,13 +47,15 @@ class LeNet5(nn.Module):
 
   num_classes: int = 10
   dtype: Any = jnp.float32
+  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = conv_lib.layer(self.conv, self.dtype)
     x = x.astype(self.dtype)
-    x = nn.relu(nn.Conv(6, (5, 5), padding="SAME", dtype=self.dtype)(x))
+    x = nn.relu(conv(6, (5, 5), padding="SAME")(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x))
+    x = nn.relu(conv(16, (5, 5), padding="VALID")(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
@@ -60,14 +68,16 @@ class SmallCNN(nn.Module):
 
   num_classes: int = 10
   dtype: Any = jnp.float32
+  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = conv_lib.layer(self.conv, self.dtype)
     x = x.astype(self.dtype)
-    x = nn.relu(nn.Conv(32, (3, 3), dtype=self.dtype)(x))
-    x = nn.relu(nn.Conv(32, (3, 3), dtype=self.dtype)(x))
+    x = nn.relu(conv(32, (3, 3))(x))
+    x = nn.relu(conv(32, (3, 3))(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Conv(64, (3, 3), dtype=self.dtype)(x))
+    x = nn.relu(conv(64, (3, 3))(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(128, dtype=self.dtype)(x))
@@ -83,13 +93,15 @@ class VGGSmall(nn.Module):
   num_classes: int = 10
   widths: tuple = (64, 128, 256)
   dtype: Any = jnp.float32
+  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = conv_lib.layer(self.conv, self.dtype)
     x = x.astype(self.dtype)
     for width in self.widths:
       for _ in range(2):
-        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype)(x)
+        x = conv(width, (3, 3), use_bias=False)(x)
         x = nn.relu(nn.GroupNorm(num_groups=min(32, width // 4), dtype=self.dtype)(x))
       x = nn.max_pool(x, (2, 2), (2, 2))
     x = jnp.mean(x, axis=(1, 2))
@@ -104,13 +116,15 @@ class BasicBlock(nn.Module):
   width: int
   stride: int
   dtype: Any = jnp.float32
+  conv: str = "lax"
 
   @nn.compact
   def __call__(self, x, train: bool):
+    conv = conv_lib.layer(self.conv, self.dtype)
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
-    y = nn.Conv(self.width, (3, 3), self.stride, use_bias=False, dtype=self.dtype)(x)
+    y = conv(self.width, (3, 3), self.stride, use_bias=False)(x)
     y = nn.relu(norm()(y))
-    y = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(y)
+    y = conv(self.width, (3, 3), use_bias=False)(y)
     y = norm()(y)
     if self.stride != 1 or x.shape[-1] != self.width:
       x = x[:, :: self.stride, :: self.stride, :]
@@ -128,15 +142,17 @@ class ResNet20(nn.Module):
   widths: tuple = (16, 32, 64)
   blocks: int = 3
   dtype: Any = jnp.float32
+  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.widths[0], (3, 3), use_bias=False, dtype=self.dtype)(x.astype(self.dtype))
+    conv = conv_lib.layer(self.conv, self.dtype)
+    x = conv(self.widths[0], (3, 3), use_bias=False)(x.astype(self.dtype))
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
     for stage, width in enumerate(self.widths):
       for block in range(self.blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(width, stride, dtype=self.dtype)(x, train)
+        x = BasicBlock(width, stride, dtype=self.dtype, conv=self.conv)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -227,6 +243,7 @@ MODELS = {
 }
 LANGUAGE_MODELS = ("transformer",)
 CLASSIFIERS = tuple(name for name in MODELS if name not in LANGUAGE_MODELS)
+WITH_CONVOLUTIONS = ("lenet5", "small_cnn", "vgg_small", "resnet20")  # they read model.conv
 
 
 def create(
@@ -236,13 +253,19 @@ def create(
   size: str = "tiny",
   context: int = 64,
   tie_embeddings: bool = True,
+  conv: str = "lax",
 ) -> nn.Module:
-  """The model registered as `name`, computing in `dtype` ("float32" or "bfloat16"); a transformer
-  takes its width, depth and heads from TRANSFORMER_SIZES[size] and its longest input `context`."""
+  """The model registered as `name`, computing in `dtype` ("float32" or "bfloat16"), its
+  convolutions (if any) by `conv` (conv.CONVS: "auto" is resolved here, on this backend); a
+  transformer takes its width, depth and heads from TRANSFORMER_SIZES[size] and its longest input
+  `context`."""
   if name not in MODELS:
     raise errors.ConfigError(f"model.name={name!r}: accepted values are {tuple(MODELS)}")
   if dtype not in DTYPES:
     raise errors.ConfigError(f"model.dtype={dtype!r}: accepted values are {tuple(DTYPES)}")
+  conv = conv_lib.resolve(conv)
+  if name in WITH_CONVOLUTIONS:
+    return MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype], conv=conv)
   if name in CLASSIFIERS:
     return MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype])
   if size not in TRANSFORMER_SIZES:

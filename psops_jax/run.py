@@ -50,13 +50,14 @@ class Run(NamedTuple):
 
 
 def create_model(config, dataset: data_lib.Dataset):
-  """The model config.model names, with the data set's number of classes (256 bytes for text) and,
-  for the transformer, its size and the text's context."""
+  """The model config.model names, with the data set's number of classes (256 bytes for text),
+  its convolutions' implementation (model.conv) and, for the transformer, its size and the text's
+  context."""
   c = config.model
   if c.name != "transformer":
-    return models.create(c.name, dataset.num_classes, c.dtype)
+    return models.create(c.name, dataset.num_classes, c.dtype, conv=c.conv)
   return models.create(
-    c.name, dataset.num_classes, c.dtype, c.size, config.data.context, c.tie_embeddings
+    c.name, dataset.num_classes, c.dtype, c.size, config.data.context, c.tie_embeddings, c.conv
   )
 
 

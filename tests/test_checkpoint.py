@@ -115,6 +115,17 @@ def test_different_config_is_refused_unless_allowed(tmp_path):
   assert summary["resumed_from_round"] == 3 and summary["rounds"] == 5
 
 
+def test_a_field_added_since_the_save_is_no_change_at_the_value_the_run_had():
+  """A config.json saved before model.conv existed resumes under model.conv="lax" (what every
+  run did then), and is refused under another value."""
+  saved = {"model": {"name": "lenet5"}, "seed": 0}
+  same = {"model": {"name": "lenet5", "conv": "lax"}, "seed": 0}
+  assert checkpoint_lib.config_differences(saved, same) == []
+  other = {"model": {"name": "lenet5", "conv": "im2col"}, "seed": 0}
+  assert checkpoint_lib.config_differences(saved, other) == ["model.conv: 'lax' -> 'im2col'"]
+  assert checkpoint_lib.config_differences({**saved, "seed": 1}, same) == ["seed: 1 -> 0"]
+
+
 def test_when_no_checkpoint_restores_the_run_stops_and_moves_nothing(tmp_path):
   train.train_and_evaluate(small_config(), str(tmp_path))
   latest = tmp_path / "checkpoints" / "3"  # the only one

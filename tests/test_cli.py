@@ -118,6 +118,10 @@ CASES = {
     ["--distributed"],
     "--distributed: jax.distributed.initialize() failed",
   ),
+  "model_conv": (
+    ["--config.model.conv=fft"],
+    "model.conv='fft': accepted values are ('lax', 'im2col', 'auto')",
+  ),
   "devices_do_not_divide": (
     ["--config.num_devices=3"],
     "num_particles=8 is not a multiple of num_devices=3",

@@ -1,5 +1,6 @@
 """round_vs_floor.py and scaling.py on hand-made timings: which variants are compared, and the
-paired ratios (no JAX); and round_vs_floor.py run at toy size for the transformer."""
+paired ratios (no JAX); --conv reaching every JAX method; and round_vs_floor.py run at toy size for
+the transformer."""
 
 import argparse
 import json
@@ -64,6 +65,23 @@ def test_a_text_model_reports_tokens_per_second_beside_samples_per_second():
   assert summary["framework_1dev_vs_floor"] == 0.25 and summary["framework_vs_torch"] is None
   lines = round_vs_floor.table(rows, ratios, chosen, argparse.Namespace(devices=2, max_unroll=0))
   assert "tokens/s" in lines[0]
+
+
+def test_conv_reaches_the_framework_and_the_floor_alike(monkeypatch):
+  """--conv im2col: the config of every JAX method (framework rounds and floor) says model.conv
+  im2col, the floor's model computes with it, and the JSON's config records it."""
+  from benchmarks import common
+
+  argv = ["round_vs_floor.py", "--model", "lenet5", "--conv", "im2col", "--train-size", "512"]
+  monkeypatch.setattr(sys, "argv", argv)
+  parser = common.round_parser(round_vs_floor.__doc__, reps=(21, 7), text_models=True, conv=True)
+  args = common.round_settings(parser)
+  assert common.round_config(args)["conv"] == "im2col"
+  settings = round_vs_floor.run_settings(args)
+  for particles in (args.particles, 1):  # the framework's swarm, and the floor's one particle
+    config = common.run_config(args.model, particles, particles, 2, 8, **settings)
+    assert config.model.conv == "im2col"
+  assert common.floor_parts(config)[0].conv == "im2col"
 
 
 @pytest.mark.slow

@@ -164,6 +164,34 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
   assert summary["communicated_bytes_per_particle"] == 12 * (4 * params + 4)
 
 
+def test_im2col_convolutions_train_like_lax(tmp_path):
+  """model.conv=im2col (and auto, which is im2col on CPU): a short small_cnn run on digits starts
+  from the same weights and ends with close losses and accuracy (equal to float tolerance, not bit
+  for bit: the PSO's choices may part on near ties, hence the loose bounds)."""
+  summaries, losses = {}, {}
+  for conv in ("lax", "im2col", "auto"):
+    config = small_config(
+      **{
+        "model.name": "small_cnn",
+        "model.conv": conv,
+        "train.rounds": 6,
+        "sync.period": 4,
+        "train.log_every": 1,
+        "sync.pso.probe_size": 128,
+      }
+    )
+    summaries[conv] = train.train_and_evaluate(config, str(tmp_path / conv))
+    lines = (tmp_path / conv / "metrics.jsonl").read_text().splitlines()
+    losses[conv] = [json.loads(l)["train_loss"] for l in lines]
+  assert summaries["auto"]["final_test_accuracy"] == summaries["im2col"]["final_test_accuracy"]
+  np.testing.assert_allclose(losses["auto"], losses["im2col"], rtol=1e-6)
+  np.testing.assert_allclose(losses["im2col"][0], losses["lax"][0], rtol=1e-4)
+  np.testing.assert_allclose(losses["im2col"], losses["lax"], rtol=0.05)
+  assert losses["im2col"][-1] < 0.5 * losses["im2col"][0]
+  accuracy = lambda conv: summaries[conv]["final_test_accuracy"]
+  assert accuracy("im2col") > 0.8 and abs(accuracy("im2col") - accuracy("lax")) < 0.03
+
+
 @pytest.mark.parametrize(
   "field,value,message",
   [
@@ -177,6 +205,7 @@ def test_short_digits_run_learns_and_writes_summary(tmp_path):
     ),
     ("num_devices", 3, r"num_particles=4 is not a multiple of num_devices=3"),
     ("model.name", "resnet", r"model.name='resnet': accepted values are"),
+    ("model.conv", "fft", r"model.conv='fft': accepted values are \('lax', 'im2col', 'auto'\)"),
     ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
     (
       "sync.strategy,sync.topk",
