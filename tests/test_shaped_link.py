@@ -4,6 +4,7 @@ calibration of the communication clock to it (studies/link_study.py)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,15 +25,21 @@ def can_shape() -> str | None:
     return "not root: network namespaces need root"
   if not (shutil.which("ip") and shutil.which("tc")):
     return "iproute2's ip and tc are not installed (apt-get install iproute2)"
-  probe = subprocess.run(["ip", "netns", "add", "psops_probe"], capture_output=True, text=True)
+  name = f"psops_probe{os.getpid()}"  # the two xdist workers may probe at once
+  probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
   if probe.returncode != 0:
     return f"ip netns add is refused here: {probe.stderr.strip()}"
-  subprocess.run(["ip", "netns", "del", "psops_probe"], capture_output=True)
+  subprocess.run(["ip", "netns", "del", name], capture_output=True)
   return None
 
 
-def namespaces() -> str:
-  return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+def left_namespaces() -> list:
+  """The namespaces a launcher made (scripts/launch_shaped.py names them psops<its pid>) and left
+  behind when it ended; a launcher still running (another test's, on the other xdist worker) keeps
+  its own."""
+  listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+  made = re.findall(r"^psops(\d+)\b", listed, re.M)
+  return [f"psops{pid}" for pid in made if not os.path.exists(f"/proc/{pid}")]
 
 
 def test_the_measured_profile_reproduces_the_measured_link():
@@ -110,7 +117,7 @@ def test_a_run_over_a_shaped_link_records_the_link_and_leaves_no_namespace(tmp_p
   # 100 Mbit/s is 12.5 MB/s: an all-reduce of the weights cannot beat the wire
   assert link["allreduce_seconds"] > link["payload_bytes"] / 12.5e6
   assert link["fixed_seconds"] < link["allreduce_seconds"]
-  assert "psops" not in namespaces()
+  assert left_namespaces() == []
 
 
 def link_study_config():
@@ -154,4 +161,4 @@ def test_the_link_study_runs_at_toy_size_and_reports(tmp_path):
   calibration = rows[0]  # no communication: its projection is its own compute
   assert calibration["projected_total"] == pytest.approx(calibration["train_seconds"])
   assert rows[1]["measured_r"] > 0 and (tmp_path / "measured_vs_projected.png").exists()
-  assert "psops" not in namespaces()
+  assert left_namespaces() == []
