@@ -4,6 +4,8 @@ a target loss on the communication clock.
 
   python studies/study.py --study configs/study_lm.py --grid tuning \
       --out studies/results/study_lm_tuning       # inner learning rates, seed 100
+  python studies/study.py --study configs/study_lm.py --grid outer_tuning \
+      --out studies/results/study_lm_outer_tuning    # DiLoCo's outer rate, seed 100
   python studies/study.py --study configs/study_lm.py --out studies/results/study_lm
   python studies/study.py --study configs/study_lm.py --grid workers \
       --out studies/results/study_lm_workers      # M = 1, 2, 4 workers, the same tokens
@@ -39,6 +41,10 @@ TUNING_LEARNING_RATES = (0.001, 0.003, 0.01, 0.03, 0.1)
 # docs/RESULTS.md gives its table): ssgd and its data-parallel kin; average, pso and median (no
 # outer step); diloco and its kin (the outer Nesterov step).
 TUNED = {"ssgd": 0.003, "average": 0.003, "diloco": 0.03}
+# DiLoCo's outer learning rate besides the preset 0.7 (grid `outer_tuning`, seed 100): at the
+# inner rate tuned for it and at data parallel's (with momentum 0.9; 1.0 without momentum is
+# averaging).
+OUTER_LEARNING_RATES = (0.1, 0.3)
 FAMILY = {
   "ssgd": "ssgd",
   "average": "average",
@@ -103,6 +109,17 @@ def get_config() -> dict:
     variant_periods={},
     seeds=[100],
     reference=[],
+  )
+  study["outer_tuning"] = dict(
+    study["tuning"],
+    variants={
+      f"diloco_outer{outer}_lr{lr}": dict(
+        STRATEGY["diloco"],
+        **{"sync.diloco.learning_rate": outer, "optimizer.learning_rate": lr},
+      )
+      for outer in OUTER_LEARNING_RATES
+      for lr in (TUNED["ssgd"], TUNED["diloco"])
+    },
   )
   study["workers"] = dict(
     study,
