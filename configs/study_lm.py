@@ -96,7 +96,7 @@ def get_config() -> dict:
     "evals": 4,
     "overrides": {},
     "one_big_worker": False,
-    "reference": ["ssgd", "diloco"],
+    "reference": ["ssgd", "average", "diloco"],
   }
   study["tuning"] = dict(
     study,
