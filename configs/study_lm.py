@@ -12,12 +12,12 @@ a target loss on the communication clock.
   python studies/time_report.py studies/results/study_lm
 
 Every cell sees the same tokens: TOTAL_STEPS local steps of batch 8 windows of 64 bytes for each of
-8 workers (2.1M bytes, about 1.8 passes over the training text), or with M workers 8 / M times the
-steps each (`fixed_tokens`). The inner optimizer is AdamW with linear warmup and cosine decay and
-gradient clipping at norm 1 (configs/text_lm.py); its peak learning rate is tuned per method family
-(`tuning`: 5 values, period 16, 8 workers, on seed 100, which the study's seeds do not use). The
-text has one held-out split, the validation split, which both the tuning and the reported figures
-use: the tuning's seed differs, its split does not.
+8 workers (2.1M bytes, 0.86 of a pass over the 2.4M of training text), or with M workers 8 / M times
+the steps each (`fixed_tokens`). The inner optimizer is AdamW with linear warmup and cosine decay
+and gradient clipping at norm 1 (configs/text_lm.py); its peak learning rate is tuned per method
+family (`tuning`: 5 values, period 16, 8 workers, on seed 100, which the study's seeds do not use).
+The text has one held-out split, the validation split, which both the tuning and the reported
+figures use: the tuning's seed differs, its split does not.
 
 Variants (the outer step of diloco and its kin: learning rate 0.7, Nesterov momentum 0.9):
   ssgd                 data parallel: gradients all-reduced every step (only at period 16: the
