@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from psops_jax import errors
+from psops_jax import workdir as workdir_lib
 
 # Fields that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_FIELDS = (
@@ -45,9 +46,6 @@ RESUMABLE_FIELDS = (
 # over particles (none, pso); a sum over particles (average, ...) may change order, hence its last
 # bits (docs/usage.md, "Checkpoints and resume").
 LAYOUT_FIELDS = ("num_devices",)
-# Fields added since runs were saved, with the value that runs as the saved run did: a workdir whose
-# config.json lacks one resumes when the field holds that value.
-ADDED_FIELDS = {"model.conv": "lax"}
 
 
 CHECKSUM_KEY = "swarm_checksum"  # in the metadata of every checkpoint written since it existed
@@ -105,28 +103,10 @@ def checksum(tree) -> str:
   return host.astype("<u4").tobytes().hex()
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}."""
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      flat.update(flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
   """`field: saved -> current` for every field that differs, RESUMABLE_FIELDS and LAYOUT_FIELDS
-  aside."""
-  a = {**ADDED_FIELDS, **flatten(saved)}
-  b = flatten(current)
-  return [
-    f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-    for k in sorted(set(a) | set(b))
-    if k not in RESUMABLE_FIELDS + LAYOUT_FIELDS and a.get(k) != b.get(k)
-  ]
+  aside (workdir.config_differences: a field added since the save is no change at its old value)."""
+  return workdir_lib.config_differences(saved, current, RESUMABLE_FIELDS + LAYOUT_FIELDS)
 
 
 def check_config(workdir: str, config_dict: dict, allow_change: bool) -> None:

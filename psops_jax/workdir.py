@@ -310,6 +310,34 @@ def free_space(workdir: str) -> str:
 # What a run's numbers depend on besides its config (which summary.json records in full), less the
 # files of it that no array passes through: the communication clock (a projection made after the
 # run) and this module (locks, code versions).
+# Config fields added since runs were saved, with the value that runs as those runs did: a saved
+# config that lacks one is read as holding it (a resumed workdir, a re-run study cell).
+ADDED_FIELDS = {"model.conv": "lax"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def config_differences(saved: dict, current: dict, ignored: tuple = ()) -> list[str]:
+  """`field: saved -> current` for every field of two configs (nested dicts) that differs, the
+  `ignored` fields aside; a field of ADDED_FIELDS that `saved` lacks holds its old value there."""
+  a, b = {**ADDED_FIELDS, **flatten(saved)}, flatten(current)
+  return [
+    f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+    for k in sorted(set(a) | set(b))
+    if k not in ignored and a.get(k) != b.get(k)
+  ]
+
+
 TRAINING_CODE = ("psops_jax", "train.py")
 NOT_TRAINING = ("psops_jax/clock.py", "psops_jax/workdir.py")
 

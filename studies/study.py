@@ -767,7 +767,7 @@ def check_cells(study, out, count: int, seed: int, tolerance: float | None = Non
     was, now = own_figure(recorded | {"diverged": False}, metric), again.get(metric.key)
     numbers = all(isinstance(f, (int, float)) for f in (was, now))
     gap = now - was if numbers else None
-    if "config" in recorded and recorded["config"] != again["config"]:
+    if "config" in recorded and workdir_lib.config_differences(recorded["config"], again["config"]):
       verdict, ok = "FAIL: the study now makes another config for this cell", False
     elif again["params_fingerprint"] == recorded["params_fingerprint"]:
       verdict, ok = "PASS: bit-identical", True
