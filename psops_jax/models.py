@@ -243,7 +243,8 @@ MODELS = {
 }
 LANGUAGE_MODELS = ("transformer",)
 CLASSIFIERS = tuple(name for name in MODELS if name not in LANGUAGE_MODELS)
-WITH_CONVOLUTIONS = ("lenet5", "small_cnn", "vgg_small", "resnet20")  # they read model.conv
+# the models with convolutions: the ones whose fields include `conv` (they read model.conv)
+WITH_CONVOLUTIONS = tuple(name for name, m in MODELS.items() if "conv" in m.__dataclass_fields__)
 
 
 def create(

@@ -307,9 +307,6 @@ def free_space(workdir: str) -> str:
   return f"{free:.0f} bytes" if k == 0 else f"{free:.1f} {units[k]}"
 
 
-# What a run's numbers depend on besides its config (which summary.json records in full), less the
-# files of it that no array passes through: the communication clock (a projection made after the
-# run) and this module (locks, code versions).
 # Config fields added since runs were saved, with the value that runs as those runs did: a saved
 # config that lacks one is read as holding it (a resumed workdir, a re-run study cell).
 ADDED_FIELDS = {"model.conv": "lax"}
@@ -338,6 +335,9 @@ def config_differences(saved: dict, current: dict, ignored: tuple = ()) -> list[
   ]
 
 
+# What a run's numbers depend on besides its config (which summary.json records in full), less the
+# files of it that no array passes through: the communication clock (a projection made after the
+# run) and this module (locks, code versions).
 TRAINING_CODE = ("psops_jax", "train.py")
 NOT_TRAINING = ("psops_jax/clock.py", "psops_jax/workdir.py")
 

@@ -113,14 +113,19 @@ class Study(dict):
   __getattr__ = dict.__getitem__
 
 
+def config_module(path: str, name: str):
+  """The Python file `path` (a study or run config) loaded as module `name`."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_study(path: str, grid: str = "") -> Study:
   """The study config's grid, or its named sub-grid (e.g. "quick")."""
   if not os.path.isfile(path):
     raise BadInput(f"--study {path}: no such study config file (e.g. configs/study_outer.py)")
-  spec = importlib.util.spec_from_file_location("study_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  study = module.get_config()
+  study = config_module(path, "study_config").get_config()
   if grid and not isinstance(study.get(grid), dict):
     named = [k for k, v in study.items() if isinstance(v, dict) and "variants" in v]
     raise BadInput(f"--grid {grid}: {path} has no such sub-grid; it has {named}")
@@ -143,9 +148,7 @@ def study_task(study) -> str:
   name = study.get("overrides", {}).get("data.name")
   if name is None:
     path, _, argument = study.base.partition(":")
-    spec = importlib.util.spec_from_file_location("base_config", os.path.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_module(os.path.join(REPO, path), "base_config")
     name = (module.get_config(argument) if argument else module.get_config()).data.name
   return headline.task_of(name)
 
