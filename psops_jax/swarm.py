@@ -154,6 +154,28 @@ def apply_model(model, params, batch_stats, inputs, train: bool):
   return logits, updates["batch_stats"]
 
 
+def epoch_order(key: jax.Array, epoch, shard_size: int) -> jax.Array:
+  """One particle's order of its shard in epoch `epoch`: permutation(fold_in(key, epoch))."""
+  return jax.random.permutation(jax.random.fold_in(key, epoch), shard_size)
+
+
+def epochs_touched(count: int, steps_per_epoch: int) -> int:
+  """A static bound on the epochs that `count` consecutive steps touch."""
+  return min(count, (count - 1) // steps_per_epoch + 2)
+
+
+def indices_from_orders(orders: jax.Array, first_step, period: int, batch_size: int) -> jax.Array:
+  """The indices (period, batch_size) of steps first_step ... first_step + period - 1, given the
+  orders (E, S) of the epochs first_step // (S // batch_size) onwards: row t is the slice
+  (t' mod steps_per_epoch) * batch_size + [0, batch_size) of its epoch's order, t' = first_step + t
+  (rows of `orders` past the last epoch the steps reach are never read)."""
+  steps_per_epoch = orders.shape[1] // batch_size
+  steps = first_step + jnp.arange(period)
+  rows = steps // steps_per_epoch - first_step // steps_per_epoch
+  starts = (steps % steps_per_epoch) * batch_size
+  return jax.vmap(lambda r, s: lax.dynamic_slice(orders[r], (s,), (batch_size,)))(rows, starts)
+
+
 def round_batch_indices(
   key: jax.Array, first_step: jax.Array, period: int, shard_size: int, batch_size: int
 ) -> jax.Array:
@@ -164,21 +186,16 @@ def round_batch_indices(
   steps_per_epoch = shard_size // batch_size
   first_epoch = first_step // steps_per_epoch
   last_epoch = (first_step + period - 1) // steps_per_epoch
-  permutation = lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), shard_size)
-  orders = [permutation(first_epoch)]
-  for e in range(1, min(period, (period - 1) // steps_per_epoch + 2)):  # static bound on epochs
+  orders = [epoch_order(key, first_epoch, shard_size)]
+  for e in range(1, epochs_touched(period, steps_per_epoch)):
     orders.append(
       lax.cond(
         first_epoch + e <= last_epoch,  # only when the round reaches epoch e
-        lambda e=e: permutation(first_epoch + e),
+        lambda e=e: epoch_order(key, first_epoch + e, shard_size),
         lambda: orders[0],
       )
     )
-  orders = jnp.stack(orders)
-  steps = first_step + jnp.arange(period)
-  rows = steps // steps_per_epoch - first_epoch
-  starts = (steps % steps_per_epoch) * batch_size
-  return jax.vmap(lambda r, s: lax.dynamic_slice(orders[r], (s,), (batch_size,)))(rows, starts)
+  return indices_from_orders(jnp.stack(orders), first_step, period, batch_size)
 
 
 def gather_batch(augment_key, step, idx, inputs, targets, augment: bool):
@@ -273,16 +290,30 @@ def particle_indices(local_count: int) -> jax.Array:
   return over_local(lambda _: lax.axis_index(AXES))(jnp.zeros(local_count))
 
 
-def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_step, count: int):
+def particle_keys(parts: RoundParts, local_count: int, stream: str) -> jax.Array:
+  """The device's particles' keys of a stream: fold_in(streams.key(seed, stream), particle)."""
+  index = particle_indices(local_count)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(streams.key(parts.seed, stream), index)
+
+
+def device_epoch_orders(parts: RoundParts, data: DeviceData, epoch) -> jax.Array:
+  """The orders (L, S) of the device's particles' shards in epoch `epoch` (`epoch_order`)."""
+  local_count, shard_size = data.train_targets.shape[:2]
+  keys = particle_keys(parts, local_count, "batches")
+  return jax.vmap(epoch_order, in_axes=(0, None, None))(keys, epoch, shard_size)
+
+
+def device_steps(
+  parts: RoundParts, params, batch_stats, opt_state, data, first_step, count: int, orders=()
+):
   """`count` local steps of the device's particles from global step `first_step`;
-  losses (count, L)."""
+  losses (count, L). `orders`: the shards' orders (`device_epoch_orders`) of the epochs from
+  first_step's on, one (L, S) array per epoch (`epochs_touched`), computed by the caller once per
+  epoch; () draws them here, once per call."""
   cfg, fault = parts.cfg, faults_lib.active(parts.cfg.fault)
   local_count = data.train_targets.shape[0]
   index = particle_indices(local_count)
-  keys_of = lambda stream: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-    streams.key(parts.seed, stream), index
-  )
-  data_keys, augment_keys = keys_of("batches"), keys_of("augment")
+  augment_keys = particle_keys(parts, local_count, "augment")
   faulty = jnp.zeros(local_count, bool)
   if fault is not None:
     faulty = faults_lib.is_faulty(index, local_count * parts.num_devices, fault)
@@ -294,13 +325,18 @@ def device_steps(parts: RoundParts, params, batch_stats, opt_state, data, first_
     )
     params = over_local(strike, in_axes=(0, 0, 0, None))(params, index, faulty, first_step)
   steps = first_step + jnp.arange(count)
-  draw_indices = functools.partial(
-    round_batch_indices,
-    period=count,
-    shard_size=data.train_targets.shape[1],
-    batch_size=cfg.batch_size,
-  )
-  indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
+  if orders:
+    from_orders = functools.partial(indices_from_orders, period=count, batch_size=cfg.batch_size)
+    indices = over_local(from_orders, in_axes=(0, None))(jnp.stack(orders, 1), first_step)
+  else:
+    draw_indices = functools.partial(
+      round_batch_indices,
+      period=count,
+      shard_size=data.train_targets.shape[1],
+      batch_size=cfg.batch_size,
+    )
+    data_keys = particle_keys(parts, local_count, "batches")
+    indices = over_local(draw_indices, in_axes=(0, None))(data_keys, first_step)
   indices = jnp.swapaxes(indices, 0, 1)  # (count, L, B)
   step_fn = functools.partial(
     local_step,
@@ -407,10 +443,14 @@ def device_round(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index)
   return device_sync(parts, Swarm(*state, sync_state), data, round_index, losses, swarm.params)
 
 
-def device_first_steps(parts, params, batch_stats, opt_state, sync_state, data, first_step, count):
+def device_first_steps(
+  parts, params, batch_stats, opt_state, sync_state, data, first_step, orders, count
+):
   """The first call of a round in several calls: its steps, beside `communicate`."""
   sync_state = communicate(parts, sync_state)
-  *state, losses = device_steps(parts, params, batch_stats, opt_state, data, first_step, count)
+  *state, losses = device_steps(
+    parts, params, batch_stats, opt_state, data, first_step, count, orders
+  )
   return (*state, sync_state, losses)
 
 
@@ -454,8 +494,10 @@ def make_round(
     )
   steps_fn = jax.jit(
     on_mesh(
-      functools.partial(device_steps, parts, count=chunk),
-      in_specs=(P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
+      lambda params, stats, opt, data, first_step, orders: device_steps(
+        parts, params, stats, opt, data, first_step, chunk, orders
+      ),
+      in_specs=(P(AXIS), P(AXIS), P(AXIS), data_spec, P(), P(AXIS)),
       out_specs=(P(AXIS), P(AXIS), P(AXIS), P(None, AXIS)),
     ),
     donate_argnums=(0, 1, 2),
@@ -468,26 +510,72 @@ def make_round(
     ),
     donate_argnums=(0, 4) if keeps_start else 0,
   )
+  orders_fn = jax.jit(
+    on_mesh(
+      functools.partial(device_epoch_orders, parts),
+      in_specs=(data_spec, P()),
+      out_specs=P(AXIS),
+    )
+  )
   first_fn = None
   if strategy.communicate is not None:
     first_fn = jax.jit(
       on_mesh(
         functools.partial(device_first_steps, parts, count=chunk),
-        in_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), data_spec, P()),
+        in_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), data_spec, P(), P(AXIS)),
         out_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P(None, AXIS)),
       ),
       donate_argnums=(0, 1, 2, 3),
     )
-  round_fn = chain_calls(steps_fn, sync_fn, cfg.period, chunk, first_fn, keeps_start)
-  round_fn.chunked = (steps_fn, sync_fn, cfg.period, chunk, first_fn, keeps_start)
+  calls = RoundCalls(steps_fn, sync_fn, orders_fn, first_fn, cfg.period, chunk, cfg.batch_size)
+  round_fn = chain_calls(calls, keeps_start)
+  round_fn.chunked = calls._replace(keeps_start=keeps_start)
   return round_fn
 
 
-def chain_calls(steps_fn, sync_fn, period: int, chunk: int, first_fn=None, keeps_start=False):
+class RoundCalls(NamedTuple):
+  """The jitted calls of a round in several calls (make_round) and their static settings."""
+
+  steps_fn: Any  # chunk local steps: (params, stats, opt, data, first_step, orders) -> ...
+  sync_fn: Any  # fitness and sync
+  orders_fn: Any  # (data, epoch) -> the shards' orders in that epoch (device_epoch_orders)
+  first_fn: Any  # the first steps beside the strategy's collective (None: steps_fn)
+  period: int
+  chunk: int
+  batch_size: int
+  keeps_start: bool = False  # sync_fn also takes the round's starting weights
+
+
+class EpochOrders:
+  """The shards' orders per epoch (`RoundCalls.orders_fn`), each computed once: a round in several
+  calls reads the same epoch's order in every call, and an epoch spans many rounds of a large
+  shard (a permutation of the shard costs more than a small model's step on CPU)."""
+
+  def __init__(self, orders_fn):
+    self.orders_fn, self.data, self.cache = orders_fn, None, {}
+
+  def __call__(self, data: DeviceData, first_step: int, count: int, batch_size: int) -> tuple:
+    """The orders of the epochs that steps first_step ... + count - 1 may touch (device_steps'
+    `orders`: epochs_touched(...) of them, those past the last step's epoch repeat the first)."""
+    if data is not self.data:
+      self.data, self.cache = data, {}
+    steps_per_epoch = data.train_targets.shape[1] // batch_size
+    first, last = first_step // steps_per_epoch, (first_step + count - 1) // steps_per_epoch
+    epochs = [first + e for e in range(epochs_touched(count, steps_per_epoch))]
+    epochs = [e if e <= last else first for e in epochs]
+    self.cache = {e: o for e, o in self.cache.items() if e >= first}  # epochs are visited in order
+    for e in epochs:
+      if e not in self.cache:
+        self.cache[e] = self.orders_fn(data, jnp.int32(e))
+    return tuple(self.cache[e] for e in epochs)
+
+
+def chain_calls(calls: RoundCalls, keeps_start=False):
   """A round made of period / chunk calls of `steps_fn` (the first one `first_fn`, when the
-  strategy overlaps a collective with the steps) and one of `sync_fn` (see make_round).
-  `keeps_start`: `sync_fn` also takes the round's starting weights, copied before the first call
-  (which donates them)."""
+  strategy overlaps a collective with the steps) and one of `sync_fn` (see make_round), each given
+  its epochs' orders from an `EpochOrders`. `keeps_start`: `sync_fn` also takes the round's
+  starting weights, copied before the first call (which donates them)."""
+  orders_of = EpochOrders(calls.orders_fn)
 
   def round_fn(swarm: Swarm, data: DeviceData, round_index):
     start = (copy_tree(swarm.params),) if keeps_start else ()
@@ -496,14 +584,19 @@ def chain_calls(steps_fn, sync_fn, period: int, chunk: int, first_fn=None, keeps
       swarm.sync_state,
       [],
     )
-    for c in range(period // chunk):
-      first_step = jnp.int32(round_index * period + c * chunk)
-      if c == 0 and first_fn is not None:
-        *state, sync_state, chunk_losses = first_fn(*state, sync_state, data, first_step)
+    for c in range(calls.period // calls.chunk):
+      step = int(round_index) * calls.period + c * calls.chunk
+      orders = orders_of(data, step, calls.chunk, calls.batch_size)
+      if c == 0 and calls.first_fn is not None:
+        *state, sync_state, chunk_losses = calls.first_fn(
+          *state, sync_state, data, jnp.int32(step), orders
+        )
       else:
-        *state, chunk_losses = steps_fn(*state, data, first_step)
+        *state, chunk_losses = calls.steps_fn(*state, data, jnp.int32(step), orders)
       losses.append(chunk_losses)
-    return sync_fn(Swarm(*state, sync_state), data, round_index, jnp.concatenate(losses), *start)
+    return calls.sync_fn(
+      Swarm(*state, sync_state), data, round_index, jnp.concatenate(losses), *start
+    )
 
   return round_fn
 
@@ -518,20 +611,26 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   """`round_fn` of make_round compiled ahead of time for these arguments (same call signature)."""
   if not hasattr(round_fn, "chunked"):
     return round_fn.lower(swarm, data, jnp.int32(0)).compile()
-  steps_fn, sync_fn, period, chunk, first_fn, keeps_start = round_fn.chunked
+  calls = round_fn.chunked
   num_particles = jax.tree.leaves(swarm.params)[0].shape[0]
   sharding = jax.tree.leaves(swarm.params)[0].sharding
   losses = jax.ShapeDtypeStruct(
-    (period, num_particles), jnp.float32, sharding=NamedSharding(sharding.mesh, P(None, AXIS))
+    (calls.period, num_particles),
+    jnp.float32,
+    sharding=NamedSharding(sharding.mesh, P(None, AXIS)),
   )
   variables = (swarm.params, swarm.batch_stats, swarm.opt_state)
-  steps_c = steps_fn.lower(*variables, data, jnp.int32(0)).compile()
-  start = (swarm.params,) if keeps_start else ()
-  sync_c = sync_fn.lower(swarm, data, jnp.int32(0), losses, *start).compile()
+  orders_c = calls.orders_fn.lower(data, jnp.int32(0)).compile()
+  orders = EpochOrders(orders_c)(data, 0, calls.chunk, calls.batch_size)  # arguments' shapes
+  steps_c = calls.steps_fn.lower(*variables, data, jnp.int32(0), orders).compile()
+  start = (swarm.params,) if calls.keeps_start else ()
+  sync_c = calls.sync_fn.lower(swarm, data, jnp.int32(0), losses, *start).compile()
   first_c = None
-  if first_fn is not None:
-    first_c = first_fn.lower(*variables, swarm.sync_state, data, jnp.int32(0)).compile()
-  return chain_calls(steps_c, sync_c, period, chunk, first_c, keeps_start)
+  if calls.first_fn is not None:
+    first_c = calls.first_fn.lower(*variables, swarm.sync_state, data, jnp.int32(0), orders)
+    first_c = first_c.compile()
+  compiled = calls._replace(steps_fn=steps_c, sync_fn=sync_c, orders_fn=orders_c, first_fn=first_c)
+  return chain_calls(compiled, calls.keeps_start)
 
 
 # --------------------------------------------------------------------------------------------------

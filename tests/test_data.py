@@ -126,6 +126,29 @@ def test_round_batch_indices_equal_the_per_step_definition(period):
     np.testing.assert_array_equal(np.asarray(got), expected)
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 13])
+def test_epoch_orders_draw_each_epoch_once_and_give_the_per_step_batches(chunk):
+  """A round in calls of `chunk` steps reads each epoch's order from EpochOrders: every epoch is
+  permuted once (not once per call), and the indices are batch_indices' at every step."""
+  key, shard_size, batch = jax.random.key(3), 50, 8  # 6 steps per epoch
+  drawn = []
+
+  def orders_fn(data, epoch):
+    drawn.append(int(epoch))
+    return swarm_lib.epoch_order(key, epoch, shard_size)[None]  # one particle: (1, S)
+
+  data = swarm_lib.DeviceData(None, np.zeros((1, shard_size)), None, None)
+  orders_of = swarm_lib.EpochOrders(orders_fn)
+  for first_step in range(0, 40, chunk):
+    orders = orders_of(data, first_step, chunk, batch)
+    got = swarm_lib.indices_from_orders(jnp.stack(orders, 1)[0], first_step, chunk, batch)
+    expected = [
+      swarm_lib.batch_indices(key, first_step + t, shard_size, batch) for t in range(chunk)
+    ]
+    np.testing.assert_array_equal(np.asarray(got), np.stack(expected))
+  assert drawn == list(range(max(drawn) + 1))  # each epoch once, in order
+
+
 def test_augmentation_is_a_shifted_window_or_its_mirror():
   rng = np.random.RandomState(0)
   images = rng.randint(1, 256, (16, 6, 6, 3)).astype(np.uint8)
