@@ -37,12 +37,12 @@ step, 0.0125 under the Nesterov outer step, learning rate 0.7, momentum 0.9):
   fitness_weighted_t0.01
                         softmax(-probe loss / 0.01) weights under the outer step
 The registry offers no Krum (psops_jax/sync/registry.py, AGGREGATES); best_pull keeps the mean in
-its update, so it is no defence and is left out. The gap tables of each grid are to the four
-coordinate-wise defences, paired by seed: a selecting defence beats the best of them when its gap's
-95% interval lies above 0.
+its update, so it is no defence and is left out. The gap tables of each grid are to the mean
+(`average`: what a defence gains over none) and to the four coordinate-wise defences, paired by
+seed: a selecting defence beats the best of them when its gap's 95% interval lies above 0.
 
 Cells: 12 defences x 7 scenarios x 5 seeds = 420, about 7-10.5 hours on 2 cores (a cell: 60-90 s);
-`quick`: 12 x 3 seeds = 36, 35-55 minutes, and its cells are alie_f2's. CLIP_TAU, the clipping
+`quick`: 12 x 3 seeds = 36, 50-70 minutes (AMD EPYC), and its cells are alie_f2's. CLIP_TAU, the clipping
 radius per defence, comes from `clip_tuning`: both centered-clipping defences at CLIP_TAUS under
 alie_f2, seed 100, on a 5,000-example validation split (10 cells; studies/results/
 byzantine_clip_tuning, AMD EPYC). Without the outer step the validation accuracy was 0.753, 0.844,
@@ -119,7 +119,7 @@ def get_config() -> dict:
     seeds=study_outer.SEEDS,
     evals=1,  # the scenarios are compared by the final test accuracy
     one_big_worker=False,
-    reference=COORDINATE_WISE,
+    reference=["average"] + COORDINATE_WISE,
   )
   study = {name: dict(base, overrides=overrides) for name, overrides in SCENARIOS.items()}
   study["none"]["reference"] = ["average", "diloco"]  # what each defence costs without a fault
