@@ -42,15 +42,15 @@ its update, so it is no defence and is left out. The gap tables of each grid are
 seed: a selecting defence beats the best of them when its gap's 95% interval lies above 0.
 
 Cells: 12 defences x 7 scenarios x 5 seeds = 420, about 7-10.5 hours on 2 cores (a cell: 60-90 s);
-`quick`: 12 x 3 seeds = 36, 50-70 minutes (AMD EPYC), and its cells are alie_f2's. CLIP_TAU, the clipping
-radius per defence, comes from `clip_tuning`: both centered-clipping defences at CLIP_TAUS under
-alie_f2, seed 100, on a 5,000-example validation split (10 cells; studies/results/
-byzantine_clip_tuning, AMD EPYC). Without the outer step the validation accuracy was 0.753, 0.844,
-0.873, 0.873, 0.873 at tau 0.1, 0.3, 1, 3, 10 (at 3 and 10 nothing is clipped: the two runs' weights
-are bit-identical; at 1 they differ, at the same accuracy; below 1 the clipping slows training more
-than it stops the attack): tau 1, the smallest of the best; under the Nesterov step 0.857, 0.871,
-0.856, 0.861, 0.861 (3 and 10 bit-identical again): tau 0.3. One seed: differences under a point are
-within its noise.
+`quick`: 12 x 3 seeds = 36, 50-70 minutes (AMD EPYC), and its cells are alie_f2's. CLIP_TAU, the
+clipping radius per defence, comes from `clip_tuning`: both centered-clipping defences at CLIP_TAUS
+under alie_f2, seed 100, on a 5,000-example validation split (10 cells;
+studies/results/byzantine_clip_tuning, AMD EPYC). Without the outer step the validation accuracy was
+0.753, 0.844, 0.873, 0.873, 0.873 at tau 0.1, 0.3, 1, 3, 10 (at 3 and 10 nothing is clipped: the two
+runs' weights are bit-identical; at 1 they differ, at the same accuracy; below 1 the clipping slows
+training more than it stops the attack): tau 1, the smallest of the best; under the Nesterov step
+0.857, 0.871, 0.856, 0.861, 0.861 (3 and 10 bit-identical again): tau 0.3. One seed: differences
+under a point are within its noise.
 """
 
 from configs import study_fashion_mnist, study_outer
