@@ -3,7 +3,10 @@ ways, side by side in one process: `lax` (XLA's convolution, nn.Conv's own), `im
 im2col: slices of the padded input side by side in the channels, then one matrix product,
 psops_jax/conv.py), and `patches_op` (the same matrix product on the patches of
 `lax.conv_general_dilated_patches`, which XLA computes as a convolution with an identity kernel: the
-alternative im2col measured against the slices, not offered as a model.conv value).
+alternative im2col measured against the slices, not offered as a model.conv value). And, for the
+models' max pooling, `lax/nn_max_pool` and `im2col/nn_max_pool`: the same two convolutions with
+flax's nn.max_pool (reduce-window, select-and-scatter) in place of psops_jax/pool.py's, which gives
+the same values and gradients bit for bit (tests/test_pool.py).
 
 Each method is a jitted value_and_grad of the model's mean cross-entropy on a batch of random
 inputs, called in blocks of about 0.2 s, in interleaved repetitions (a new random order each time);
@@ -35,6 +38,26 @@ def patches_op_conv(lhs, rhs, window_strides, padding, dimension_numbers=None, *
   return lax.dot_general(cols, kernel, (((3,), (0,)), ((), ())), precision=options.get("precision"))
 
 
+def nn_max_pool(x, window):
+  """flax's nn.max_pool over non-overlapping windows: what pool.max_pool replaces."""
+  import flax.linen as nn
+
+  return nn.max_pool(x, window, window)
+
+
+@contextlib.contextmanager
+def pooling(function):
+  """While inside: the models' max pooling calls `function` (pool.max_pool patched)."""
+  from psops_jax import pool
+
+  original = pool.max_pool
+  pool.max_pool = function
+  try:
+    yield
+  finally:
+    pool.max_pool = original
+
+
 @contextlib.contextmanager
 def convolutions(function):
   """While inside: the models' `lax` convolutions call `function` (conv.function patched)."""
@@ -48,9 +71,10 @@ def convolutions(function):
     conv.function = original
 
 
-def gradient_step(model_name: str, conv: str, batch_size: int, function=None):
+def gradient_step(model_name: str, conv: str, batch_size: int, function=None, max_pool=None):
   """A callable that computes the gradient of the model's loss on one batch and blocks, compiled
-  ahead of time with model.conv `conv` (its `lax` convolutions calling `function` if given)."""
+  ahead of time with model.conv `conv` (its `lax` convolutions calling `function` and its pooling
+  `max_pool`, if given)."""
   import jax
   import optax
 
@@ -65,13 +89,28 @@ def gradient_step(model_name: str, conv: str, batch_size: int, function=None):
     logits = model.apply({"params": p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  with convolutions(function) if function else contextlib.nullcontext():
+  with (
+    convolutions(function) if function else contextlib.nullcontext(),
+    pooling(max_pool) if max_pool else contextlib.nullcontext(),
+  ):
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
   return lambda: jax.block_until_ready(compiled(params))
 
 
-METHODS = {"lax": ("lax", None), "im2col": ("im2col", None), "patches_op": ("lax", patches_op_conv)}
-RATIOS = {"im2col_vs_lax": ("im2col", "lax"), "patches_op_vs_lax": ("patches_op", "lax")}
+# name: (model.conv, its lax convolution's replacement, the max pooling's replacement)
+METHODS = {
+  "lax": ("lax", None, None),
+  "im2col": ("im2col", None, None),
+  "patches_op": ("lax", patches_op_conv, None),
+  "lax/nn_max_pool": ("lax", None, nn_max_pool),
+  "im2col/nn_max_pool": ("im2col", None, nn_max_pool),
+}
+RATIOS = {
+  "im2col_vs_lax": ("im2col", "lax"),
+  "patches_op_vs_lax": ("patches_op", "lax"),
+  "max_pool_vs_nn_with_lax": ("lax", "lax/nn_max_pool"),
+  "max_pool_vs_nn_with_im2col": ("im2col", "im2col/nn_max_pool"),
+}
 
 
 def main():
@@ -89,8 +128,8 @@ def main():
     flush=True,
   )
   runners = {}
-  for name, (conv, function) in METHODS.items():
-    step = gradient_step(args.model, conv, args.batch_size, function)
+  for name, (conv, function, max_pool) in METHODS.items():
+    step = gradient_step(args.model, conv, args.batch_size, function, max_pool)
     runners[name] = harness.repeat(step, harness.calls_for(step, 0.2), max_seconds=1.0)
   timed = harness.measure(runners, args.reps, warmup=1, seed=0)
   rows = {name: harness.spread([1000 * s for s in t["seconds"]]) for name, t in timed.items()}
@@ -98,11 +137,11 @@ def main():
     key: harness.paired_ratio(timed[b]["seconds"], timed[a]["seconds"])
     for key, (a, b) in RATIOS.items()
   }
-  lines = [f"{'method':12} {'ms/step':>8} {'[min, max]':>17}"]
+  lines = [f"{'method':20} {'ms/step':>8} {'[min, max]':>17}"]
   for name, r in rows.items():
-    lines.append(f"{name:12} {r['median']:8.3f} [{r['min']:7.3f}, {r['max']:7.3f}]")
+    lines.append(f"{name:20} {r['median']:8.3f} [{r['min']:7.3f}, {r['max']:7.3f}]")
   for key, r in ratios.items():
-    lines.append(f"{key + ' (speed)':28} {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]")
+    lines.append(f"{key + ' (speed)':36} {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]")
   print("\n".join(lines), flush=True)
   summary = {key: r["median"] for key, r in ratios.items()}
   summary["config"] = {"model": args.model, "batch_size": args.batch_size, "reps": args.reps}

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from psops_jax import conv as conv_lib
 from psops_jax import errors
+from psops_jax import pool as pool_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -54,9 +55,9 @@ class LeNet5(nn.Module):
     conv = conv_lib.layer(self.conv, self.dtype)
     x = x.astype(self.dtype)
     x = nn.relu(conv(6, (5, 5), padding="SAME")(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = pool_lib.max_pool(x, (2, 2))
     x = nn.relu(conv(16, (5, 5), padding="VALID")(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = pool_lib.max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
     x = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
@@ -76,9 +77,9 @@ class SmallCNN(nn.Module):
     x = x.astype(self.dtype)
     x = nn.relu(conv(32, (3, 3))(x))
     x = nn.relu(conv(32, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = pool_lib.max_pool(x, (2, 2))
     x = nn.relu(conv(64, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = pool_lib.max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(128, dtype=self.dtype)(x))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
@@ -103,7 +104,7 @@ class VGGSmall(nn.Module):
       for _ in range(2):
         x = conv(width, (3, 3), use_bias=False)(x)
         x = nn.relu(nn.GroupNorm(num_groups=min(32, width // 4), dtype=self.dtype)(x))
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = pool_lib.max_pool(x, (2, 2))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
