@@ -39,10 +39,12 @@ and biases take muon's AdamW step.
 `lm`: the same variants on the byte-level transformer of configs/text_lm.py at its study's settings
 (configs/study_lm.py: 512 local steps of batch 8 windows per worker, the inner AdamW rates its
 `tuning` chose per family, DiLoCo's for every outer-step variant), periods 16 and 64, seeds 0-2,
-evaluated at 8 points: 48 cells, 1-1.5 hours (a cell: about a minute, its compile included). Its
-muon rate, LM_MUON_LEARNING_RATE, is DiLoCo's tuned AdamW rate (muon's update is scaled to AdamW's
-RMS so that one rate serves both: psops_jax/optimizers.py), provisional until `lm_tuning` (muloco at
-configs/study_lm.py's 5 rates, seed 100: 5 cells) gives one.
+evaluated at 8 points: 48 cells, 1-1.5 hours (a cell: about 85 s on 2 cores, its compile
+included). Its muon rate, LM_MUON_LEARNING_RATE, is the best of `lm_tuning` (muloco at
+configs/study_lm.py's 5 rates, seed 100, validation bits per byte;
+studies/results/frontier_lm_tuning, AMD EPYC): 3.778 / 3.526 / 3.152 / 3.109 / 3.173 at 0.001 /
+0.003 / 0.01 / 0.03 / 0.1, so 0.03, the same as DiLoCo's tuned AdamW rate (muon's update is scaled
+to AdamW's RMS so that one rate can serve both: psops_jax/optimizers.py). One seed.
 
 The clock prices every compressed payload as a ring all-reduce of the compressed bytes
 (sync.outer's collective is its aggregate's: the mean's all_reduce), which a real exchange of
@@ -56,7 +58,7 @@ from configs import study_fashion_mnist, study_lm, study_outer
 
 MUON_TUNING_LEARNING_RATES = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 MUON_LEARNING_RATE = 0.001  # the `tuning` grid's best (module doc)
-LM_MUON_LEARNING_RATE = study_lm.TUNED[study_lm.FAMILY["diloco"]]  # provisional: `lm_tuning`
+LM_MUON_LEARNING_RATE = 0.03  # the `lm_tuning` grid's best (module doc)
 SPARSELOCO = {  # the paper's settings, as sync.sparseloco's defaults hold them
   "sync.strategy": "sparseloco",
   "sync.sparseloco.learning_rate": 1.0,
