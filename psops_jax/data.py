@@ -15,6 +15,7 @@ Sources:
 """
 
 import gzip
+import importlib.util
 import os
 import pickle
 from typing import NamedTuple
@@ -163,13 +164,25 @@ def load_cifar10_dir(directory: str) -> tuple[np.ndarray, ...]:
   )
 
 
+def digits_file() -> str:
+  """scikit-learn's copy of the digits, a gzipped CSV of 1,797 rows of 64 pixel values (0..16) and
+  the label: what `sklearn.datasets.load_digits` reads, found without importing scikit-learn (its
+  import is most of a toy run's start-up)."""
+  spec = importlib.util.find_spec("sklearn")
+  path = (
+    os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz") if spec else ""
+  )
+  if not os.path.exists(path):
+    raise DataError("data.name='digits' needs scikit-learn's digits: pip install scikit-learn")
+  return path
+
+
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, ...]:
   """scikit-learn's 1,797 8x8 digits (values 0..16) as uint8 0..255, split by a seeded shuffle."""
-  from sklearn.datasets import load_digits as sk_load_digits
-
-  digits = sk_load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  labels = digits.target.astype(np.int32)
+  with gzip.open(digits_file(), "rt") as f:
+    rows = np.loadtxt(f, delimiter=",")
+  images = np.round(rows[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = rows[:, -1].astype(np.int32)
   order = np.random.RandomState(seed + streams.HOST_OFFSETS["split"]).permutation(len(labels))
   num_test = int(round(test_fraction * len(labels)))
   test, train = order[:num_test], order[num_test:]

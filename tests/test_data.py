@@ -68,12 +68,19 @@ def test_cifar10_python_batches(tmp_path):
 
 
 def test_digits_split_is_disjoint_and_complete():
+  from sklearn.datasets import load_digits
+
   train_x, train_y, test_x, test_y = data_lib.load_digits()
   assert len(train_y) + len(test_y) == 1797
   assert train_x.dtype == np.uint8 and train_x.max() == 255
-  train_rows = {row.tobytes() + bytes([y]) for row, y in zip(train_x, train_y)}
-  overlap = sum(row.tobytes() + bytes([y]) in train_rows for row, y in zip(test_x, test_y))
+  as_bytes = lambda images, labels: [row.tobytes() + bytes([y]) for row, y in zip(images, labels)]
+  train_rows = set(as_bytes(train_x, train_y))
+  overlap = sum(row in train_rows for row in as_bytes(test_x, test_y))
   assert overlap < 10  # digits has a handful of exact duplicate images, no more
+  digits = load_digits()  # the file read directly holds scikit-learn's digits, rescaled
+  scaled = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  ours = as_bytes(train_x, train_y) + as_bytes(test_x, test_y)
+  assert sorted(ours) == sorted(as_bytes(scaled, digits.target))
 
 
 def test_tfds_source_through_mock_data():
