@@ -21,10 +21,6 @@ os.environ.setdefault(
   os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax_compilation"),
 )
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
-# Every program, not only those over JAX's default of 1 s: a toy run's many small programs (the
-# initialisation, the evaluators, the sync) compile again in each process that starts one, and
-# reading them back halves such a run's time.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def pytest_collection_modifyitems(items):
