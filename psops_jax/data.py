@@ -167,7 +167,7 @@ def load_cifar10_dir(directory: str) -> tuple[np.ndarray, ...]:
 def digits_file() -> str:
   """scikit-learn's copy of the digits, a gzipped CSV of 1,797 rows of 64 pixel values (0..16) and
   the label: what `sklearn.datasets.load_digits` reads, found without importing scikit-learn (its
-  import is most of a toy run's start-up)."""
+  import is a second or more of every digits run's start-up)."""
   spec = importlib.util.find_spec("sklearn")
   path = (
     os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz") if spec else ""
