@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 # no JAX in them: JAX starts after the flags set XLA_FLAGS
-from psops_jax import errors
+from psops_jax import errors, host_devices
 from psops_jax import workdir as workdir_lib
 
 DEFAULT_CONFIG = "configs/digits_pso.py"
@@ -189,9 +189,7 @@ def ensure_host_devices(count: int) -> None:
 
   Only the host (CPU) platform is affected: on GPU/TPU the accelerators are the devices.
   """
-  flags_now = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" not in flags_now:
-    os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={count}".strip()
+  os.environ["XLA_FLAGS"] = host_devices.with_device_count(os.environ.get("XLA_FLAGS", ""), count)
 
 
 def check_distributed_flags() -> None:

@@ -28,7 +28,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from psops_jax import errors  # noqa: E402  (no JAX in it)
+from psops_jax import errors, host_devices  # noqa: E402  (no JAX in them)
 
 # How long the other processes get to exit on their own after the first abnormal exit: they notice
 # a lost peer within about peers.HEARTBEAT_TIMEOUT_S + 2 s, then report it and exit.
@@ -92,8 +92,7 @@ def is_loss(codes: list[int]) -> bool:
 def start(args, train_args: list[str], workdir: str, attempt: int) -> tuple[list, list]:
   """Start the N train.py processes on a fresh coordinator port: (processes, their log files)."""
   address = f"127.0.0.1:{free_port()}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # each process sets its own CPU device count
+  env = dict(host_devices.child_environment(), JAX_PLATFORMS="cpu")  # each sets its own count
   procs, logs = [], []
   for i in range(args.processes):
     cmd = [

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from psops_jax import clock, headline
+from psops_jax import clock, headline, host_devices
 from studies import study as study_lib
 from studies import time_report
 
@@ -76,7 +76,7 @@ def run_cells(study, out: str) -> None:
       continue
     print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
     t0, load_at_start = time.time(), os.getloadavg()[0]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = host_devices.child_environment()
     done = subprocess.run(
       command(study, rate, workdir, overrides), cwd=REPO, env=env, capture_output=True, text=True
     )

@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 
-from psops_jax import headline  # no JAX in it
+from psops_jax import headline, host_devices  # no JAX in them
 from psops_jax import workdir as workdir_lib  # no JAX in it
 from studies import time_report
 
@@ -278,7 +278,7 @@ def run_grid(study, out):
         continue
       print(f"[{i + 1}/{len(todo)}] {name}", flush=True)
       t0 = time.time()
-      env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets the devices
+      env = host_devices.child_environment()  # train.py sets the devices
       result = subprocess.run(
         command(study, workdir, overrides),
         cwd=REPO,
@@ -751,7 +751,7 @@ def check_cells(study, out, count: int, seed: int, tolerance: float | None = Non
   for name, overrides, recorded in chosen:  # a summary.json, or a row of results.json
     workdir = os.path.join(out, "check", name)
     shutil.rmtree(workdir, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = host_devices.child_environment()
     result = subprocess.run(
       command(study, workdir, overrides), cwd=REPO, env=env, capture_output=True, text=True
     )

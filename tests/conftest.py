@@ -8,9 +8,16 @@ fast edit loop (CI runs everything)."""
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from psops_jax import host_devices  # no JAX in it
+
+# The tests compile far more than they compute (many small programs, each run for a few steps), so
+# XLA's backend (LLVM) optimizations cost them more than they save: level 0 unless the caller chose
+# one. It reaches the processes the tests start too (host_devices.child_environment keeps it); the
+# measured effect is in docs/usage.md, "Tests and lint".
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_backend_optimization_level" not in _flags:
+  _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = host_devices.with_device_count(_flags.strip(), 8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the test processes and the train.py, study and notebook
 # processes they start (they inherit the environment): many tests compile the same toy programs.

@@ -14,7 +14,7 @@ import pytest
 import toy_runs
 
 from psops_jax import checkpoint as checkpoint_lib
-from psops_jax import errors, train
+from psops_jax import errors, host_devices, train
 from tests.test_train import small_config
 
 pytestmark = pytest.mark.slow  # real processes, killed and resumed
@@ -32,7 +32,7 @@ RUN = [
 
 
 def cli(args, workdir, **kwargs):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets its own
+  env = host_devices.child_environment()  # train.py sets its own
   return subprocess.Popen(
     [sys.executable, "train.py", *args, "--workdir", str(workdir)],
     cwd=REPO,
@@ -243,7 +243,7 @@ def test_two_processes_equal_one_process(tmp_path):
   ]
   single_code, _, err = finish(args, tmp_path / "one")
   assert single_code == 0, err[-2000:]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   launched = subprocess.run(
     [
       sys.executable,

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from psops_jax import host_devices
+
 pytestmark = pytest.mark.slow  # each case starts a train.py process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,7 +155,7 @@ def refusals(tmp_path_factory):
   """{case: (tmp, CompletedProcess)}, the cases run 4 at a time."""
   tmp = tmp_path_factory.mktemp("cli")
   scratch(tmp)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   run = lambda name: subprocess.run(
     [sys.executable, "train.py", *arguments(name, tmp)],
     cwd=REPO,
@@ -188,7 +190,7 @@ def test_an_internal_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path):
     "sys.argv = ['train.py', '--workdir', sys.argv[1]]\n"
     "runpy.run_path('train.py', run_name='__main__')\n"
   )
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   result = subprocess.run(
     [sys.executable, "-c", plant, str(tmp_path)],
     cwd=REPO,
@@ -219,3 +221,21 @@ def test_launch_local_refuses_bad_numbers(tmp_path, flag, value, message):
     timeout=60,
   )
   assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+  "flags,expected",
+  [
+    ("", ""),
+    ("--xla_force_host_platform_device_count=8", ""),
+    ("--a=1 --xla_force_host_platform_device_count=8 --b", "--a=1 --b"),
+    ("--xla_force_host_platform_device_count 4 --b", "--b"),
+  ],
+)
+def test_a_child_process_gets_the_xla_flags_without_the_device_count(flags, expected):
+  """train.py, started by a study or a test, sets its own device count and keeps the other flags."""
+  env = host_devices.child_environment({"XLA_FLAGS": flags, "OTHER": "x"})
+  assert env.get("XLA_FLAGS") == (expected or None) and env["OTHER"] == "x"
+  count = host_devices.with_device_count(env.get("XLA_FLAGS", ""), 3)
+  assert count.split()[-1] == "--xla_force_host_platform_device_count=3"
+  assert host_devices.with_device_count(flags, 3) == flags or not flags  # a count set is kept

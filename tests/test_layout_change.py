@@ -16,8 +16,8 @@ import pytest
 import toy_runs
 
 from psops_jax import checkpoint as checkpoint_lib
+from psops_jax import host_devices, train
 from psops_jax import run as run_lib
-from psops_jax import train
 from tests.test_train import small_config
 
 pytestmark = pytest.mark.slow  # several runs each
@@ -57,7 +57,7 @@ def test_a_run_resumed_on_other_devices_ends_as_an_uninterrupted_one(tmp_path, s
 
 def launch(processes: int, devices: int, args: list, workdir) -> None:
   """scripts/launch_local.py: `processes` train.py processes of `devices` CPU devices each."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   command = [sys.executable, "scripts/launch_local.py", "--processes", str(processes)]
   command += ["--devices-per-process", str(devices), "--timeout", "200", "--", *args]
   done = subprocess.run(

@@ -19,14 +19,14 @@ import jax
 import pytest
 import toy_runs
 
-from psops_jax import errors, peers
+from psops_jax import errors, host_devices, peers
 from scripts import launch_local
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ROUNDS = 24
 ARGS = toy_runs.TINY + [f"--config.train.rounds={ROUNDS}", "--config.train.checkpoint_every=4"]
-ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # train.py sets its own
+ENV = host_devices.child_environment()  # train.py sets its own
 
 
 def children(pid: int) -> dict[int, str]:

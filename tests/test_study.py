@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from psops_jax import host_devices
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_STUDY = """
@@ -25,7 +27,7 @@ def get_config():
 
 
 def run_study(study_file, out, *flags):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   result = subprocess.run(
     [sys.executable, "studies/study.py", "--study", str(study_file), "--out", str(out), *flags],
     cwd=REPO,
@@ -111,7 +113,7 @@ def check_recheck(study_file, out):
       | {"final_test_accuracy": summary["final_test_accuracy"] - 0.5, "params_fingerprint": "0"}
     )
   )
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   checked = subprocess.run(
     [sys.executable, "studies/study.py", "--study", str(study_file), "--out", str(out)]
     + ["--check", "2", "--variants", "pso", "average"],

@@ -12,6 +12,7 @@ import time
 import pytest
 import toy_runs
 
+from psops_jax import host_devices
 from psops_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def test_hold_stops_every_process_when_one_cannot_use_the_workdir(tmp_path):
 def test_a_second_train_py_on_a_live_runs_workdir_is_refused(tmp_path):
   """A real run holds the workdir; a second one is refused and names it; once the first is killed
   (-9, no chance to release), its lock is free and says who left it."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = host_devices.child_environment()
   command = [sys.executable, "train.py", *TINY, "--workdir", str(tmp_path)]
   first = subprocess.Popen(
     command + ["--config.train.rounds=100000", "--config.train.checkpoint_every=100000"],
