@@ -35,7 +35,9 @@ def final_params(config, workdir) -> list[np.ndarray]:
   return [np.asarray(leaf) for leaf in jax.tree.leaves(swarm.params)]
 
 
-@pytest.mark.parametrize("strategy", ["none", "average"])
+@pytest.mark.parametrize(
+  "strategy", [pytest.param("none", marks=pytest.mark.xla_default), "average"]
+)  # `none`: two layouts, one result bit for bit
 def test_a_run_resumed_on_other_devices_ends_as_an_uninterrupted_one(tmp_path, strategy):
   """2 devices (2 particles each), then 1 (all 4), 3 rounds each, against 4 devices (1 each)
   throughout."""

@@ -91,6 +91,7 @@ def test_streaming_matches_numpy_over_seven_syncs(runner, compress):
     np.testing.assert_allclose(flat(g), w, rtol=1e-5, atol=1e-5, err_msg=f"sync {r}")
 
 
+@pytest.mark.xla_default  # two programs, one result bit for bit
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 def test_one_fragment_no_delay_no_mix_is_diloco_bit_for_bit(runner):
   run, axis_name = RUNNERS[runner]
