@@ -28,6 +28,7 @@ import sys
 import time
 
 from benchmarks import harness
+from psops_jax import host_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -254,9 +255,8 @@ def child_env(smoke: bool) -> dict:
   env = dict(os.environ)
   if smoke:  # 8 virtual CPU devices, as the tests use
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (
-      env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+    flags = host_devices.without_device_count(env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = host_devices.with_device_count(flags, 8)
   else:
     env.setdefault("JAX_PLATFORMS", "")  # the tests' conftest would pick the CPU otherwise
   return env

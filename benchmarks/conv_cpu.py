@@ -1,9 +1,11 @@
-"""One training step's gradient (forward + backward) of a model, its convolutions computed three
+"""One training step's gradient (forward + backward) of a model, its convolutions computed four
 ways, side by side in one process: `lax` (XLA's convolution, nn.Conv's own), `im2col` (model.conv
 im2col: slices of the padded input side by side in the channels, then one matrix product,
 psops_jax/conv.py), and `patches_op` (the same matrix product on the patches of
 `lax.conv_general_dilated_patches`, which XLA computes as a convolution with an identity kernel: the
-alternative im2col measured against the slices, not offered as a model.conv value). And, for the
+alternative im2col measured against the slices, not offered as a model.conv value), `shifted_sum`
+(a convolution with one input channel as a sum of shifted inputs times kernel rows, no matrix
+product; the others stay lax's: also not offered). And, for the
 models' max pooling, `lax/nn_max_pool` and `im2col/nn_max_pool`: the same two convolutions with
 flax's nn.max_pool (reduce-window, select-and-scatter) in place of psops_jax/pool.py's, which gives
 the same values and gradients bit for bit (tests/test_pool.py).
@@ -36,6 +38,26 @@ def patches_op_conv(lhs, rhs, window_strides, padding, dimension_numbers=None, *
   )
   kernel = rhs.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
   return lax.dot_general(cols, kernel, (((3,), (0,)), ((), ())), precision=options.get("precision"))
+
+
+def shifted_sum_conv(lhs, rhs, window_strides, padding, dimension_numbers=None, **options):
+  """A convolution with one input channel (LeNet-5's first) as the sum over the kernel positions
+  (i, j) of the input shifted by (i, j) times the kernel's row w[i, j, 0, :] (elementwise, one
+  fusion, no matrix product: im2col's product has K = kh kw = 25 and N = 6 there); other
+  convolutions stay lax's. The alternative measured against im2col, not offered as a model.conv
+  value."""
+  from jax import lax
+
+  from psops_jax import conv
+
+  kh, kw, cin, cout = rhs.shape
+  if cin != 1:
+    return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers, **options
+    )
+  pads = conv._pads(padding, lhs.shape[1:3], (kh, kw), tuple(window_strides))
+  views = conv.shifted_inputs(lhs, (kh, kw), tuple(window_strides), pads)
+  return sum(view * row for view, row in zip(views, rhs.reshape(kh * kw, cout)))
 
 
 def nn_max_pool(x, window):
@@ -102,12 +124,14 @@ METHODS = {
   "lax": ("lax", None, None),
   "im2col": ("im2col", None, None),
   "patches_op": ("lax", patches_op_conv, None),
+  "shifted_sum": ("lax", shifted_sum_conv, None),
   "lax/nn_max_pool": ("lax", None, nn_max_pool),
   "im2col/nn_max_pool": ("im2col", None, nn_max_pool),
 }
 RATIOS = {
   "im2col_vs_lax": ("im2col", "lax"),
   "patches_op_vs_lax": ("patches_op", "lax"),
+  "shifted_sum_vs_lax": ("shifted_sum", "lax"),
   "max_pool_vs_nn_with_lax": ("lax", "lax/nn_max_pool"),
   "max_pool_vs_nn_with_im2col": ("im2col", "im2col/nn_max_pool"),
 }

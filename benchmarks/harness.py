@@ -51,6 +51,7 @@ def machine() -> dict:
   info = {
     "platform": platform.platform(),
     "processor": platform.machine(),
+    "cpu": workdir.machine_kind(),  # the CPU's model: XLA:CPU's speed and last bits differ by kind
     "cpus": os.cpu_count(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }

@@ -56,17 +56,23 @@ def _pads(padding, spatial: tuple, window: tuple, strides: tuple) -> list:
   return [tuple(p) for p in padding]
 
 
-def patches(x, window: tuple, strides: tuple, pads: list):
-  """(N, OH, OW, kh kw C) of NHWC `x`: the input under each output position, kernel row, kernel
-  column, then channel (the order of an HWIO kernel reshaped to (kh kw C, O))."""
+def shifted_inputs(x, window: tuple, strides: tuple, pads: list) -> list:
+  """The kh kw views (N, OH, OW, C) of NHWC `x`, padded, under each kernel position (row, then
+  column): view (i, j) holds the input that kernel entry (i, j) multiplies at every output."""
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   (kh, kw), (sh, sw) = window, strides
   oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  cols = [
+  return [
     x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :]
     for i in range(kh)
     for j in range(kw)
   ]
+
+
+def patches(x, window: tuple, strides: tuple, pads: list):
+  """(N, OH, OW, kh kw C) of NHWC `x`: the input under each output position, kernel row, kernel
+  column, then channel (the order of an HWIO kernel reshaped to (kh kw C, O))."""
+  cols = shifted_inputs(x, window, strides, pads)
   return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
 
 

@@ -19,17 +19,8 @@ def with_device_count(flags: str, count: int) -> str:
 
 
 def without_device_count(flags: str) -> str:
-  """XLA_FLAGS `flags` less any host device count (`--flag=N` or `--flag N`)."""
-  words, kept = flags.split(), []
-  skip_value = False
-  for word in words:
-    if skip_value:
-      skip_value = False
-    elif word == DEVICE_COUNT_FLAG:
-      skip_value = True
-    elif not word.startswith(DEVICE_COUNT_FLAG + "="):
-      kept.append(word)
-  return " ".join(kept)
+  """XLA_FLAGS `flags` less any host device count (XLA reads `--flag=N` only)."""
+  return " ".join(w for w in flags.split() if not w.startswith(DEVICE_COUNT_FLAG + "="))
 
 
 def child_environment(environ=None) -> dict:

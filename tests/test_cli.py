@@ -221,21 +221,3 @@ def test_launch_local_refuses_bad_numbers(tmp_path, flag, value, message):
     timeout=60,
   )
   assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize(
-  "flags,expected",
-  [
-    ("", ""),
-    ("--xla_force_host_platform_device_count=8", ""),
-    ("--a=1 --xla_force_host_platform_device_count=8 --b", "--a=1 --b"),
-    ("--xla_force_host_platform_device_count 4 --b", "--b"),
-  ],
-)
-def test_a_child_process_gets_the_xla_flags_without_the_device_count(flags, expected):
-  """train.py, started by a study or a test, sets its own device count and keeps the other flags."""
-  env = host_devices.child_environment({"XLA_FLAGS": flags, "OTHER": "x"})
-  assert env.get("XLA_FLAGS") == (expected or None) and env["OTHER"] == "x"
-  count = host_devices.with_device_count(env.get("XLA_FLAGS", ""), 3)
-  assert count.split()[-1] == "--xla_force_host_platform_device_count=3"
-  assert host_devices.with_device_count(flags, 3) == flags or not flags  # a count set is kept

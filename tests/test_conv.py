@@ -116,15 +116,19 @@ def test_im2col_refuses_what_it_does_not_implement():
     conv.im2col_conv(x, k, (1, 1), "CIRCULAR")
 
 
-def test_conv_cpu_benchmarks_the_same_convolution_three_ways():
-  """benchmarks/conv_cpu.py's third method (im2col through lax.conv_general_dilated_patches) is the
-  same convolution, and its swap of the models' lax convolution is undone afterwards."""
+@pytest.mark.parametrize("input_channels", [1, 6])
+def test_conv_cpu_benchmarks_the_same_convolution_four_ways(input_channels):
+  """benchmarks/conv_cpu.py's extra methods (im2col through lax.conv_general_dilated_patches; a
+  1-channel convolution as a sum of shifted inputs) are the same convolution, and their swap of the
+  models' lax convolution is undone afterwards."""
   from benchmarks import conv_cpu
 
-  x = jax.random.normal(jax.random.key(1), (2, 14, 14, 6))
-  k = jax.random.normal(jax.random.key(0), (5, 5, 6, 16))
-  reference = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=conv.NHWC)
-  close(conv_cpu.patches_op_conv(x, k, (1, 1), "SAME"), reference, "float32")
+  x = jax.random.normal(jax.random.key(1), (2, 14, 14, input_channels))
+  k = jax.random.normal(jax.random.key(0), (5, 5, input_channels, 16))
+  for padding in ("SAME", "VALID"):
+    reference = jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=conv.NHWC)
+    close(conv_cpu.patches_op_conv(x, k, (1, 1), padding), reference, "float32")
+    close(conv_cpu.shifted_sum_conv(x, k, (1, 1), padding, conv.NHWC), reference, "float32")
   with conv_cpu.convolutions(conv_cpu.patches_op_conv):
     assert conv.function("lax") is conv_cpu.patches_op_conv
     assert conv.function("im2col") is conv.im2col_conv
