@@ -38,9 +38,11 @@ and biases take muon's AdamW step.
 
 `lm`: the same variants on the byte-level transformer of configs/text_lm.py at its study's settings
 (configs/study_lm.py: 512 local steps of batch 8 windows per worker, the inner AdamW rates its
-`tuning` chose per family, DiLoCo's for every outer-step variant), periods 16 and 64, seeds 0-4,
-evaluated at 8 points: 80 cells, 1.5-2 hours (a cell: about 85 s on 2 cores, its compile
-included). Its muon rate, LM_MUON_LEARNING_RATE, is the best of `lm_tuning` (muloco at
+`tuning` chose per family, DiLoCo's for every outer-step variant), and one more, `average_muon`:
+averaging with muon's inner steps at MuLoCo's rate (the control that tells muon's gain from the
+outer step's; its rate not tuned for averaging); periods 16 and 64, seeds 0-4, evaluated at 8
+points: 90 cells, 1-2 hours (a cell: 35-40 s on a 2-core Intel Xeon, 85 s on an AMD EPYC, its
+compile included). Its muon rate, LM_MUON_LEARNING_RATE, is the best of `lm_tuning` (muloco at
 configs/study_lm.py's 5 rates, seed 100, validation bits per byte;
 studies/results/frontier_lm_tuning, AMD EPYC): 3.778 / 3.526 / 3.152 / 3.109 / 3.173 at 0.001 /
 0.003 / 0.01 / 0.03 / 0.1, so 0.03, the same as DiLoCo's tuned AdamW rate (muon's update is scaled
@@ -104,6 +106,7 @@ def lm_variants(muon_rate: float) -> dict:
     "sparseloco": dict(SPARSELOCO, **outer_rate),
     "muloco": dict(study_lm.STRATEGY["diloco"], **muon),
     "muloco_int2": dict(INT2, **muon),
+    "average_muon": dict(study_lm.variant("average"), **muon),
   }
 
 

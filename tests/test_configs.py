@@ -208,7 +208,7 @@ def test_study_cells_are_valid_and_their_scenarios_run(tmp_path):
 STATED_CELL_COUNTS = {
   ("study_frontier", ""): 80,
   ("study_frontier", "tuning"): 6,
-  ("study_frontier", "lm"): 80,
+  ("study_frontier", "lm"): 90,
   ("study_frontier", "lm_tuning"): 5,
   **{("study_byzantine", grid): 60 for grid in ("", "none", "sign_flip_f1", "alie_f2")},
   ("study_byzantine", "quick"): 36,
