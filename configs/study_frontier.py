@@ -145,7 +145,7 @@ def get_config() -> dict:
     variant_periods={},
     seeds=LM_SEEDS,
     evals=8,
-    reference=["diloco", "average"],
+    reference=["diloco", "average", "muloco"],  # muloco: what 2 bits and the outer step cost it
   )
   study["lm_tuning"] = dict(
     study["lm"],
