@@ -42,10 +42,10 @@ def patches_op_conv(lhs, rhs, window_strides, padding, dimension_numbers=None, *
 
 def shifted_sum_conv(lhs, rhs, window_strides, padding, dimension_numbers=None, **options):
   """A convolution with one input channel (LeNet-5's first) as the sum over the kernel positions
-  (i, j) of the input shifted by (i, j) times the kernel's row w[i, j, 0, :] (elementwise, one
-  fusion, no matrix product: im2col's product has K = kh kw = 25 and N = 6 there); other
-  convolutions stay lax's. The alternative measured against im2col, not offered as a model.conv
-  value."""
+  (i, j) of the input shifted by (i, j) times the kernel's row w[i, j, 0, :] (elementwise, no
+  matrix product: im2col's product has K = kh kw = 25 and N = 6 there); other convolutions stay
+  lax's. The alternative measured against im2col (slower: benchmarks/README.md), not offered as a
+  model.conv value."""
   from jax import lax
 
   from psops_jax import conv
