@@ -491,7 +491,17 @@ NEW_STRATEGIES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(NEW_STRATEGIES))
+@pytest.mark.parametrize(
+  "name",
+  [
+    # SparseLoCo's top-k is discontinuous: a last-bit difference in the two layouts' sums can
+    # swap a borderline entry. At XLA's level 0 (the tests' level) it does on an Intel Xeon (32
+    # of 131,072 weights 1.7e-4 apart after 3 rounds); at the default level, which users run, the
+    # layouts agree. So it runs there.
+    pytest.param(name, marks=pytest.mark.xla_default) if name == "sparseloco" else name
+    for name in sorted(NEW_STRATEGIES)
+  ],
+)
 def test_a_round_on_8_devices_equals_the_round_on_2(name):
   """8 particles on 8 devices, and 4 per device on 2 (the collectives over a mesh axis and a
   vmap axis): the same numbers after 3 rounds."""
