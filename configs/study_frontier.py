@@ -73,7 +73,7 @@ MUON = {"optimizer.name": "muon"}
 INT2 = {"sync.strategy": "outer", "sync.outer.optimizer": "nesterov", "sync.outer.compress": "int2"}
 PERIODS = [16, 64]
 SEEDS = [0, 1, 2, 3, 4]
-LM_SEEDS = SEEDS  # 5, as the studies ask; configs/study_lm.py's grids ran 3
+LM_SEEDS = SEEDS  # 5, as on the images (configs/study_lm.py's grids ran 3)
 TUNING_SEED = 100  # not one of the study's seeds
 
 
