@@ -416,7 +416,7 @@ def round_parser(
     parser.add_argument(
       "--conv",
       default="lax",
-      choices=["lax", "im2col", "auto"],
+      choices=["lax", "im2col", "im2col_input", "auto"],  # conv.CONVS (a test checks)
       help="how the JAX models compute their convolutions, the framework's and the floor's alike "
       "(model.conv, psops_jax/conv.py; torch stays torch)",
     )

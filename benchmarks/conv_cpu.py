@@ -1,14 +1,15 @@
-"""One training step's gradient (forward + backward) of a model, its convolutions computed four
+"""One training step's gradient (forward + backward) of a model, its convolutions computed five
 ways, side by side in one process: `lax` (XLA's convolution, nn.Conv's own), `im2col` (model.conv
 im2col: slices of the padded input side by side in the channels, then one matrix product,
-psops_jax/conv.py), and `patches_op` (the same matrix product on the patches of
-`lax.conv_general_dilated_patches`, which XLA computes as a convolution with an identity kernel: the
-alternative im2col measured against the slices, not offered as a model.conv value), `shifted_sum`
-(a convolution with one input channel as a sum of shifted inputs times kernel rows, no matrix
-product; the others stay lax's: also not offered). And, for the
-models' max pooling, `lax/nn_max_pool` and `im2col/nn_max_pool`: the same two convolutions with
-flax's nn.max_pool (reduce-window, select-and-scatter) in place of psops_jax/pool.py's, which gives
-the same values and gradients bit for bit (tests/test_pool.py).
+psops_jax/conv.py), `im2col_input` (model.conv im2col_input: im2col for the first convolution, the
+one that reads the model's input and needs no input gradient, lax for the others), `patches_op`
+(the same matrix product on the patches of `lax.conv_general_dilated_patches`, which XLA computes
+as a convolution with an identity kernel: the alternative im2col measured against the slices, not
+offered as a model.conv value), and `shifted_sum` (a convolution with one input channel as a sum
+of shifted inputs times kernel rows, no matrix product; the others stay lax's: also not offered).
+And, for the models' max pooling, `lax/nn_max_pool` and `im2col/nn_max_pool`: the same two
+convolutions with flax's nn.max_pool (reduce-window, select-and-scatter) in place of
+psops_jax/pool.py's, which gives the same values and gradients bit for bit (tests/test_pool.py).
 
 Each method is a jitted value_and_grad of the model's mean cross-entropy on a batch of random
 inputs, called in blocks of about 0.2 s, in interleaved repetitions (a new random order each time);
@@ -86,7 +87,9 @@ def convolutions(function):
   from psops_jax import conv
 
   original = conv.function
-  conv.function = lambda name: function if conv.resolve(name) == "lax" else original(name)
+  conv.function = lambda name, reads_input=False: (
+    function if conv.resolve(name) == "lax" else original(name, reads_input)
+  )
   try:
     yield
   finally:
@@ -123,6 +126,7 @@ def gradient_step(model_name: str, conv: str, batch_size: int, function=None, ma
 METHODS = {
   "lax": ("lax", None, None),
   "im2col": ("im2col", None, None),
+  "im2col_input": ("im2col_input", None, None),
   "patches_op": ("lax", patches_op_conv, None),
   "shifted_sum": ("lax", shifted_sum_conv, None),
   "lax/nn_max_pool": ("lax", None, nn_max_pool),
@@ -130,6 +134,7 @@ METHODS = {
 }
 RATIOS = {
   "im2col_vs_lax": ("im2col", "lax"),
+  "im2col_input_vs_lax": ("im2col_input", "lax"),
   "patches_op_vs_lax": ("patches_op", "lax"),
   "shifted_sum_vs_lax": ("shifted_sum", "lax"),
   "max_pool_vs_nn_with_lax": ("lax", "lax/nn_max_pool"),

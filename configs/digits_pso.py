@@ -40,8 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.tie_embeddings = True  # transformer: logits through the token embedding
   config.model.dtype = "float32"  # float32 | bfloat16: the computation's dtype (mixed precision);
   # params, optimizer state and the sync stay float32
-  config.model.conv = "lax"  # lax | im2col | auto (im2col on CPU, lax on GPU/TPU): how the
-  # convolutions are computed (psops_jax/conv.py); the same parameters, equal to float tolerance.
+  config.model.conv = "lax"  # lax | im2col | im2col_input | auto (im2col on CPU, lax on GPU/TPU):
+  # how the convolutions are computed (psops_jax/conv.py, im2col_input: im2col for the first one
+  # only); the same parameters, equal to float tolerance.
   # auto is the candidate default once measured on a quiet machine (benchmarks/README.md)
 
   # The inner optimizer of every particle (psops_jax/optimizers.py gives the math). The outer one,

@@ -1,8 +1,15 @@
 """The models' convolutions, implemented as `model.conv` chooses: `lax` (XLA's convolution,
 `lax.conv_general_dilated`: nn.Conv's own), `im2col` (the patches of the input, one slice per
 kernel position, concatenated along the channels, then one matrix product with the kernel
-reshaped to (kh kw cin, cout)), or `auto` (im2col on the CPU backend, lax elsewhere: on GPU and
-TPU cuDNN's and the TPU's convolutions are the right choice).
+reshaped to (kh kw cin, cout)), `im2col_input` (im2col for the convolution that reads the model's
+input, lax for the others), or `auto` (im2col on the CPU backend, lax elsewhere: on GPU and TPU
+cuDNN's and the TPU's convolutions are the right choice).
+
+`im2col_input` exists because im2col's cost differs by layer: its backward pass is the kernel's
+gradient, one matrix product of the patches with the output's gradient, plus the input's gradient,
+a sum of the kh kw shifted slices' gradients. The model's input needs no gradient, so on the first
+convolution im2col's backward is the one product, while deeper layers pay for the sum too
+(benchmarks/conv_cpu.py measures the three).
 
 The layer stays flax's nn.Conv either way: im2col is passed as its `conv_general_dilated`, so the
 parameters (`kernel` (kh, kw, cin, cout), `bias` (cout)), their names, shapes and initial values
@@ -19,11 +26,12 @@ from jax import lax
 
 from psops_jax import errors
 
-CONVS = ("lax", "im2col", "auto")
+CONVS = ("lax", "im2col", "im2col_input", "auto")
 
 
 def resolve(conv: str) -> str:
-  """The implementation `conv` names on this process's default backend: "lax" or "im2col"."""
+  """The implementation `conv` names on this process's default backend: "auto" becomes "im2col"
+  on CPU, "lax" elsewhere; the others are themselves."""
   if conv not in CONVS:
     raise errors.ConfigError(f"model.conv={conv!r}: accepted values are {CONVS}")
   if conv == "auto":
@@ -31,16 +39,20 @@ def resolve(conv: str) -> str:
   return conv
 
 
-def function(conv: str):
-  """What nn.Conv's `conv_general_dilated` field takes for `conv`: None (nn.Conv's default,
-  lax.conv_general_dilated) or `im2col_conv`."""
-  return im2col_conv if resolve(conv) == "im2col" else None
+def function(conv: str, reads_input: bool = False):
+  """What nn.Conv's `conv_general_dilated` field takes for `conv`, for a convolution that reads the
+  model's input (`reads_input`) or not: None (nn.Conv's default, lax.conv_general_dilated) or
+  `im2col_conv`."""
+  conv = resolve(conv)
+  im2col = conv == "im2col" or (conv == "im2col_input" and reads_input)
+  return im2col_conv if im2col else None
 
 
-def layer(conv: str, dtype):
-  """nn.Conv computing in `dtype` with the implementation `conv` names: call it as nn.Conv, with
-  features, kernel size and the other options."""
-  return functools.partial(nn.Conv, dtype=dtype, conv_general_dilated=function(conv))
+def layer(conv: str, dtype, reads_input: bool = False):
+  """nn.Conv computing in `dtype` with the implementation `conv` names for a convolution that reads
+  the model's input (`reads_input`) or not: call it as nn.Conv, with features, kernel size and the
+  other options."""
+  return functools.partial(nn.Conv, dtype=dtype, conv_general_dilated=function(conv, reads_input))
 
 
 # nn.Conv's layout: NHWC inputs and outputs, HWIO kernel (lax.ConvDimensionNumbers of the specs).

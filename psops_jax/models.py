@@ -12,8 +12,8 @@ float32, so the optimizer and every sync strategy see float32 only.
 
 `conv` (the models with convolutions) picks how their convolutions are computed
 (psops_jax/conv.py): `lax` (XLA's convolution, the default), `im2col` (patches and one matrix
-product, faster on XLA:CPU for LeNet-5) or `auto` (im2col on CPU, lax on GPU/TPU); the parameters
-are the same.
+product), `im2col_input` (im2col for the first convolution only, lax for the others) or `auto`
+(im2col on CPU, lax on GPU/TPU); the parameters are the same.
 """
 
 from typing import Any
@@ -48,13 +48,14 @@ class LeNet5(nn.Module):
 
   num_classes: int = 10
   dtype: Any = jnp.float32
-  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
+  conv: str = "lax"  # conv.CONVS: lax | im2col | im2col_input | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = conv_lib.layer(self.conv, self.dtype)
+    first = conv_lib.layer(self.conv, self.dtype, reads_input=True)
     x = x.astype(self.dtype)
-    x = nn.relu(conv(6, (5, 5), padding="SAME")(x))
+    x = nn.relu(first(6, (5, 5), padding="SAME")(x))
     x = pool_lib.max_pool(x, (2, 2))
     x = nn.relu(conv(16, (5, 5), padding="VALID")(x))
     x = pool_lib.max_pool(x, (2, 2))
@@ -69,13 +70,14 @@ class SmallCNN(nn.Module):
 
   num_classes: int = 10
   dtype: Any = jnp.float32
-  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
+  conv: str = "lax"  # conv.CONVS: lax | im2col | im2col_input | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = conv_lib.layer(self.conv, self.dtype)
+    first = conv_lib.layer(self.conv, self.dtype, reads_input=True)
     x = x.astype(self.dtype)
-    x = nn.relu(conv(32, (3, 3))(x))
+    x = nn.relu(first(32, (3, 3))(x))
     x = nn.relu(conv(32, (3, 3))(x))
     x = pool_lib.max_pool(x, (2, 2))
     x = nn.relu(conv(64, (3, 3))(x))
@@ -94,14 +96,14 @@ class VGGSmall(nn.Module):
   num_classes: int = 10
   widths: tuple = (64, 128, 256)
   dtype: Any = jnp.float32
-  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
+  conv: str = "lax"  # conv.CONVS: lax | im2col | im2col_input | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = conv_lib.layer(self.conv, self.dtype)
     x = x.astype(self.dtype)
-    for width in self.widths:
-      for _ in range(2):
+    for stage, width in enumerate(self.widths):
+      for layer in range(2):
+        conv = conv_lib.layer(self.conv, self.dtype, reads_input=stage == layer == 0)
         x = conv(width, (3, 3), use_bias=False)(x)
         x = nn.relu(nn.GroupNorm(num_groups=min(32, width // 4), dtype=self.dtype)(x))
       x = pool_lib.max_pool(x, (2, 2))
@@ -143,11 +145,11 @@ class ResNet20(nn.Module):
   widths: tuple = (16, 32, 64)
   blocks: int = 3
   dtype: Any = jnp.float32
-  conv: str = "lax"  # conv.CONVS: lax | im2col | auto
+  conv: str = "lax"  # conv.CONVS: lax | im2col | im2col_input | auto
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = conv_lib.layer(self.conv, self.dtype)
+    conv = conv_lib.layer(self.conv, self.dtype, reads_input=True)
     x = conv(self.widths[0], (3, 3), use_bias=False)(x.astype(self.dtype))
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
     for stage, width in enumerate(self.widths):

@@ -122,7 +122,7 @@ CASES = {
   ),
   "model_conv": (
     ["--config.model.conv=fft"],
-    "model.conv='fft': accepted values are ('lax', 'im2col', 'auto')",
+    "model.conv='fft': accepted values are ('lax', 'im2col', 'im2col_input', 'auto')",
   ),
   "devices_do_not_divide": (
     ["--config.num_devices=3"],

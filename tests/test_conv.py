@@ -97,13 +97,46 @@ def test_models_have_the_same_parameters_and_logits_with_im2col(name):
     close(a, b, "float32")
 
 
+@pytest.mark.parametrize("name", models.WITH_CONVOLUTIONS)
+def test_im2col_input_is_im2col_on_the_first_convolution_only(name):
+  """model.conv=im2col_input: the convolution that reads the model's input calls im2col_conv, every
+  other one lax (counted by tracing with both wrapped); parameters identical, logits close."""
+  calls = []
+  original = conv.im2col_conv
+
+  def counted_im2col(lhs, rhs, *args, **kwargs):
+    calls.append(("im2col", lhs.shape[1:]))
+    return original(lhs, rhs, *args, **kwargs)
+
+  x = jax.random.normal(jax.random.key(1), (2,) + INPUTS[name])
+  reference, mixed = models.create(name), models.create(name, conv="im2col_input")
+  variables = reference.init(jax.random.key(0), x)
+  mutable = ["batch_stats"] if "batch_stats" in variables else False
+  run = lambda model: model.apply(variables, x, train=True, mutable=mutable)
+  jaxpr = jax.make_jaxpr(lambda: run(reference))()
+  lax_convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(conv, "im2col_conv", counted_im2col)
+    mixed_jaxpr = jax.make_jaxpr(lambda: run(mixed))()
+    same = mixed.init(jax.random.key(0), x)
+    out = run(mixed)
+  mixed_convs = [e for e in mixed_jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert calls[0] == ("im2col", INPUTS[name])  # the first convolution reads the input
+  assert len(mixed_convs) == len(lax_convs) - 1 and len(calls) >= 1
+  assert {shape for _, shape in calls} == {INPUTS[name]}  # and no other one is im2col
+  for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(variables)):
+    assert np.array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(run(reference))):
+    close(a, b, "float32")
+
+
 def test_auto_is_im2col_on_cpu_and_bad_values_name_the_field():
   assert jax.default_backend() == "cpu"  # tests/conftest.py
   assert conv.resolve("auto") == "im2col" and conv.function("auto") is conv.im2col_conv
   assert conv.function("lax") is None  # nn.Conv's default: lax.conv_general_dilated
   assert models.create("lenet5", conv="auto").conv == "im2col"
   assert models.create("lenet5").conv == "lax"  # the default
-  message = r"model.conv='fft': accepted values are \('lax', 'im2col', 'auto'\)"
+  message = r"model.conv='fft': accepted values are \('lax', 'im2col', 'im2col_input', 'auto'\)"
   with pytest.raises(errors.ConfigError, match=message):
     models.create("mlp", conv="fft")
 

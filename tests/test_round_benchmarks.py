@@ -84,6 +84,16 @@ def test_conv_reaches_the_framework_and_the_floor_alike(monkeypatch):
   assert common.floor_parts(config)[0].conv == "im2col"
 
 
+def test_conv_choices_are_the_models():
+  """--conv offers what model.conv accepts (common.py lists them itself: it imports no JAX)."""
+  from benchmarks import common
+  from psops_jax import conv
+
+  parser = common.round_parser(round_vs_floor.__doc__, reps=(21, 7), text_models=True, conv=True)
+  (action,) = [a for a in parser._actions if a.dest == "conv"]
+  assert tuple(action.choices) == conv.CONVS
+
+
 @pytest.mark.slow
 def test_round_vs_floor_runs_the_transformer_at_toy_size(tmp_path):
   """configs/text_lm.py's tiny transformer, 2 particles, 2 steps a round, 1 repetition: the JSON

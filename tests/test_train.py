@@ -205,7 +205,11 @@ def test_im2col_convolutions_train_like_lax(tmp_path):
     ),
     ("num_devices", 3, r"num_particles=4 is not a multiple of num_devices=3"),
     ("model.name", "resnet", r"model.name='resnet': accepted values are"),
-    ("model.conv", "fft", r"model.conv='fft': accepted values are \('lax', 'im2col', 'auto'\)"),
+    (
+      "model.conv",
+      "fft",
+      r"model.conv='fft': accepted values are \('lax', 'im2col', 'im2col_input', 'auto'\)",
+    ),
     ("train.batch_size", 500, r"train.batch_size=500: must be <= the shard"),
     (
       "sync.strategy,sync.topk",
