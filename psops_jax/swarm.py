@@ -443,6 +443,12 @@ def device_round(parts: RoundParts, swarm: Swarm, data: DeviceData, round_index)
   return device_sync(parts, Swarm(*state, sync_state), data, round_index, losses, swarm.params)
 
 
+def device_chunks_sync(parts: RoundParts, swarm: Swarm, data, round_index, chunk_losses, *start):
+  """device_sync of a round in several calls, given the calls' losses (chunk, L) each: joined here,
+  inside the sync's program, rather than by one more call."""
+  return device_sync(parts, swarm, data, round_index, jnp.concatenate(chunk_losses), *start)
+
+
 def device_first_steps(
   parts, params, batch_stats, opt_state, sync_state, data, first_step, orders, count
 ):
@@ -504,7 +510,7 @@ def make_round(
   )
   sync_fn = jax.jit(
     on_mesh(
-      functools.partial(device_sync, parts),
+      functools.partial(device_chunks_sync, parts),
       in_specs=(P(AXIS), data_spec, P(), P(None, AXIS)) + ((P(AXIS),) if keeps_start else ()),
       out_specs=(P(AXIS), P(AXIS)),
     ),
@@ -566,7 +572,7 @@ class EpochOrders:
     self.cache = {e: o for e, o in self.cache.items() if e >= first}  # epochs are visited in order
     for e in epochs:
       if e not in self.cache:
-        self.cache[e] = self.orders_fn(data, jnp.int32(e))
+        self.cache[e] = self.orders_fn(data, np.int32(e))
     return tuple(self.cache[e] for e in epochs)
 
 
@@ -587,16 +593,15 @@ def chain_calls(calls: RoundCalls, keeps_start=False):
     for c in range(calls.period // calls.chunk):
       step = int(round_index) * calls.period + c * calls.chunk
       orders = orders_of(data, step, calls.chunk, calls.batch_size)
+      # A NumPy scalar goes to the devices with the call; jnp.int32 would be one more dispatch.
       if c == 0 and calls.first_fn is not None:
         *state, sync_state, chunk_losses = calls.first_fn(
-          *state, sync_state, data, jnp.int32(step), orders
+          *state, sync_state, data, np.int32(step), orders
         )
       else:
-        *state, chunk_losses = calls.steps_fn(*state, data, jnp.int32(step), orders)
+        *state, chunk_losses = calls.steps_fn(*state, data, np.int32(step), orders)
       losses.append(chunk_losses)
-    return calls.sync_fn(
-      Swarm(*state, sync_state), data, round_index, jnp.concatenate(losses), *start
-    )
+    return calls.sync_fn(Swarm(*state, sync_state), data, round_index, tuple(losses), *start)
 
   return round_fn
 
@@ -614,11 +619,12 @@ def compile_round(round_fn, swarm: Swarm, data: DeviceData):
   calls = round_fn.chunked
   num_particles = jax.tree.leaves(swarm.params)[0].shape[0]
   sharding = jax.tree.leaves(swarm.params)[0].sharding
-  losses = jax.ShapeDtypeStruct(
-    (calls.period, num_particles),
+  chunk_losses = jax.ShapeDtypeStruct(
+    (calls.chunk, num_particles),
     jnp.float32,
     sharding=NamedSharding(sharding.mesh, P(None, AXIS)),
   )
+  losses = (chunk_losses,) * (calls.period // calls.chunk)
   variables = (swarm.params, swarm.batch_stats, swarm.opt_state)
   orders_c = calls.orders_fn.lower(data, jnp.int32(0)).compile()
   orders = EpochOrders(orders_c)(data, 0, calls.chunk, calls.batch_size)  # arguments' shapes

@@ -32,7 +32,6 @@ import time
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
@@ -425,7 +424,7 @@ def train_rounds(run, compiled, progress: Progress, log: RoundLog, bar, sigterm)
   c = run.config.train
   for r in range(progress.rounds_done, c.rounds):
     t0 = time.perf_counter()
-    progress.swarm, round_metrics = compiled.round_fn(progress.swarm, run.data, jnp.int32(r))
+    progress.swarm, round_metrics = compiled.round_fn(progress.swarm, run.data, np.int32(r))
     progress.rounds_done = done = r + 1
     checkpoint_now = done % c.checkpoint_every == 0 or done == c.rounds
     evaluate_now = bool(c.eval_every) and done % c.eval_every == 0
