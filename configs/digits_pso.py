@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv = "lax"  # lax | im2col | im2col_input | auto (im2col on CPU, lax on GPU/TPU):
   # how the convolutions are computed (psops_jax/conv.py, im2col_input: im2col for the first one
   # only); the same parameters, equal to float tolerance.
-  # auto is the candidate default once measured on a quiet machine (benchmarks/README.md)
+  # lax stays the default: which one is faster depends on the CPU (benchmarks/README.md)
 
   # The inner optimizer of every particle (psops_jax/optimizers.py gives the math). The outer one,
   # where a strategy has one, is the strategy's: DiLoCo's Nesterov step (learning rate 0.7,
