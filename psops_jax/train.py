@@ -375,9 +375,22 @@ def stop_diverged(run: run_lib.Run, done: int, checkpointer, workdir: str, is_ma
         "message": message,
         "strategy": config.sync.strategy,
         "config": config.to_dict(),
-      },
+      }
+      | provenance(),
     )
   raise Diverged(message)
+
+
+def provenance() -> dict:
+  """What made a run's record, finished or diverged: the backend, JAX's version, the commit
+  (workdir.code_version) and the kind of machine (a run is promised bit-identical only on the
+  same commit's training code and the same kind of machine)."""
+  return {
+    "backend": jax.default_backend(),
+    "jax_version": jax.__version__,
+    "code_version": workdir_lib.code_version(),
+    "machine": workdir_lib.machine_kind(),
+  }
 
 
 class RoundLog(NamedTuple):
@@ -495,11 +508,7 @@ def summary_of(run: run_lib.Run, progress: Progress, final: dict, start: int, li
     if config.data.validation_size or task == "language_model"
     else "test",
     "config": config.to_dict(),
-    "backend": jax.default_backend(),
-    "jax_version": jax.__version__,
-    "code_version": workdir_lib.code_version(),
-    "machine": workdir_lib.machine_kind(),
-  }
+  } | provenance()
 
 
 def train_in_locked_workdir(config, workdir: str) -> dict:

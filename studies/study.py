@@ -327,16 +327,15 @@ def collect(study, out, task: str = "classification"):
     if not os.path.exists(path):
       if os.path.exists(diverged):  # every particle NaN/inf: a result, reported as such
         with open(diverged) as f:
-          steps = json.load(f)["steps"]
+          record = json.load(f)
         rows.append(
-          {k: None for k in keys}
+          {k: record.get(k) for k in keys}  # its steps and provenance (older records lack it)
           | {
             "task": task,
             "variant": variant,
             "period": period,
             "num_particles": particles,
             "seed": seed,
-            "steps": steps,
             "diverged": True,
           }
         )
@@ -509,7 +508,7 @@ def markdown(study, rows, metric=ACCURACY) -> str:
 def code_line(rows) -> str:
   """Which code made the runs: each commit (code_version) and its number of runs, and, for several
   commits, whether their training code (workdir.training_code) is one and the same. (A diverged
-  run records no commit: train.py's diverged.json has none.)"""
+  run made before diverged.json recorded its commit is "not recorded".)"""
   versions = collections.Counter(r.get("code_version") or "not recorded" for r in rows)
   listed = ", ".join(f"{v} ({n} runs)" for v, n in versions.most_common())
   recorded = [v for v in versions if v != "not recorded"]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from psops_jax import host_devices
+from psops_jax import host_devices, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -306,13 +306,43 @@ def test_the_code_line_says_whether_several_commits_share_their_training_code(mo
     "Made by commits a (2 runs), b (1 runs), with the same training code (psops_jax/ and train.py "
     "but the clock and workdir modules)."
   )
-  with_diverged = rows + [{}]  # a diverged run records no commit; the others still share code
+  with_diverged = rows + [{}]  # a run that records no commit; the others still share code
   assert study.code_line(with_diverged).endswith(
     "not recorded (1 runs), with the same training "
     "code (psops_jax/ and train.py but the clock and workdir modules)."
   )
   monkeypatch.setattr(study.workdir_lib, "training_code", lambda commit: commit)
   assert study.code_line(rows).endswith("with training code that differs or is not known.")
+
+
+def test_a_diverged_run_keeps_its_steps_and_provenance(tmp_path):
+  """collect() on hand-made diverged.json files: one as train.py writes it now (with
+  train.provenance()), one from before it recorded its commit and machine."""
+  sys.path.insert(0, REPO)
+  from psops_jax import train
+  from studies import study
+
+  grid = study.Study(
+    variants={"average": {"sync.strategy": "average"}},
+    periods=[4],
+    num_particles=[2],
+    seeds=[0, 1],
+    total_steps=16,
+    evals=2,
+    overrides={},
+    one_big_worker=False,
+  )
+  made = train.provenance()
+  records = {0: {"diverged": True, "steps": 8} | made, 1: {"diverged": True, "steps": 4}}
+  for seed, record in records.items():
+    os.makedirs(tmp_path / "runs" / f"average_p4_n2_s{seed}")
+    (tmp_path / "runs" / f"average_p4_n2_s{seed}" / "diverged.json").write_text(json.dumps(record))
+  rows, curves = study.collect(grid, str(tmp_path))
+  assert [(r["seed"], r["steps"], r["diverged"]) for r in rows] == [(0, 8, True), (1, 4, True)]
+  assert all(r["final_test_accuracy"] is None for r in rows) and curves == {}
+  assert {k: rows[0][k] for k in made} == made and made["machine"] == workdir.machine_kind()
+  assert all(rows[1][k] is None for k in made)
+  assert study.machine_line(rows) == f"Run on {made['machine']} (1 runs), not recorded (1 runs)."
 
 
 def test_the_report_names_its_machines_and_gives_a_gap_table_per_reference():
