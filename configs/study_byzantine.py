@@ -42,7 +42,8 @@ its update, so it is no defence and is left out. The gap tables of each grid are
 seed: a selecting defence beats the best of them when its gap's 95% interval lies above 0.
 
 Cells: 12 defences x 7 scenarios x 5 seeds = 420, about 7-10.5 hours on a 2-core AMD EPYC (a
-cell: 60-90 s), about 4.5 hours on a 2-core Intel Xeon (38 s, its start included);
+cell: 60-90 s), about 4.5-6.5 hours on a 2-core Intel Xeon (38-55 s a cell, its start included,
+on the Intel hosts so far);
 `quick`: 12 x 3 seeds = 36, 50-70 minutes (AMD EPYC), and its cells are alie_f2's. CLIP_TAU, the
 clipping radius per defence, comes from `clip_tuning`: both centered-clipping defences at CLIP_TAUS
 under alie_f2, seed 100, on a 5,000-example validation split (10 cells;
