@@ -69,12 +69,23 @@ def command_line() -> str:
   return " ".join(["python", script] + sys.argv[1:])
 
 
+# git pathspecs of the code a benchmark measures (its results and notes are not: the JSONs that a
+# session writes before committing them would otherwise mark every later one "+modified")
+MEASURED_CODE = (
+  *workdir.TRAINING_CODE,
+  "benchmarks",
+  ":(exclude)benchmarks/results",
+  ":(exclude)*.md",
+)
+
+
 def record() -> dict:
-  """What is written with every result: the command, the commit it ran (workdir.code_version), the
-  machine, the load average at the start of the process and now."""
+  """What is written with every result: the command, the commit it ran (workdir.code_version,
+  "+modified" where MEASURED_CODE differs from it), the machine, the load average at the start of
+  the process and now."""
   return {
     "command": command_line(),
-    "code_version": workdir.code_version(),
+    "code_version": workdir.code_version(MEASURED_CODE),
     "machine": machine(),
     "load_average": {"start": LOAD_AT_START, "end": load_average()},
   }

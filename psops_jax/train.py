@@ -383,12 +383,13 @@ def stop_diverged(run: run_lib.Run, done: int, checkpointer, workdir: str, is_ma
 
 def provenance() -> dict:
   """What made a run's record, finished or diverged: the backend, JAX's version, the commit
-  (workdir.code_version) and the kind of machine (a run is promised bit-identical only on the
-  same commit's training code and the same kind of machine)."""
+  (workdir.code_version, "+modified" only where the training code differs from it) and the kind
+  of machine (a run is promised bit-identical only on the same training code and the same kind of
+  machine)."""
   return {
     "backend": jax.default_backend(),
     "jax_version": jax.__version__,
-    "code_version": workdir_lib.code_version(),
+    "code_version": workdir_lib.code_version(workdir_lib.TRAINING_PATHS),
     "machine": workdir_lib.machine_kind(),
   }
 

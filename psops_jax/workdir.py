@@ -340,26 +340,40 @@ def config_differences(saved: dict, current: dict, ignored: tuple = ()) -> list[
 # run) and this module (locks, code versions).
 TRAINING_CODE = ("psops_jax", "train.py")
 NOT_TRAINING = ("psops_jax/clock.py", "psops_jax/workdir.py")
+# git pathspecs of TRAINING_CODE less NOT_TRAINING
+TRAINING_PATHS = (*TRAINING_CODE, *(f":(exclude){path}" for path in NOT_TRAINING))
+
+
+# the checkout this package runs from (a git work tree, or none)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _git(*args) -> str | None:
-  """git's output in this package's checkout; None outside one or on any failure."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  """git's output in CHECKOUT; None outside a git checkout or on any failure."""
   try:
-    result = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+      ["git", "-C", CHECKOUT, *args], capture_output=True, text=True, timeout=30
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   return result.stdout.strip() if result.returncode == 0 else None
 
 
-def code_version() -> str | None:
-  """The commit of the checkout this package runs from, with "+modified" when tracked files differ
-  from it (a run's figures can then be tied to, and re-made from, a commit); None outside a git
-  checkout."""
+def modified(paths: tuple[str, ...] = ()) -> bool:
+  """Whether tracked files under the git pathspecs `paths` (all of the checkout by default)
+  differ from HEAD."""
+  return bool(_git("status", "--porcelain", "--untracked-files=no", "--", *paths))
+
+
+def code_version(paths: tuple[str, ...] = ()) -> str | None:
+  """The commit of the checkout this package runs from, with "+modified" when tracked files under
+  `paths` differ from it (a run's figures can then be tied to, and re-made from, a commit); None
+  outside a git checkout. A run passes TRAINING_PATHS: a study rewrites its own tracked reports
+  between invocations, and those change no run's numbers."""
   head = _git("rev-parse", "HEAD")
   if head is None:
     return None
-  return head + ("+modified" if _git("status", "--porcelain", "--untracked-files=no") else "")
+  return head + ("+modified" if modified(paths) else "")
 
 
 def training_code(commit: str | None = "HEAD") -> str | None:
@@ -369,10 +383,7 @@ def training_code(commit: str | None = "HEAD") -> str | None:
   checkout ("+modified"), when at HEAD those files differ from it, or outside a git checkout."""
   if commit is None or commit.endswith("+modified"):
     return None
-  excluded = (f":(exclude){path}" for path in NOT_TRAINING)
-  if commit == "HEAD" and _git(
-    "status", "--porcelain", "--untracked-files=no", "--", *TRAINING_CODE, *excluded
-  ):
+  if commit == "HEAD" and modified(TRAINING_PATHS):
     return None
   listing = _git("ls-tree", "-r", commit, "--", *TRAINING_CODE)  # "mode blob id\tpath" lines
   if not listing:

@@ -128,6 +128,25 @@ def test_the_result_holds_the_command_the_commit_the_machine_and_the_load(tmp_pa
     harness.write_result(str(path), {"machine": "mine"})
 
 
+def test_the_measured_code_is_the_package_and_the_scripts_not_their_results():
+  """MEASURED_CODE, as git reads the pathspecs: a result's "+modified" says that the package or a
+  benchmark script differs from the commit, never that a result or a note does."""
+  listed = subprocess.run(
+    ["git", "ls-files", "--", *harness.MEASURED_CODE], cwd=REPO, capture_output=True, text=True
+  )
+  if listed.returncode != 0:
+    pytest.skip("needs this package's git checkout")
+  files = set(listed.stdout.split())
+  assert {"train.py", "psops_jax/sync/__init__.py", "psops_jax/clock.py"} <= files
+  assert {"benchmarks/harness.py", "benchmarks/round_vs_floor.py"} <= files
+  everything = subprocess.run(
+    ["git", "ls-files", "--", "benchmarks"], cwd=REPO, capture_output=True, text=True
+  ).stdout.split()
+  left_out = {f for f in everything if f.startswith("benchmarks/results/") or f.endswith(".md")}
+  assert "benchmarks/README.md" in left_out and len(left_out) > 10  # there to leave out
+  assert not left_out & files
+
+
 def test_a_failed_write_leaves_the_previous_result_whole_and_no_temporary_file(tmp_path):
   path = tmp_path / "result.json"
   harness.write_result(str(path), {"run": 1})

@@ -453,7 +453,7 @@ def test_faults_through_train_and_evaluate(tmp_path):
   record = json.loads((tmp_path / "average" / "diverged.json").read_text())
   assert record["diverged"] and record["round"] == 3 and record["steps"] == 6
   assert record["machine"] == workdir.machine_kind() and record["jax_version"] == jax.__version__
-  assert record["code_version"] == workdir.code_version()  # the commit, as a summary records it
+  assert record["code_version"] == workdir.code_version(workdir.TRAINING_PATHS)  # as a summary
   # the robust average drops the NaN worker and trains on
   robust = train.train_and_evaluate(
     small_config(**faults, **{"sync.strategy": "robust_average"}), str(tmp_path / "robust")

@@ -156,3 +156,31 @@ def test_training_code_leaves_out_the_clock_and_the_workdir_module_only():
   assert workdir_lib.training_code("c7b3e18") not in (None, first)
   assert workdir_lib.training_code("no-such-commit") is None
   assert workdir_lib.training_code(commits[0] + "+modified") is None
+
+
+def test_a_run_is_modified_only_where_its_training_code_differs(tmp_path, monkeypatch):
+  """In a clone whose checkout holds only psops_jax/ and train.py (every other tracked file
+  missing, so the checkout differs), the whole checkout is "+modified" and the training code is
+  not; a change to a NOT_TRAINING file leaves it so, a change to the sync code does not."""
+  head = workdir_lib._git("rev-parse", "HEAD")
+  if head is None:
+    pytest.skip("needs this package's git checkout")
+  clone = tmp_path / "clone"
+  subprocess.run(["git", "clone", "-q", "--no-checkout", REPO, str(clone)], check=True)
+  subprocess.run(
+    ["git", "-C", str(clone), "checkout", "-q", "HEAD", "--", "psops_jax", "train.py"], check=True
+  )
+  monkeypatch.setattr(workdir_lib, "CHECKOUT", str(clone))
+  versions = lambda: (
+    workdir_lib.code_version(),
+    workdir_lib.code_version(workdir_lib.TRAINING_PATHS),
+    workdir_lib.training_code(),
+  )
+  code = workdir_lib.training_code(head)
+  assert code is not None and versions() == (head + "+modified", head, code)
+  with open(clone / "psops_jax" / "clock.py", "a") as f:
+    f.write("\n# a change to the clock changes no run's numbers\n")
+  assert versions() == (head + "+modified", head, code)
+  with open(clone / "psops_jax" / "sync" / "__init__.py", "a") as f:
+    f.write("\n# a change to the sync code does\n")
+  assert versions() == (head + "+modified", head + "+modified", None)
