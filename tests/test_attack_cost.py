@@ -101,3 +101,19 @@ def test_the_command_writes_the_report_and_refuses_a_directory_without_results(t
   )
   assert bad.returncode == 2 and "--clean" in bad.stderr and "no results.csv" in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_the_committed_report_is_what_its_command_makes(tmp_path):
+  """docs/RESULTS.md's attack-cost table: attack_cost.py on the committed studies' results.csv
+  writes the committed attack_cost.md again."""
+  committed = os.path.join(REPO, "studies", "results", "byzantine_attack_cost", "attack_cost.md")
+  clean = [os.path.join("studies", "results", g) for g in ("byzantine_none_xeon", "byzantine_none")]
+  done = subprocess.run(
+    [sys.executable, "studies/attack_cost.py", "--clean", *clean, "--out", str(tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(committed) as f:
+    assert (tmp_path / "attack_cost.md").read_text() == f.read()
