@@ -86,8 +86,7 @@ def clean_lines(clean_runs: list[dict]) -> list[str]:
     cells = []
     for machine in machines:
       figures = [v for (m, _), v in finished_figures(clean_runs, variant).items() if m == machine]
-      spread = f" ± {statistics.stdev(figures):.4f}" if len(figures) > 1 else ""
-      cells.append(f"{statistics.mean(figures):.4f}{spread} (n={len(figures)})" if figures else "-")
+      cells.append(f"{study.mean_std(figures)} (n={len(figures)})" if figures else "-")
     rows[variant] = cells
   return robustness_report.table_lines("defence | " + " | ".join(machines), rows)
 

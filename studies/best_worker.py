@@ -19,12 +19,16 @@ import os
 import sys
 
 
+def metrics_files(directory: str, variant: str) -> list[str]:
+  """The metrics.jsonl of each of `directory`'s runs of `variant`."""
+  return sorted(glob.glob(os.path.join(directory, "runs", f"{variant}_p*_s*", "metrics.jsonl")))
+
+
 def best_counts(directory: str, variant: str = "pso") -> tuple[collections.Counter, dict, int, int]:
   """(rounds each worker was the best, {worker: runs in which it ever was}, logged rounds, workers)
   over `directory`'s runs of `variant` (workers: the most particles a logged round lists)."""
   rounds, runs, total, workers = collections.Counter(), collections.Counter(), 0, 0
-  pattern = os.path.join(directory, "runs", f"{variant}_p*_s*", "metrics.jsonl")
-  for path in sorted(glob.glob(pattern)):
+  for path in metrics_files(directory, variant):
     seen = set()
     with open(path) as f:
       for line in f:
@@ -53,7 +57,7 @@ def main():
         file=sys.stderr,
       )
       sys.exit(2)
-    files = len(glob.glob(os.path.join(directory, "runs", f"{args.variant}_p*_s*")))
+    files = len(metrics_files(directory, args.variant))
     print(f"{directory}: {total} logged rounds over {files} runs of {args.variant}")
     for worker in range(workers):
       print(f"  worker {worker}: the best in {rounds[worker]} rounds, in {runs[worker]} runs")
